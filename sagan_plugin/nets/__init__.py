@@ -1,0 +1,1 @@
+"""SAGAN networks: attention layer, building blocks and one file per resolution."""
