@@ -39,12 +39,12 @@ demo: install data
 	  train.steps=300 train.batch_size=32 model.ngf=64 model.ndf=64 train.vis_steps=100 train.save_steps=100
 
 test: install data
-	$(VENV)/bin/ruff check sagan_plugin tests benchmarks
+	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check sagan_plugin tests benchmarks
-	$(VENV)/bin/ruff format --check sagan_plugin tests benchmarks
+	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
+	$(VENV)/bin/ruff format --check sagan_plugin registry tests benchmarks
 
 clean:
 	rm -rf $(VENV) cpp/build runs

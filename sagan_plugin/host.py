@@ -1,0 +1,18 @@
+"""torch-mimicry, the host framework, imported after its compatibility shim has run.
+
+Modules of this package take what they use of the host from here, so the shim in
+compat.py is always applied before the first host import.
+"""
+
+from sagan_plugin.compat import ensure_host_importable
+
+ensure_host_importable()
+
+import torch_mimicry  # noqa: E402
+from torch_mimicry.datasets import load_dataset  # noqa: E402
+from torch_mimicry.nets.gan import cgan, gan  # noqa: E402
+from torch_mimicry.training import Trainer  # noqa: E402
+from torch_mimicry.training.logger import Logger  # noqa: E402
+from torch_mimicry.training.metric_log import MetricLog  # noqa: E402
+
+__all__ = ["Logger", "MetricLog", "Trainer", "cgan", "gan", "load_dataset", "torch_mimicry"]

@@ -1,0 +1,49 @@
+"""Self-attention over a feature map, as in the SAGAN authors' released code."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sagan_plugin.nets.layers import sn_conv1x1
+
+
+class SelfAttention(nn.Module):
+    """y = x + gamma * W_o(softmax(theta^T phi) g), with gamma starting at 0.
+
+    As in the authors' code (and BigGAN, Mimicry, StudioGAN after it), not the paper's text:
+    query and key have C/8 channels, the value C/2 and the output conv maps C/2 -> C; keys and
+    values are 2x2 max-pooled, so N queries attend to N/4 positions; there is no 1/sqrt(d) scale.
+    The product runs through scaled_dot_product_attention (scale=1) so fused kernels apply.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels % 8:
+            raise ValueError(f"attention needs channels divisible by 8, got {channels}")
+        self.theta = sn_conv1x1(channels, channels // 8)
+        self.phi = sn_conv1x1(channels, channels // 8)
+        self.g = sn_conv1x1(channels, channels // 2)
+        self.o = sn_conv1x1(channels // 2, channels)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def _query_key_value(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # (N, C', H, W) -> (N, 1, positions, C'): one attention head.
+        def tokens(t: Tensor) -> Tensor:
+            return t.flatten(2).transpose(1, 2).unsqueeze(1)
+
+        query = tokens(self.theta(x))
+        key = tokens(F.max_pool2d(self.phi(x), 2))
+        value = tokens(F.max_pool2d(self.g(x), 2))
+        return query, key, value
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        query, key, value = self._query_key_value(x)
+        attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        attended = attended.squeeze(1).transpose(1, 2).reshape(n, c // 2, h, w)
+        return x + self.gamma * self.o(attended)
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """The attention map beta, (N, H*W, H*W/4): row j is where query j looks."""
+        query, key, _ = self._query_key_value(x)
+        return torch.softmax(query @ key.transpose(-1, -2), dim=-1).squeeze(1)

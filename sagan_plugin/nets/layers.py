@@ -1,0 +1,100 @@
+"""Building blocks of the SAGAN networks, as in the authors' 128x128 ImageNet code.
+
+Every weight layer is spectrally normalised (generator and discriminator alike). Layers are
+initialised before the normalisation is attached, so the stored weight is the initialised one.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def sn(layer: nn.Module) -> nn.Module:
+    """Xavier-initialise a layer's weight and attach a spectral-norm parametrization to it."""
+    nn.init.xavier_uniform_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+    return spectral_norm(layer)
+
+
+def sn_conv3x3(in_channels: int, out_channels: int) -> nn.Module:
+    return sn(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+
+
+def sn_conv1x1(in_channels: int, out_channels: int, bias: bool = False) -> nn.Module:
+    return sn(nn.Conv2d(in_channels, out_channels, 1, bias=bias))
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm with a per-class gain and bias; running statistics are shared by all classes.
+
+    With num_classes=0 it is a plain affine batch norm, and the label is ignored.
+    """
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        if num_classes:
+            self.gain = nn.Parameter(torch.ones(num_classes, channels))
+            self.bias = nn.Parameter(torch.zeros(num_classes, channels))
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = self.bn(x)
+        if not self.num_classes:
+            return h
+        return self.gain[y][:, :, None, None] * h + self.bias[y][:, :, None, None]
+
+
+class GBlock(nn.Module):
+    """Up-sampling residual block: CBN, ReLU, 2x nearest up, conv3x3, CBN, ReLU, conv3x3."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes)
+        self.conv1 = sn_conv3x3(in_channels, out_channels)
+        self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes)
+        self.conv2 = sn_conv3x3(out_channels, out_channels)
+        # Every block up-samples, so every shortcut is learnable (also 1024 -> 1024).
+        self.shortcut = sn_conv1x1(in_channels, out_channels, bias=True)
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = F.relu(self.bn1(x, y))
+        h = self.conv1(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.conv2(F.relu(self.bn2(h, y)))
+        # A 1x1 conv commutes with nearest up-sampling: convolving first is the same, cheaper.
+        return h + F.interpolate(self.shortcut(x), scale_factor=2, mode="nearest")
+
+
+class DBlock(nn.Module):
+    """Residual block of D: ReLU, conv3x3 (in -> out), ReLU, conv3x3, optional 2x2 average pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool = True) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = sn_conv3x3(in_channels, out_channels)
+        self.conv2 = sn_conv3x3(out_channels, out_channels)
+        learnable = downsample or in_channels != out_channels
+        self.shortcut = sn_conv1x1(in_channels, out_channels, bias=True) if learnable else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(F.relu(self.conv1(F.relu(x))))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if self.downsample:
+            h, skip = F.avg_pool2d(h, 2), F.avg_pool2d(skip, 2)
+        return h + skip
+
+
+class DBlockFirst(nn.Module):
+    """D's first block on RGB input: no leading ReLU, and the shortcut pools before its conv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = sn_conv3x3(in_channels, out_channels)
+        self.conv2 = sn_conv3x3(out_channels, out_channels)
+        self.shortcut = sn_conv1x1(in_channels, out_channels, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(x))), 2)
+        return h + self.shortcut(F.avg_pool2d(x, 2))

@@ -1,0 +1,163 @@
+"""SAGAN generator and discriminator on top of Mimicry's conditional base classes.
+
+Each resolution (sagan_32.py, sagan_64.py, sagan_128.py) only states its channel widths and
+where attention sits by default; the stacking, the forward passes and the training steps live
+here. With num_classes=0 both nets are unconditional (plain BN in G, no projection in D).
+"""
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sagan_plugin.host import MetricLog, cgan
+from sagan_plugin.nets.attention import SelfAttention
+from sagan_plugin.nets.layers import DBlock, DBlockFirst, GBlock, sn, sn_conv3x3
+
+BOTTOM_WIDTH = 4
+
+
+def _attention_index(sizes: list[int], attention: int, net: str) -> int:
+    """Index of the block after which attention sits, from the feature-map size it should see."""
+    if attention == 0:
+        return -1
+    if attention not in sizes:
+        valid = ", ".join(str(s) for s in sorted(set(sizes)))
+        raise ValueError(f"{net} attention at {attention}x{attention} is not possible: "
+                         f"feature maps are {valid} (or 0 for none)")
+    return sizes.index(attention)
+
+
+class SAGANGenerator(cgan.BaseConditionalGenerator):
+    """ResNet generator: SN-linear to 4x4, up-sampling blocks with conditional BN, attention."""
+
+    resolution: int
+    widths: tuple[int, ...]  # multiples of ngf: the 4x4 input, then each block's output
+    default_attention: int
+
+    def __init__(self, num_classes: int = 0, nz: int = 128, ngf: int = 64,
+                 attention: int | None = None, loss_type: str = "hinge", **kwargs) -> None:
+        super().__init__(num_classes=num_classes, nz=nz, ngf=ngf, bottom_width=BOTTOM_WIDTH,
+                         loss_type=loss_type, **kwargs)
+        channels = [ngf * m for m in self.widths]
+        self.linear = sn(nn.Linear(nz, BOTTOM_WIDTH**2 * channels[0]))
+        self.blocks = nn.ModuleList(
+            GBlock(c_in, c_out, num_classes) for c_in, c_out in pairwise(channels)
+        )
+        sizes = [BOTTOM_WIDTH * 2 ** (i + 1) for i in range(len(self.blocks))]
+        attention = self.default_attention if attention is None else attention
+        self.attention_after = _attention_index(sizes, attention, "G")
+        self.attention = (SelfAttention(channels[self.attention_after + 1])
+                          if self.attention_after >= 0 else None)
+        self.bn_out = nn.BatchNorm2d(channels[-1])
+        self.conv_out = sn_conv3x3(channels[-1], 3)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Map noise (N, nz) and labels (N,) to images (N, 3, R, R) in [-1, 1].
+
+        A conditional G given no labels draws them uniformly, as Mimicry's nets do.
+        """
+        if self.num_classes and y is None:
+            y = torch.randint(self.num_classes, (x.shape[0],), device=x.device)
+        h = self.linear(x).view(x.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
+        for i, block in enumerate(self.blocks):
+            h = block(h, y)
+            if i == self.attention_after:
+                h = self.attention(h)
+        return torch.tanh(self.conv_out(F.relu(self.bn_out(h))))
+
+    def generate_images_with_labels(self, num_images: int, c: int | None = None,
+                                    device: torch.device | None = None
+                                    ) -> tuple[Tensor, Tensor | None]:
+        """Images and the labels they were drawn for (None when unconditional)."""
+        device = device or self.device
+        labels = None
+        if self.num_classes:
+            if c is not None and not 0 <= c < self.num_classes:
+                raise ValueError(f"class {c} is out of range [0, {self.num_classes})")
+            labels = (torch.full((num_images,), c, device=device) if c is not None
+                      else torch.randint(self.num_classes, (num_images,), device=device))
+        noise = torch.randn(num_images, self.nz, device=device)
+        return self.forward(noise, labels), labels
+
+    def generate_images(self, num_images: int, c: int | None = None,
+                        device: torch.device | None = None) -> Tensor:
+        return self.generate_images_with_labels(num_images, c, device)[0]
+
+    def train_step(self, real_batch, netD, optG, log_data: MetricLog, device=None,
+                   global_step=None, **kwargs) -> MetricLog:
+        """One generator update on the hinge (or configured) loss; the host's contract."""
+        self.zero_grad(set_to_none=True)
+        fake, labels = self.generate_images_with_labels(real_batch[0].shape[0], device=device)
+        errG = self.compute_gan_loss(netD(fake, labels))
+        errG.backward()
+        optG.step()
+        log_data.add_metric("errG", errG.detach(), group="loss")
+        if self.attention is not None:
+            log_data.add_metric("gamma_G", self.attention.gamma.detach(), group="attention")
+        return log_data
+
+
+class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
+    """ResNet discriminator with attention, global sum pooling and a projection term."""
+
+    resolution: int
+    widths: tuple[int, ...]  # multiples of ndf: each block's output; blocks pool down to 4x4
+    default_attention: int
+
+    def __init__(self, num_classes: int = 0, ndf: int = 64, attention: int | None = None,
+                 loss_type: str = "hinge", **kwargs) -> None:
+        super().__init__(num_classes=num_classes, ndf=ndf, loss_type=loss_type, **kwargs)
+        channels = [ndf * m for m in self.widths]
+        size = self.resolution // 2
+        blocks, sizes = [DBlockFirst(3, channels[0])], [size]
+        for c_in, c_out in pairwise(channels):
+            downsample = size > BOTTOM_WIDTH
+            size //= 2 if downsample else 1
+            blocks.append(DBlock(c_in, c_out, downsample))
+            sizes.append(size)
+        self.blocks = nn.ModuleList(blocks)
+        attention = self.default_attention if attention is None else attention
+        self.attention_after = _attention_index(sizes, attention, "D")
+        self.attention = (SelfAttention(channels[self.attention_after])
+                          if self.attention_after >= 0 else None)
+        self.linear = sn(nn.Linear(channels[-1], 1))
+        self.embedding = sn(nn.Embedding(num_classes, channels[-1])) if num_classes else None
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Logits (N, 1) for images (N, 3, R, R); labels (N,) are required when conditional."""
+        h = x
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i == self.attention_after:
+                h = self.attention(h)
+        h = F.relu(h).sum(dim=(2, 3))
+        out = self.linear(h)
+        if self.embedding is not None:
+            if y is None:
+                raise ValueError("a class-conditional discriminator needs labels y")
+            out = out + (self.embedding(y) * h).sum(dim=1, keepdim=True)
+        return out
+
+    def train_step(self, real_batch, netG, optD, log_data: MetricLog, device=None,
+                   global_step=None, **kwargs) -> MetricLog:
+        """One discriminator update on real and (detached) generated images."""
+        self.zero_grad(set_to_none=True)
+        real, real_labels = real_batch
+        if not self.num_classes:
+            real_labels = None
+        with torch.no_grad():
+            fake, fake_labels = netG.generate_images_with_labels(real.shape[0], device=device)
+        output_real = self.forward(real, real_labels)
+        output_fake = self.forward(fake, fake_labels)
+        errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
+        errD.backward()
+        optD.step()
+        D_x, D_Gz = self.compute_probs(output_real=output_real, output_fake=output_fake)
+        log_data.add_metric("errD", errD.detach(), group="loss")
+        log_data.add_metric("D(x)", D_x, group="prob")
+        log_data.add_metric("D(G(z))", D_Gz, group="prob")
+        if self.attention is not None:
+            log_data.add_metric("gamma_D", self.attention.gamma.detach(), group="attention")
+        return log_data
