@@ -1,0 +1,184 @@
+"""Data sets for `data=`: the host's loaders, Fashion-MNIST from disk, and a procedural set.
+
+Every data set yields (image, label) with the image a float tensor (3, R, R) in [-1, 1].
+Nothing is downloaded: a missing data set is an error that says where the files should be.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sagan_plugin.errors import UsageError
+
+DEFAULT_ROOT = "./datasets"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# The host's data sets and the folder under data.root each of its loaders reads.
+HOST_FOLDERS = {
+    "imagenet_32": "imagenet", "imagenet_128": "imagenet", "cifar10": "cifar10",
+    "cifar100": "cifar100", "stl10_48": "stl10", "celeba_64": "celeba",
+    "celeba_128": "celeba", "lsun_bedroom_128": "lsun",
+}
+HOST_LAYOUT_HINTS = {
+    "imagenet": "meta.bin and train/<wnid>/*.JPEG (ILSVRC 2012)",
+    "cifar10": "cifar-10-batches-py/ (the python version)",
+    "cifar100": "cifar-100-python/",
+    "stl10": "stl10_binary/",
+    "celeba": "celeba/img_align_celeba/ and its list files",
+    "lsun": "bedroom_train_lmdb/",
+}
+
+
+def build_dataset(data: DictConfig) -> Dataset:
+    """The data set a data config names, checked to exist and to match its resolution."""
+    if data.name == "procedural":
+        return ProceduralShapes(data.size, data.resolution, data.num_classes)
+    if data.name == "fashion_mnist":
+        return _fashion_mnist(data)
+    if data.name in HOST_FOLDERS:
+        return _host_dataset(data)
+    raise UsageError(f"no loader for data set {data.name!r}")
+
+
+def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int | None = None,
+                     sampler: Sampler | None = None) -> DataLoader:
+    """Shuffled batches of equal size (drop_last), pinned when a GPU will take them."""
+    if len(dataset) < batch_size:
+        raise UsageError(f"the data set has {len(dataset)} images, fewer than one batch "
+                         f"({batch_size}); lower train.batch_size")
+    if num_workers is None:
+        num_workers = min(4, max((os.cpu_count() or 1) - 1, 0))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      drop_last=True, persistent_workers=num_workers > 0)
+
+
+def _host_dataset(data: DictConfig) -> Dataset:
+    from sagan_plugin.host import load_dataset
+
+    root = Path(data.root or DEFAULT_ROOT)
+    folder = HOST_FOLDERS[data.name]
+    if not (root / folder).is_dir():
+        raise UsageError(f"data set {data.name} not found: expected {root / folder}/ holding "
+                         f"{HOST_LAYOUT_HINTS[folder]}; nothing is downloaded, put the files "
+                         "there or set data.root")
+    expected = int(data.name.rsplit("_", 1)[1]) if "_" in data.name else 32
+    if data.resolution != expected:
+        raise UsageError(f"data set {data.name} is {expected}x{expected}; "
+                         f"got data.resolution={data.resolution}")
+    kwargs = {} if folder == "lsun" else {"download": False}
+    if data.split != "train" and folder in ("imagenet", "cifar10", "cifar100"):
+        kwargs["split"] = data.split
+    try:
+        return load_dataset(root=str(root), name=data.name, **kwargs)
+    except (RuntimeError, OSError, ValueError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"cannot load data set {data.name} from {root / folder}: "
+                         f"{first_line}") from None
+
+
+def _fashion_mnist(data: DictConfig) -> Dataset:
+    from torchvision import datasets, transforms
+
+    from sagan_plugin.host import torch_mimicry  # noqa: F401  (torchvision after its shim)
+
+    margin, odd = divmod(data.resolution - 28, 2)
+    if data.fit == "pad" and (margin < 0 or odd):
+        raise UsageError("data.fit=pad needs data.resolution >= 28 with an even margin, got "
+                         f"{data.resolution}; use data.fit=resize")
+    root = _fashion_mnist_root(data.root)
+    fit = transforms.Pad(margin) if data.fit == "pad" else transforms.Resize(data.resolution)
+    transform = transforms.Compose([
+        fit, transforms.Grayscale(num_output_channels=3), transforms.ToTensor(),
+        transforms.Normalize((0.5,) * 3, (0.5,) * 3),
+    ])
+    return datasets.FashionMNIST(str(root), train=data.split == "train", download=False,
+                                 transform=transform)
+
+
+def _fashion_mnist_root(root: str | None) -> Path:
+    """A folder with FashionMNIST/raw/<uncompressed idx files>, as torchvision reads them.
+
+    Looks in data.root (or ./datasets), then in Debian's dataset-fashion-mnist package; gzip
+    files are unpacked once into a cache folder, written atomically.
+    """
+    candidates = [Path(root or DEFAULT_ROOT) / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    for raw in candidates:
+        if all((raw / name).is_file() for name in FASHION_MNIST_FILES):
+            return raw.parent.parent
+        if all((raw / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES):
+            return _unpacked(raw)
+    raise UsageError(
+        f"Fashion-MNIST not found: expected {candidates[0]}/train-images-idx3-ubyte[.gz] "
+        "(and the other three idx files), or Debian's package: "
+        "apt-get install dataset-fashion-mnist")
+
+
+def _unpacked(gz_folder: Path) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sagan-plugin"
+    raw = cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        if (raw / name).is_file():
+            continue
+        with gzip.open(gz_folder / f"{name}.gz") as src, tempfile.NamedTemporaryFile(
+                dir=raw, delete=False) as tmp:
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, raw / name)
+    return cache
+
+
+class ProceduralShapes(Dataset):
+    """Images from a formula: class k is one shape (disc, square, ring, cross, stripes) in one
+    colour, at a random place and size, on a noisy dark background. Item i is always the same.
+    """
+
+    SHAPES = 5
+
+    def __init__(self, size: int, resolution: int, num_classes: int, seed: int = 0) -> None:
+        self.size, self.resolution, self.num_classes = size, resolution, num_classes
+        self.seed = seed
+        axis = torch.linspace(-1, 1, resolution)
+        self.yy, self.xx = torch.meshgrid(axis, axis, indexing="ij")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        kinds = self.num_classes or self.SHAPES * 2
+        label = index % kinds
+        cx, cy = (torch.rand(2, generator=rng) - 0.5).tolist()
+        radius = 0.3 + 0.3 * torch.rand((), generator=rng).item()
+        dx, dy = (self.xx - cx).abs(), (self.yy - cy).abs()
+        box = torch.maximum(dx, dy)
+        shape = label % self.SHAPES
+        if shape == 0:
+            mask = dx**2 + dy**2 < radius**2
+        elif shape == 1:
+            mask = box < radius * 0.8
+        elif shape == 2:
+            mask = ((dx**2 + dy**2).sqrt() - radius * 0.75).abs() < radius / 4
+        elif shape == 3:
+            mask = (torch.minimum(dx, dy) < radius / 4) & (box < radius)
+        else:
+            mask = (torch.sin(math.pi * 3 * (self.xx - cx) / radius) > 0) & (box < radius)
+        hue = (label / kinds) * 2 * math.pi
+        colour = torch.tensor([math.cos(hue + k * 2 * math.pi / 3) for k in range(3)]) * 0.8
+        noise = 0.1 * torch.randn(3, self.resolution, self.resolution, generator=rng)
+        image = torch.where(mask, colour[:, None, None], torch.full((), -0.8)) + noise
+        return image.clamp(-1, 1), (label if self.num_classes else 0)

@@ -1,0 +1,27 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Two cores on CI: keep torch from oversubscribing them when tests spawn processes.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m sagan_plugin ARGS` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "sagan_plugin", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    """A SAGAN small enough to train on a CPU in seconds, on the procedural data set."""
+    return ["model=sagan", "data=procedural", f"run_dir={tmp_path / 'run'}", "model.ngf=8",
+            "model.ndf=8", "train.batch_size=4", "data.size=64", "data.num_workers=0"]

@@ -1,0 +1,63 @@
+"""The host-compatibility shim: it acts only where its cause is present. Each case runs in a
+fresh interpreter, since the shim changes process-wide state."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _python(code: str, path: Path | None = None) -> str:
+    env = {"PATH": "/usr/bin:/bin"}
+    if path is not None:
+        env["PYTHONPATH"] = str(path)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_host_imports_with_stand_ins_on_this_machine() -> None:
+    out = _python("""
+        import sys
+        from sagan_plugin import compat
+        compat.ensure_host_importable()
+        import torch_mimicry
+        from torch_mimicry.datasets.imagenet import imagenet_utils  # needs torch._six
+        import torch, torchvision
+        print(compat.is_tensorflow_stand_in(), compat.declared_torchvision_schemas(),
+              hasattr(torch.ops.torchvision, "nms"))
+        try:
+            sys.modules["tensorflow"].compat
+        except ModuleNotFoundError as error:
+            print("sagan-plugin eval" in str(error))
+    """)
+    # This machine has no TensorFlow and a torchvision whose compiled ops do not load.
+    assert out.splitlines() == ["True True True", "True"]
+
+
+def test_real_tensorflow_and_working_torchvision_are_left_alone(tmp_path: Path) -> None:
+    """With a TensorFlow installed and a torchvision that imports, nothing is replaced."""
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("REAL = True\n")
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text("WORKING = True\n")
+    out = _python("""
+        from sagan_plugin import compat
+        compat.ensure_host_importable()
+        import tensorflow, torchvision, torch
+        print(getattr(tensorflow, "REAL", False), compat.is_tensorflow_stand_in(),
+              getattr(torchvision, "WORKING", False), compat.declared_torchvision_schemas())
+    """, path=tmp_path)
+    assert out == "True False True False"
+
+
+def test_shim_is_applied_once() -> None:
+    out = _python("""
+        from sagan_plugin import compat
+        compat.ensure_host_importable()
+        compat.ensure_host_importable()  # a second call must not declare schemas again
+        import sagan_plugin.host
+        print("ok")
+    """)
+    assert out == "ok"

@@ -1,0 +1,124 @@
+"""The SAGAN nets: the host's contract, the attention formula, widths, spectral norm."""
+
+from itertools import pairwise
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from sagan_plugin.host import MetricLog
+from sagan_plugin.nets import DISCRIMINATORS, GENERATORS, SelfAttention
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_host_contract(resolution: int, num_classes: int) -> None:
+    """What Mimicry's tests/nets/sagan check: shapes, and one D and one G step on CPU."""
+    torch.manual_seed(0)
+    width = 8  # narrow nets: the contract does not depend on width
+    netG = GENERATORS[resolution](num_classes=num_classes, ngf=width)
+    netD = DISCRIMINATORS[resolution](num_classes=num_classes, ndf=width)
+    n = 3
+    z, y = torch.randn(n, netG.nz), torch.randint(max(num_classes, 1), (n,))
+    assert netG(z, y if num_classes else None).shape == (n, 3, resolution, resolution)
+    assert netG(z, None).shape == (n, 3, resolution, resolution)
+    x = torch.rand(n, 3, resolution, resolution) * 2 - 1
+    assert netD(x, y if num_classes else None).shape == (n, 1)
+
+    optD = torch.optim.Adam(netD.parameters(), 4e-4, betas=(0.0, 0.9))
+    optG = torch.optim.Adam(netG.parameters(), 1e-4, betas=(0.0, 0.9))
+    log_data = MetricLog()
+    before = [p.detach().clone() for p in netD.parameters()]
+    log_data = netD.train_step((x, y), netG, optD, log_data, device="cpu")
+    log_data = netG.train_step((x, y), netD, optG, log_data, device="cpu")
+    for name in ("errD", "errG", "D(x)", "D(G(z))", "gamma_G", "gamma_D"):
+        assert isinstance(log_data[name], float), name
+    assert any(not torch.equal(a, b) for a, b in zip(before, netD.parameters(), strict=True))
+
+
+def _reference_attention(layer: SelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """y = x + gamma * W_o(g softmax(theta^T phi)^T), written out with explicit products."""
+    n, c, h, w = x.shape
+    theta = layer.theta(x).reshape(n, c // 8, h * w)
+    phi = F.max_pool2d(layer.phi(x), 2).reshape(n, c // 8, h * w // 4)
+    g = F.max_pool2d(layer.g(x), 2).reshape(n, c // 2, h * w // 4)
+    beta = torch.softmax(torch.bmm(theta.transpose(1, 2), phi), dim=-1)  # (N, HW, HW/4)
+    o = torch.bmm(g, beta.transpose(1, 2)).reshape(n, c // 2, h, w)
+    return x + layer.gamma * layer.o(o)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_attention_equals_formula(dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    layer = SelfAttention(32).to(dtype).eval()
+    assert layer.gamma.item() == 0.0
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+    x = torch.randn(2, 32, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        expected = _reference_attention(layer, x)
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=tol)
+        weights = layer.attention_weights(x)
+    assert weights.shape == (2, 64, 16)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 64, dtype=dtype))
+
+
+def test_attention_placement_is_configurable() -> None:
+    netG = GENERATORS[128](num_classes=0, ngf=8, attention=64)
+    netD = DISCRIMINATORS[128](num_classes=0, ndf=8, attention=64)
+    assert netG.attention.theta.in_channels == 8 * 2  # feat64: 64x64, 2*ngf channels
+    assert netD.attention.theta.in_channels == 8
+    with pytest.raises(ValueError, match="feature maps are"):
+        GENERATORS[128](num_classes=0, ngf=8, attention=7)
+    assert GENERATORS[32](ngf=8, attention=0).attention is None
+
+
+def _expected_parameter_counts(num_classes: int, nz: int = 128, ch: int = 64) -> tuple[int, int]:
+    """Parameters of the authors' 128 px SAGAN, from its layer list (REFERENCE.md section 2)."""
+    def conv(c_in, c_out, k, bias=True):
+        return c_in * c_out * k * k + (c_out if bias else 0)
+
+    def attention(c):
+        return 2 * conv(c, c // 8, 1, False) + conv(c, c // 2, 1, False) \
+            + conv(c // 2, c, 1, False) + 1
+
+    g_widths = [16 * ch, 16 * ch, 8 * ch, 4 * ch, 2 * ch, ch]
+    g = nz * 16 * g_widths[0] + 16 * g_widths[0]  # SN-linear z -> 4x4x1024
+    for c_in, c_out in pairwise(g_widths):
+        g += 2 * num_classes * c_in + 2 * num_classes * c_out  # conditional BN gamma, beta
+        g += conv(c_in, c_out, 3) + conv(c_out, c_out, 3) + conv(c_in, c_out, 1)
+    g += attention(4 * ch) + 2 * ch + conv(ch, 3, 3)  # attention at 32x32, final BN, to RGB
+
+    d_widths = [ch, 2 * ch, 4 * ch, 8 * ch, 16 * ch, 16 * ch]
+    d = conv(3, ch, 3) + conv(ch, ch, 3) + conv(3, ch, 1)  # first block
+    for c_in, c_out in pairwise(d_widths):
+        d += conv(c_in, c_out, 3) + conv(c_out, c_out, 3)
+        d += conv(c_in, c_out, 1) if c_in != c_out else 0  # the last block keeps identity
+    d += attention(2 * ch) + 16 * ch + 1 + num_classes * 16 * ch  # linear, projection
+    return g, d
+
+
+def test_parameter_counts_match_reference_128() -> None:
+    netG = GENERATORS[128](num_classes=1000)
+    netD = DISCRIMINATORS[128](num_classes=1000)
+    expected_g, expected_d = _expected_parameter_counts(1000)
+    assert sum(p.numel() for p in netG.parameters()) == expected_g
+    assert sum(p.numel() for p in netD.parameters()) == expected_d
+
+
+def test_spectral_norm_on_every_weight_layer() -> None:
+    torch.manual_seed(0)
+    netG, netD = GENERATORS[32](num_classes=10, ngf=8), DISCRIMINATORS[32](num_classes=10, ndf=8)
+    z, y = torch.randn(4, 128), torch.randint(10, (4,))
+    with torch.no_grad():  # each training-mode forward runs one power iteration
+        for _ in range(30):
+            netD(netG(z, y), y)
+    for net in (netG, netD):
+        layers = [m for m in net.modules()
+                  if isinstance(m, torch.nn.Conv2d | torch.nn.Linear | torch.nn.Embedding)]
+        assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+        for layer in layers:
+            weight = layer.weight.detach().flatten(1)  # the normalised weight
+            sigma = torch.linalg.matrix_norm(weight.double(), ord=2).item()
+            assert abs(sigma - 1) < 1e-2, (type(layer).__name__, sigma)

@@ -1,0 +1,75 @@
+"""The model-family registry: built-ins, a third-party distribution, unknown names."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sagan_plugin.errors import UsageError
+from sagan_plugin.registry import ENTRY_POINT_GROUP, ModelFamily, get_model, list_models
+
+BUILT_IN = {"sagan", "sngan", "cgan_pd", "ssgan", "infomax_gan", "wgan_gp", "dcgan",
+            "mimicry_sagan"}
+
+
+def test_built_in_families_are_registered() -> None:
+    assert BUILT_IN <= set(list_models())
+    for name in BUILT_IN:
+        family = get_model(name)
+        assert isinstance(family, ModelFamily) and family.name == name
+        assert {"model", "train", "batch_size"} <= set(family.defaults)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_built_in_families_build_host_models(name: str) -> None:
+    from sagan_plugin.host import gan
+
+    family = get_model(name)
+    num_classes = 0 if family.conditional is False else 10
+    netG, netD = family.build(32, num_classes, **family.defaults["model"])
+    assert isinstance(netG, gan.BaseGenerator) and isinstance(netD, gan.BaseDiscriminator)
+
+
+def test_unknown_model_lists_registered_ones() -> None:
+    with pytest.raises(UsageError, match="unknown model 'nope'.*sagan.*sngan"):
+        get_model("nope")
+
+
+def test_third_party_distribution_is_discovered(tmp_path: Path) -> None:
+    """A distribution on sys.path that declares the entry point shows up, no code change."""
+    package = tmp_path / "toy_gan"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        from sagan_plugin.registry import ModelFamily
+        from sagan_plugin.families import SNGAN
+
+        TOY = ModelFamily(name="toygan", build=SNGAN.build, resolutions=(32,),
+                          conditional=False, description="a throw-away family",
+                          defaults=SNGAN.defaults)
+    """))
+    dist_info = tmp_path / "toy_gan-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-gan\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ntoygan = toy_gan:TOY\n")
+    code = ("from sagan_plugin.registry import get_model, list_models; "
+            "assert 'toygan' in list_models(); f = get_model('toygan'); "
+            "G, D = f.build(32, 0); print(type(G).__name__, f.description)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SNGANGenerator32 a throw-away family"
+    # ... and it is selectable by name on the command line.
+    result = subprocess.run([sys.executable, "-m", "sagan_plugin", "train", "--help"],
+                            capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert "toygan" in result.stdout and "a throw-away family" in result.stdout
+
+
+def test_register_refuses_a_taken_name() -> None:
+    from sagan_plugin.registry import register_model
+
+    clash = ModelFamily(name="sagan", build=get_model("sngan").build, resolutions=(32,))
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(clash)

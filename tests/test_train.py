@@ -1,0 +1,85 @@
+"""Real training steps through the host's Trainer, checkpoints, and resuming."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sagan_plugin.config import compose
+from sagan_plugin.runs import checkpoint_steps, load_generator, read_checkpoint
+from sagan_plugin.train import run
+
+
+class _InterruptAfter:
+    """A data loader that raises KeyboardInterrupt (as Ctrl-C would) after n batches."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+        self.batch_size = loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.n:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
+                                         capsys) -> None:
+    from sagan_plugin import train
+
+    overrides = tiny_overrides + ["train.steps=10", "train.save_steps=5", "train.log_steps=1"]
+    cfg = compose(overrides)
+    run_dir = Path(cfg.run_dir)
+
+    # First run: Ctrl-C arrives while step 7 fetches its batch; the host saves step 6.
+    build = train.build_dataloader
+    monkeypatch.setattr(train, "build_dataloader",
+                        lambda *a, **k: _InterruptAfter(build(*a, **k), 6))
+    run(cfg)
+    assert checkpoint_steps(run_dir) == [5, 6]
+    monkeypatch.setattr(train, "build_dataloader", build)
+
+    # Second run, same configuration: resumes at step 6 and finishes the remaining 4 steps.
+    capsys.readouterr()
+    trainer = run(compose(overrides))
+    assert "Starting training from global step 6" in capsys.readouterr().out
+    assert checkpoint_steps(run_dir) == [5, 6, 10]
+    assert read_checkpoint(run_dir / "checkpoints/netD/netD_10_steps.pth")["global_step"] == 10
+
+    # Losses of every step were finite (TensorBoard scalars, log_steps=1).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for metric in ("errD", "errG"):
+        events = EventAccumulator(str(run_dir / "data" / metric))
+        events.Reload()
+        values = [e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+        assert len(values) == 10 and all(math.isfinite(v) for v in values), metric
+    assert trainer.last_grid() is not None
+
+    loaded = load_generator(run_dir)
+    assert loaded.step == 10 and not loaded.ema and not loaded.netG.training
+    with torch.no_grad():
+        images = loaded.netG(torch.randn(2, 128), torch.tensor([0, 1]))
+    assert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[str]) -> None:
+    from sagan_plugin.errors import UsageError
+
+    run(compose(tiny_overrides + ["train.steps=1"]))
+    with pytest.raises(UsageError, match=r"model.ngf: 8 -> 16"):
+        run(compose(tiny_overrides + ["train.steps=2", "model.ngf=16"]))
+    run(compose(tiny_overrides + ["train.steps=2"]))  # a longer run is a resume, not a clash
+
+
+def test_host_baseline_trains_the_same_way(tmp_path: Path) -> None:
+    run_dir = tmp_path / "sngan"
+    run(compose(["model=sngan", "data=procedural", f"run_dir={run_dir}", "model.ngf=16",
+                 "model.ndf=16", "train.batch_size=4", "train.n_dis=2", "train.steps=2",
+                 "data.size=32", "data.num_workers=0"]))
+    assert checkpoint_steps(run_dir) == [2]
