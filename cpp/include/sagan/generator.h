@@ -1,0 +1,78 @@
+// A sagan-plugin generator export (TorchScript .pt or AOTInductor .pt2) and the sampling recipe
+// shared with sagan_plugin/sample.py, so that both give the same images for the same inputs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+namespace torch::inductor {
+class AOTIModelPackageLoader;
+}
+
+namespace sagan {
+
+// Bad input (a missing file, a sidecar that does not match, a class out of range): the message
+// is one line that says what was wrong and what is expected.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The JSON sidecar `<model>.json` written next to every export by `sagan-plugin export`.
+struct ExportInfo {
+  std::string format;  // "torchscript" or "aoti"
+  std::string device;  // the device an AOTInductor package was compiled for
+  int64_t nz = 0;
+  int64_t num_classes = 0;  // 0: unconditional, the label input is ignored
+  int64_t resolution = 0;
+  int64_t channels = 0;
+  int64_t step = 0;
+  std::string torch_version;
+  std::string sha256;
+};
+
+// Reads and checks the sidecar of `model_path`, including the artefact's sha256.
+ExportInfo read_export_info(const std::filesystem::path& model_path);
+
+// "cpu", "cuda[:index]" or "auto"; cuda needs a CUDA build of torch and a visible GPU. "auto" is
+// the device an AOTInductor package was compiled for, else cuda when available, else cpu.
+torch::Device parse_device(const std::string& name, const ExportInfo& info);
+
+// Label i is classes[i % classes.size()]; with no classes given it is i % num_classes for a
+// conditional model and 0 (ignored) for an unconditional one. Checks every class index.
+torch::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64_t num_classes);
+
+class Generator {
+ public:
+  Generator(const std::filesystem::path& model_path, const std::string& device = "auto");
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
+
+  const ExportInfo& info() const { return info_; }
+  torch::Device device() const { return device_; }
+
+  // One forward pass: z float32 (N, nz), y int64 (N,), both on any device; output on device().
+  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& y);
+
+  // The sampling recipe: a CPU generator seeded with `seed` draws z = randn(n, nz) in one go,
+  // labels come from class_labels, and the generator runs on chunks of `batch` rows.
+  // Returns float32 (n, C, R, R) in [-1, 1] on the CPU.
+  torch::Tensor sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
+                       int64_t batch);
+
+ private:
+  ExportInfo info_;
+  torch::Device device_;
+  std::optional<torch::jit::Module> script_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package_;
+};
+
+}  // namespace sagan

@@ -1,0 +1,37 @@
+// Turning generator output into PNG files, the same way as sagan_plugin/sample.py.
+#pragma once
+
+#include <filesystem>
+
+#include <torch/script.h>
+
+namespace sagan {
+
+// float images in [-1, 1] -> uint8 via trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)).
+torch::Tensor to_uint8(const torch::Tensor& images);
+
+// (N, C, H, W) uint8 -> (rows*(H+2)+2, cols*(W+2)+2, C) uint8 with cols = ceil(sqrt(N)),
+// images in row-major order on a black background, 2 pixels apart.
+torch::Tensor image_grid(const torch::Tensor& images);
+
+// Where the images go: a .png file (one grid) or a directory (one PNG per image).
+struct OutputTarget {
+  std::filesystem::path path;
+  bool directory = false;
+};
+
+// A path ending in '/' or naming an existing directory is a directory (created if missing);
+// anything else must end in .png. Fails early when the target cannot be written.
+OutputTarget prepare_output(const std::string& path);
+
+// A file name with the given extension (".png") in an existing, writable directory.
+std::filesystem::path prepare_file(const std::string& path, const std::string& extension);
+
+// Writes (N, C, H, W) float images in [-1, 1]: the grid, or DIR/000000.png ... Each file is
+// written to a temporary name first and renamed, so nothing is left half-written.
+void write_images(const torch::Tensor& images, const OutputTarget& target);
+
+// Writes bytes to path via a temporary file in the same directory.
+void write_file_atomically(const std::filesystem::path& path, const std::vector<char>& bytes);
+
+}  // namespace sagan

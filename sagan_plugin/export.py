@@ -1,0 +1,204 @@
+"""`sagan-plugin export`: a trained generator as TorchScript or an AOTInductor package for C++.
+
+    sagan-plugin export run=runs/demo format=aoti             -> runs/demo/export/generator.pt2
+    sagan-plugin export run=runs/demo format=torchscript out=G.pt
+
+The exported forward is (z float32 (N, nz), y int64 (N,)) -> images (N, C, R, R) in [-1, 1],
+with any N; y holds class labels and is ignored by an unconditional generator. Weights are the
+EMA ones when the checkpoint has them, in eval mode, with spectral norm folded into plain
+weights. Next to the artefact, `<artefact>.json` records what a sampler needs (z size,
+classes, resolution, ...) and the artefact's sha256. Before anything is written, the artefact
+is loaded back and must reproduce the eager generator on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from sagan_plugin.errors import UsageError
+from sagan_plugin.sample import class_labels, parse_overrides
+
+FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
+EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this marker
+CHECK_BATCHES = (1, 5)  # neither is the batch size the export was traced with
+CHECK_TOLERANCE = 1e-5
+MAX_BATCH = 1 << 16
+
+
+class SamplingModule(nn.Module):
+    """forward(z, y) for every generator; an unconditional one ignores y."""
+
+    def __init__(self, netG: nn.Module) -> None:
+        super().__init__()
+        self.netG = netG
+        self.conditional = bool(netG.num_classes)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return self.netG(z, y) if self.conditional else self.netG(z)
+
+
+def fold_spectral_norm(netG: nn.Module) -> nn.Module:
+    """Replace every parametrized weight by its current value, in place.
+
+    eval() comes first: in training mode each access runs a power iteration and changes the
+    weights. Give this a freshly loaded generator, never a deep copy of one in use.
+    """
+    netG.eval()
+    for module in netG.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return netG
+
+
+def sidecar_path(artefact: str | Path) -> Path:
+    return Path(f"{artefact}.json")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """Hide the deprecation notices TorchScript (since 2.10) and torch.export's internals print.
+
+    Only these messages: any other warning still reaches the user.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                FutureWarning)
+        yield
+
+
+def check_inputs(netG: nn.Module, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    z = torch.randn(batch, netG.nz, generator=torch.Generator().manual_seed(batch))
+    return z.to(device), class_labels(batch, None, netG.num_classes).to(device)
+
+
+def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: Path) -> None:
+    with _quiet_deprecations():
+        torch.jit.trace(module, example).save(str(path))
+
+
+def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with _quiet_deprecations():
+        program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+def load_export(path: str | Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The artefact as a Python callable (z, y) -> images."""
+    with _quiet_deprecations():
+        if fmt == "torchscript":
+            return torch.jit.load(str(path))
+        return torch._inductor.aoti_load_package(str(path))
+
+
+def check_export(exported: Callable, reference: nn.Module, device: torch.device) -> float:
+    """Largest difference to the eager generator over CHECK_BATCHES; raises above tolerance."""
+    worst = 0.0
+    with torch.inference_mode():
+        for batch in CHECK_BATCHES:
+            z, y = check_inputs(reference.netG, batch, device)
+            expected, got = reference(z, y), exported(z, y)
+            if got.shape != expected.shape:
+                raise RuntimeError(f"export check failed at batch {batch}: shape "
+                                   f"{tuple(got.shape)} instead of {tuple(expected.shape)}")
+            worst = max(worst, (got - expected).abs().max().item())
+    if worst > CHECK_TOLERANCE:
+        raise RuntimeError(f"export check failed: output differs from the eager generator by "
+                           f"{worst:.3g} (tolerance {CHECK_TOLERANCE}); nothing was written")
+    return worst
+
+
+def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
+                     step: int | None = None, prefer_ema: bool = True,
+                     device: str | torch.device = "cpu") -> Path:
+    """Write the checked artefact and its sidecar; returns the artefact's path."""
+    from sagan_plugin.runs import load_generator, resolve_checkpoint
+
+    if fmt not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    device = torch.device(device)
+    if out is None:
+        out = resolve_checkpoint(run, step)[0] / "export" / f"generator{FORMATS[fmt]}"
+    out = Path(out)
+    if out.suffix != FORMATS[fmt]:
+        raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # Two independent loads: one stays the parametrized reference, the other is folded.
+    reference = SamplingModule(load_generator(run, step, prefer_ema, device).netG)
+    loaded = load_generator(run, step, prefer_ema, device)
+    module = SamplingModule(fold_spectral_norm(loaded.netG))
+    netG = loaded.netG
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        staged = work / out.name
+        writer = _write_torchscript if fmt == "torchscript" else _write_aoti
+        writer(module, check_inputs(netG, 2, device), staged)
+        check_export(load_export(staged, fmt), reference, device)
+        sidecar = {
+            "kind": EXPORT_KIND,
+            "version": 1,
+            "format": fmt,
+            "file": out.name,
+            "sha256": sha256_of(staged),
+            "inputs": "z: float32 (N, nz); y: int64 (N,) class labels, ignored if num_classes=0",
+            "nz": netG.nz,
+            "num_classes": netG.num_classes,
+            "resolution": netG.resolution,
+            "channels": int(reference(*check_inputs(netG, 1, device)).shape[1]),
+            "output_range": [-1.0, 1.0],
+            "model": loaded.config.model.name,
+            "step": loaded.step,
+            "ema": loaded.ema,
+            "device": device.type,
+            "torch_version": torch.__version__,
+        }
+        sidecar_path(staged).write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(staged, out)
+        os.replace(sidecar_path(staged), sidecar_path(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+@dataclass
+class ExportConfig:
+    run: str = MISSING  # a run folder or a netG checkpoint file
+    format: str = "torchscript"  # torchscript (.pt) or aoti (.pt2)
+    out: str | None = None  # null: <run>/export/generator.pt or .pt2
+    step: int | None = None  # null: the latest checkpoint
+    ema: bool = True  # the EMA weights when the checkpoint has them
+    device: str = "cpu"  # an AOTInductor package runs only on the device it was compiled for
+
+
+def main(argv: list[str]) -> None:
+    from sagan_plugin.sample import resolve_device
+
+    cfg = parse_overrides(ExportConfig, argv, "export")
+    path = export_generator(cfg.run, cfg.format, cfg.out, cfg.step, cfg.ema,
+                            resolve_device(cfg.device))
+    print(f"wrote {path} and {sidecar_path(path)}")
