@@ -90,10 +90,9 @@ def _host_dataset(data: DictConfig) -> Dataset:
 
 
 def _fashion_mnist(data: DictConfig) -> Dataset:
-    from torchvision import datasets, transforms
+    from sagan_plugin.host import torchvision
 
-    from sagan_plugin.host import torch_mimicry  # noqa: F401  (torchvision after its shim)
-
+    transforms = torchvision.transforms
     margin, odd = divmod(data.resolution - 28, 2)
     if data.fit == "pad" and (margin < 0 or odd):
         raise UsageError("data.fit=pad needs data.resolution >= 28 with an even margin, got "
@@ -104,8 +103,8 @@ def _fashion_mnist(data: DictConfig) -> Dataset:
         fit, transforms.Grayscale(num_output_channels=3), transforms.ToTensor(),
         transforms.Normalize((0.5,) * 3, (0.5,) * 3),
     ])
-    return datasets.FashionMNIST(str(root), train=data.split == "train", download=False,
-                                 transform=transform)
+    return torchvision.datasets.FashionMNIST(str(root), train=data.split == "train",
+                                             download=False, transform=transform)
 
 
 def _fashion_mnist_root(root: str | None) -> Path:

@@ -1,0 +1,106 @@
+"""Data sets: the procedural one, Fashion-MNIST from Debian's package, the host's ImageNet."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sagan_plugin.config import compose
+from sagan_plugin.data import (
+    DEBIAN_FASHION_MNIST,
+    ProceduralShapes,
+    build_dataloader,
+    build_dataset,
+)
+from sagan_plugin.errors import UsageError
+
+
+def test_procedural_is_deterministic_balanced_and_in_range() -> None:
+    data = ProceduralShapes(size=40, resolution=32, num_classes=10)
+    first = [data[i] for i in range(len(data))]
+    again = ProceduralShapes(size=40, resolution=32, num_classes=10)
+    for (image, label), i in zip(first, range(40), strict=True):
+        assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
+        assert label == i % 10
+        assert torch.equal(image, again[i][0])
+    # Different classes differ in colour and shape: class means are far apart.
+    means = torch.stack([torch.stack([first[i][0] for i in range(k, 40, 10)]).mean(0)
+                         for k in range(10)])
+    assert torch.cdist(means.flatten(1), means.flatten(1)).fill_diagonal_(99).min() > 1
+
+
+def test_dataloader_drops_last_and_refuses_tiny_sets() -> None:
+    loader = build_dataloader(ProceduralShapes(10, 32, 2), batch_size=4, num_workers=0)
+    assert [len(x) for x, _ in loader] == [4, 4]
+    with pytest.raises(UsageError, match="fewer than one batch"):
+        build_dataloader(ProceduralShapes(3, 32, 2), batch_size=4, num_workers=0)
+
+
+needs_debian_package = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (make data installs it)")
+
+
+@needs_debian_package
+@pytest.mark.parametrize("fit", ["pad", "resize"])
+def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch, fit: str) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path / 'empty'}", f"data.fit={fit}"])
+    data = build_dataset(cfg.data)
+    assert len(data) == 60000 and cfg.model.num_classes == 10
+    image, label = data[0]
+    assert image.shape == (3, 32, 32) and 0 <= label < 10
+    assert image.min() >= -1 and image.max() <= 1
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # grey as RGB
+    if fit == "pad":  # a 2-pixel frame of background around the 28x28 picture
+        assert torch.all(image[:, :2, :] == -1) and torch.all(image[:, :, -2:] == -1)
+    assert sorted({data.targets[i].item() for i in range(0, 60000, 97)}) == list(range(10))
+
+
+@needs_debian_package
+def test_fashion_mnist_from_a_root_with_gzip_files(tmp_path: Path, monkeypatch) -> None:
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in DEBIAN_FASHION_MNIST.glob("t*-idx*-ubyte.gz"):
+        shutil.copy(path, raw / path.name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path / 'data'}", "data.split=test"])
+    data = build_dataset(cfg.data)
+    assert len(data) == 10000
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
+        assert data[0][1] == f.read()[8]  # the idx label file's first label
+
+
+def _fake_imagenet(root: Path, wnids: list[str], per_class: int) -> None:
+    """ImageNet's on-disk layout as Mimicry reads it: meta.bin and train/<wnid>/*.JPEG."""
+    from PIL import Image
+
+    folder = root / "imagenet"
+    for k, wnid in enumerate(wnids):
+        (folder / "train" / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            colour = (40 * k, 255 - 40 * k, 17 * i)
+            Image.new("RGB", (256, 240), colour).save(folder / "train" / wnid / f"{i}.JPEG")
+    torch.save(({w: (f"class {w}",) for w in wnids}, wnids), folder / "meta.bin")
+
+
+def test_host_imagenet_loader_reads_the_standard_layout(tmp_path: Path) -> None:
+    _fake_imagenet(tmp_path, ["n01440764", "n01443537"], per_class=3)
+    cfg = compose(["data=imagenet_128", f"data.root={tmp_path}"])
+    assert cfg.model.num_classes == 1000 and cfg.train.batch_size == 256
+    data = build_dataset(cfg.data)
+    assert len(data) == 6
+    image, label = data[4]
+    assert image.shape == (3, 128, 128) and label == 1
+    assert -1 <= image.min() and image.max() <= 1
+
+
+def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "imagenet").mkdir()
+    cfg = OmegaConf.create({"name": "imagenet_32", "root": str(tmp_path), "resolution": 64,
+                            "num_classes": 1000, "split": "train"})
+    with pytest.raises(UsageError, match="imagenet_32 is 32x32"):
+        build_dataset(cfg)
