@@ -38,6 +38,16 @@ demo: install data
 	$(VENV)/bin/sagan-plugin train model=sagan data=fashion_mnist run_dir=$(RUN_DIR) \
 	  train.steps=300 train.batch_size=32 model.ngf=64 model.ndf=64 train.vis_steps=100 train.save_steps=100
 
+# The C++ sampler: Debian's header packages, then cmake against the venv's torch; a second run
+# only checks that everything is up to date.
+CPP_DEBS := libcli11-dev nlohmann-json3-dev libstb-dev libssl-dev pkg-config
+cpp: install
+	@dpkg -s $(CPP_DEBS) >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CPP_DEBS) >/dev/null; }
+	@test -f cpp/build/CMakeCache.txt || \
+	  $(VENV)/bin/cmake -S cpp -B cpp/build -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
+	@$(VENV)/bin/cmake --build cpp/build -j$$(nproc) -- --no-print-directory
+
 test: install data
 	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
 	$(PY) -m pytest -q

@@ -14,6 +14,8 @@ from sagan_plugin.errors import UsageError
 # Subcommand -> "module:function" taking the list of key=value tokens; imported on use only.
 COMMANDS = {
     "train": ("sagan_plugin.train:main", "train a model (model=..., data=..., overrides)"),
+    "export": ("sagan_plugin.export:main", "export G for C++ (run=... format=torchscript|aoti)"),
+    "sample": ("sagan_plugin.sample:main", "sample PNGs (run=... n=... seed=... classes=...)"),
 }
 
 

@@ -1,0 +1,165 @@
+"""Export to TorchScript and AOTInductor: folded spectral norm, the check, the sidecar."""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.nn.utils import parametrize
+
+from sagan_plugin import export
+from sagan_plugin.config import build_models, compose
+from sagan_plugin.errors import UsageError
+from sagan_plugin.runs import checkpoint_path, load_generator
+
+STEP = 7
+
+
+def make_run(run_dir: Path, num_classes: int | None = None) -> Path:
+    """A run folder whose tiny 32 px SAGAN has weights a trained one could have.
+
+    gamma != 0 so that attention matters, BN statistics away from (0, 1), u vectors moved by a
+    training-mode pass, and EMA weights different from the raw ones.
+    """
+    overrides = ["model=sagan", "data=procedural", "model.ngf=8", f"run_dir={run_dir}"]
+    if num_classes is not None:
+        overrides.append(f"model.num_classes={num_classes}")
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    netG, _ = build_models(cfg)
+    netG.train()
+    netG(torch.randn(4, netG.nz))
+    with torch.no_grad():
+        netG.attention.gamma.fill_(0.7)
+        for name, buffer in netG.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.3)
+    raw = {k: v.clone() for k, v in netG.state_dict().items()}
+    with torch.no_grad():
+        for p in netG.parameters():
+            p.mul_(0.9)
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    ckpt = checkpoint_path(run_dir, STEP)
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model_state_dict": raw, "optimizer_state_dict": {}, "global_step": STEP,
+                "ema_state_dict": netG.state_dict()}, ckpt)
+    return run_dir
+
+
+@functools.cache
+def exported_run(base: Path, conditional: bool, formats: tuple[str, ...]) -> Path:
+    """A run folder with exports in run/export/generator.{pt,pt2}; built once per process."""
+    run = make_run(base / ("conditional" if conditional else "unconditional"),
+                   None if conditional else 0)
+    for fmt in formats:
+        export.export_generator(run, fmt)
+    return run
+
+
+@pytest.fixture(scope="session")
+def conditional_run(tmp_path_factory) -> Path:
+    """Conditional (10 classes) run exported in both formats (one AOTInductor compile)."""
+    return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
+
+
+@pytest.fixture(scope="session")
+def unconditional_run(tmp_path_factory) -> Path:
+    return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))
+
+
+def test_fold_spectral_norm_keeps_outputs_and_removes_parametrizations(conditional_run):
+    reference = load_generator(conditional_run).netG
+    folded = export.fold_spectral_norm(load_generator(conditional_run).netG)
+    assert not any(parametrize.is_parametrized(m) for m in folded.modules())
+    z, y = export.check_inputs(reference, 6, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(z, y), reference(z, y), rtol=0, atol=1e-6)
+
+
+def test_folding_in_training_mode_would_change_the_weights(conditional_run):
+    # Why fold_spectral_norm calls eval() first: a training-mode access runs a power iteration.
+    netG = load_generator(conditional_run).netG
+    before = netG.linear.weight.detach().clone()
+    netG.train()
+    assert not torch.equal(netG.linear.weight.detach(), before)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_export_matches_eager_at_any_batch_and_has_a_true_sidecar(conditional_run, fmt):
+    artefact = conditional_run / "export" / f"generator{export.FORMATS[fmt]}"
+    sidecar = json.loads(export.sidecar_path(artefact).read_text())
+    assert sidecar == sidecar | {
+        "kind": export.EXPORT_KIND, "format": fmt, "nz": 128, "num_classes": 10,
+        "resolution": 32, "channels": 3, "output_range": [-1.0, 1.0], "step": STEP,
+        "ema": True, "device": "cpu", "torch_version": torch.__version__,
+        "sha256": export.sha256_of(artefact), "file": artefact.name}
+    reference = load_generator(conditional_run).netG
+    z, y = export.check_inputs(reference, 7, torch.device("cpu"))
+    with torch.inference_mode():
+        expected = reference(z, y)
+        got = export.load_export(artefact, fmt)(z, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=export.CHECK_TOLERANCE)
+
+
+def test_export_uses_ema_weights(conditional_run):
+    ema = load_generator(conditional_run, prefer_ema=True).netG
+    raw = load_generator(conditional_run, prefer_ema=False).netG
+    z, y = export.check_inputs(ema, 3, torch.device("cpu"))
+    exported = export.load_export(conditional_run / "export" / "generator.pt", "torchscript")
+    with torch.inference_mode():
+        assert torch.equal(exported(z, y), ema(z, y))
+        assert not torch.allclose(exported(z, y), raw(z, y))
+
+
+def test_unconditional_export_ignores_labels(unconditional_run):
+    artefact = unconditional_run / "export" / "generator.pt"
+    assert json.loads(export.sidecar_path(artefact).read_text())["num_classes"] == 0
+    exported = export.load_export(artefact, "torchscript")
+    z = torch.randn(4, 128)
+    with torch.inference_mode():
+        torch.testing.assert_close(exported(z, torch.zeros(4, dtype=torch.int64)),
+                                   exported(z, torch.arange(4)), rtol=0, atol=0)
+
+
+def test_torchscript_export_shows_no_deprecation_warning(conditional_run, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
+        export.load_export(tmp_path / "G.pt", "torchscript")
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
+def test_failed_check_writes_nothing(conditional_run, tmp_path, monkeypatch):
+    load = export.load_export
+
+    def off_by_a_bit(path, fmt):
+        module = load(path, fmt)
+        return lambda z, y: module(z, y) + 1e-3
+
+    monkeypatch.setattr(export, "load_export", off_by_a_bit)
+    with pytest.raises(RuntimeError, match="export check failed"):
+        export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["format=torchscript"], "run=... is required"),
+    (["run={run}", "format=onnx"], "format must be one of"),
+    (["run={run}", "format=aoti", "out={tmp}/G.pt"], "must end in .pt2"),
+    (["run={tmp}/nothing"], "does not exist"),
+    (["run={run}", "step=3"], "no checkpoint at step 3"),
+    (["run={run}", "colour=red"], "colour"),
+    (["run={run}", "device=tpu"], "not a device"),
+])
+def test_bad_export_input_is_a_usage_error(conditional_run, tmp_path, argv, message):
+    argv = [a.format(run=conditional_run, tmp=tmp_path) for a in argv]
+    with pytest.raises(UsageError, match=message):
+        export.main(argv)

@@ -1,0 +1,109 @@
+"""The Python sampling recipe that the C++ sampler mirrors, and `sagan-plugin sample`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+from test_export import make_run
+
+from sagan_plugin import sample as sampling
+from sagan_plugin.errors import UsageError
+from sagan_plugin.runs import load_generator
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("sample") / "run")
+
+
+@pytest.fixture(scope="module")
+def netG(run):
+    return load_generator(run).netG
+
+
+def test_class_labels_cycle_through_the_given_classes():
+    assert sampling.class_labels(7, [0, 3, 7], 10).tolist() == [0, 3, 7, 0, 3, 7, 0]
+    assert sampling.class_labels(5, [4], 10).tolist() == [4] * 5
+    assert sampling.class_labels(12, None, 10).tolist() == [*range(10), 0, 1]
+    assert sampling.class_labels(3, None, 0).tolist() == [0, 0, 0]
+    assert sampling.class_labels(3, None, 0).dtype == torch.int64
+
+
+@pytest.mark.parametrize("n, classes, num_classes, message", [
+    (0, None, 10, "n must be a positive"),
+    (-2, None, 10, "n must be a positive"),
+    (4, [10], 10, "class 10 is out of range"),
+    (4, [-1], 10, "class -1 is out of range"),
+    (4, [1], 0, "unconditional"),
+])
+def test_class_labels_refuse_bad_input(n, classes, num_classes, message):
+    with pytest.raises(UsageError, match=message):
+        sampling.class_labels(n, classes, num_classes)
+
+
+def test_sample_follows_the_recipe(netG):
+    n, seed, classes = 10, 5, [2, 9]
+    torch.manual_seed(seed)  # the recipe's generator draws what the global one would
+    z = torch.randn(n, netG.nz)
+    y = torch.tensor(classes * 5)
+    with torch.inference_mode():
+        expected = torch.cat([netG(z[:4], y[:4]), netG(z[4:8], y[4:8]), netG(z[8:], y[8:])])
+    got = sampling.sample(netG, n, seed, classes, batch=4)
+    assert got.shape == (n, 3, 32, 32)
+    assert torch.equal(got, expected)
+    # z is drawn for all n at once, so the batch size changes only rounding.
+    torch.testing.assert_close(sampling.sample(netG, n, seed, classes, batch=3), got,
+                               rtol=0, atol=1e-5)
+    assert not torch.allclose(sampling.sample(netG, n, seed + 1, classes, batch=4), got)
+
+
+def test_uint8_mapping_and_grid_layout():
+    assert sampling.to_uint8(torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0])).tolist() == [
+        0, 0, 128, 255, 255]
+    images = torch.arange(1, 6, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 4, 2)
+    grid = sampling.image_grid(images)
+    assert grid.shape == (2 * 6 + 2, 3 * 4 + 2, 3)  # ceil(sqrt(5)) = 3 columns, 2 rows
+    for i in range(5):
+        top, left = 2 + (i // 3) * 6, 2 + (i % 3) * 4
+        assert (grid[top:top + 4, left:left + 2] == i + 1).all()
+    assert int(grid.sum()) == 3 * 8 * sum(range(1, 6))  # black everywhere else
+
+
+def test_sample_command_writes_the_recipe_as_png(run, netG, tmp_path):
+    result = run_cli("sample", f"run={run}", "n=5", "seed=3", "classes=1,4", "batch=2",
+                     f"out={tmp_path}/one/")
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout
+    expected = sampling.to_uint8(sampling.sample(netG, 5, 3, [1, 4], 2)).permute(0, 2, 3, 1)
+    for i in range(5):
+        png = np.asarray(Image.open(tmp_path / "one" / f"{i:06d}.png"))
+        assert np.array_equal(png, expected[i].numpy())
+
+
+def test_sample_main_writes_a_grid(run, netG, tmp_path):
+    sampling.main([f"run={run}", "n=3", "class=7", f"out={tmp_path}/grid.png"])
+    expected = sampling.image_grid(sampling.to_uint8(sampling.sample(netG, 3, 0, [7])))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), expected.numpy())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["n=4"], "run=... is required"),
+    (["run={run}", "n=0"], "n must be a positive"),
+    (["run={run}", "n=many"], "bad override for n"),
+    (["run={run}", "class=10"], "class 10 is out of range"),
+    (["run={run}", "class=1", "classes=2"], "not both"),
+    (["run={run}", "classes=a,b"], "classes must be integers"),
+    (["run={run}", "out={tmp}/x.jpg"], "must end in .png"),
+    (["run={run}", "out={tmp}/missing/x.png"], "does not exist"),
+    (["run={run}", "device=cuda:7"] if not torch.cuda.is_available() else ["run={run}", "n=-1"],
+     "no usable GPU|n must be"),
+    (["run={run}", "batch=0"], "batch must be a positive"),
+])
+def test_bad_sample_input_is_a_usage_error(run, tmp_path, argv, message):
+    argv = [a.format(run=run, tmp=tmp_path) for a in argv]
+    with pytest.raises(UsageError, match=message):
+        sampling.main(argv)
+    assert not list(tmp_path.iterdir())
