@@ -36,7 +36,7 @@ data:
 
 demo: install data
 	$(VENV)/bin/sagan-plugin train model=sagan data=fashion_mnist run_dir=$(RUN_DIR) \
-	  train.steps=300 train.batch_size=32 model.ngf=64 model.ndf=64 train.vis_steps=100 train.save_steps=100
+	  train.steps=150 train.batch_size=32 model.ngf=16 model.ndf=16 train.vis_steps=50 train.save_steps=50
 
 # The C++ sampler: Debian's header packages, then cmake against the venv's torch; a second run
 # only checks that everything is up to date.
