@@ -50,6 +50,7 @@ int run(const Options& options) {
 int main(int argc, char** argv) {
   Options options;
   CLI::App app{"Sample images from a generator exported by `sagan-plugin export`."};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // last wins
   app.add_option("--model", options.model, "TorchScript .pt or AOTInductor .pt2 (with its .json)")
       ->required();
   app.add_option("--n", options.n, "number of images")->capture_default_str();
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
       "--class", [&](int64_t k) { options.classes = {k}; }, "class of every image");
   app.add_option("--classes", options.classes, "comma-separated classes, repeated cyclically")
       ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->excludes(one_class);
   app.add_option("--seed", options.seed, "seed of the CPU generator that draws z")
       ->capture_default_str();

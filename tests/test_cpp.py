@@ -1,0 +1,230 @@
+"""The C++ sampler (program and pybind11 module) against the Python recipe, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from PIL import Image
+from test_export import exported_run
+
+from sagan_plugin.export import sidecar_path
+from sagan_plugin.runs import load_generator
+from sagan_plugin.sample import image_grid, sample, to_uint8
+
+BUILD = REPO / "cpp" / "build"
+PROGRAM = BUILD / "sagan_sample"
+MODELS = {"torchscript": "generator.pt", "aoti": "generator.pt2"}
+
+
+@pytest.fixture(scope="session")
+def program() -> Path:
+    """cpp/ built once per session through the Makefile (a no-op when up to date)."""
+    subprocess.run(["make", "-s", "cpp"], cwd=REPO, check=True, capture_output=True,
+                   timeout=900)
+    return PROGRAM
+
+
+@pytest.fixture(scope="session")
+def conditional(tmp_path_factory) -> Path:
+    """The run test_export exports (shared: the AOTInductor compile happens once)."""
+    return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
+
+
+@pytest.fixture(scope="session")
+def unconditional(tmp_path_factory) -> Path:
+    return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))
+
+
+@pytest.fixture(scope="session")
+def ext(program):
+    sys.path.insert(0, str(BUILD))
+    import sagan_sample_ext
+
+    return sagan_sample_ext
+
+
+def run_program(*args: object, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PROGRAM), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, message: str = "") -> None:
+    """Exit 2 with exactly one line `error: ...` on stderr: no crash, no backtrace."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_program_matches_python_recipe(program, conditional, tmp_path, fmt):
+    model = conditional / "export" / MODELS[fmt]
+    result = run_program("--model", model, "--n", 11, "--seed", 4, "--classes", "9,0,3",
+                         "--batch", 4, "--device", "cpu", "--out", tmp_path / "grid.png",
+                         "--save-tensor", tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout
+    expected = sample(load_generator(conditional).netG, 11, 4, [9, 0, 3], batch=4)
+    images = torch.load(tmp_path / "images.pt")
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+    # Same tensor -> same PNG pixels (a 1e-5 difference may flip a rounding by one level).
+    grid = np.asarray(Image.open(tmp_path / "grid.png")).astype(int)
+    assert np.abs(grid - image_grid(to_uint8(expected)).numpy()).max() <= 1
+
+
+def test_program_writes_one_png_per_image(program, unconditional, tmp_path):
+    model = unconditional / "export" / "generator.pt"
+    result = run_program("--model", model, "--n", 3, "--seed", 1, "--out", f"{tmp_path}/pngs/",
+                         "--save-tensor", tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    images = torch.load(tmp_path / "images.pt")
+    torch.testing.assert_close(images, sample(load_generator(unconditional).netG, 3, 1),
+                               rtol=0, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
+        "000000.png", "000001.png", "000002.png"]
+    for i, pixels in enumerate(to_uint8(images).permute(0, 2, 3, 1)):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / f"{i:06d}.png")),
+                              pixels.numpy())
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_python_module_returns_the_programs_tensor(ext, conditional, tmp_path, fmt):
+    model = conditional / "export" / MODELS[fmt]
+    result = run_program("--model", model, "--n", 6, "--seed", 2, "--class", 5, "--batch", 4,
+                         "--save-tensor", tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    generator = ext.Generator(str(model), "cpu")
+    assert generator.info["num_classes"] == 10 and generator.info["format"] == fmt
+    images = generator.sample(6, seed=2, classes=[5], batch=4)
+    assert torch.equal(images, torch.load(tmp_path / "images.pt"))
+    assert torch.equal(ext.image_grid(ext.to_uint8(images)), image_grid(to_uint8(images)))
+    with pytest.raises(ValueError, match="class 10 is out of range"):
+        generator.sample(2, classes=[10])
+
+
+def broken_copies(conditional: Path, folder: Path) -> dict[str, Path]:
+    """Models that must be refused: each a file next to a (possibly wrong) sidecar."""
+    source = conditional / "export" / "generator.pt"
+    sidecar = json.loads(sidecar_path(source).read_text())
+    models = {}
+
+    def add(name: str, data: bytes, **changes: object) -> None:
+        path = folder / name
+        path.write_bytes(data)
+        fields = sidecar | {"sha256": hashlib.sha256(data).hexdigest()} | changes
+        sidecar_path(path).write_text(json.dumps(fields))
+        models[name] = path
+
+    add("garbage.pt", b"not a model at all\n" * 50)
+    add("garbage.pt2", b"PK\x03\x04 not a zip either" * 20, format="aoti")
+    add("wrong_sha.pt", source.read_bytes() + b"\0", sha256=sidecar["sha256"])
+    add("wrong_kind.pt", source.read_bytes(), kind="something else")
+    add("no_nz.pt", source.read_bytes(), nz="many")
+    add("bad_format.pt", source.read_bytes(), format="onnx")
+    add("cuda_package.pt2", source.read_bytes(), format="aoti", device="cuda")
+    shutil.copy(source, folder / "no_sidecar.pt")
+    models["no_sidecar.pt"] = folder / "no_sidecar.pt"
+    (folder / "not_json.pt").write_bytes(source.read_bytes())
+    sidecar_path(folder / "not_json.pt").write_text("{ nope")
+    models["not_json.pt"] = folder / "not_json.pt"
+    return models
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("garbage.pt", "cannot load"),
+    ("garbage.pt2", "cannot load"),
+    ("wrong_sha.pt", "sha256"),
+    ("wrong_kind.pt", "not the sidecar"),
+    ("no_nz.pt", "nz"),
+    ("bad_format.pt", "format must be"),
+    ("cuda_package.pt2", "compiled for cuda"),
+    ("no_sidecar.pt", "no sidecar"),
+    ("not_json.pt", "not valid JSON"),
+])
+def test_program_refuses_bad_models(program, conditional, tmp_path, case, message):
+    models = broken_copies(conditional, tmp_path)
+    model = models.get(case, tmp_path / "missing.pt")
+    assert_clean_error(run_program("--model", model, "--n", 2, "--device", "cpu"), message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", 10], "class 10 is out of range"),
+    (["--classes", "1,-1"], "class -1 is out of range"),
+    (["--n", 0], "n must be a positive"),
+    (["--n", -4], "n must be a positive"),
+    (["--batch", 0], "batch must be a positive"),
+    (["--device", "cuda"], "no CUDA GPU" if not torch.cuda.is_available() else ""),
+    (["--device", "tpu"], "device must be"),
+    (["--out", "/proc/grid.png"], "cannot write"),
+    (["--out", "{tmp}/no/such/grid.png"], "does not exist"),
+    (["--out", "{tmp}/grid.jpg"], ".png"),
+    (["--save-tensor", "{tmp}/images.npy"], ".pt"),
+    (["--class", 1, "--classes", "2,3"], "excludes"),
+    (["--n", "lots"], "--n"),
+    (["--colour", "red"], "colour"),
+])
+def test_program_refuses_bad_arguments(program, conditional, tmp_path, args, message):
+    model = conditional / "export" / "generator.pt"
+    args = [str(a).format(tmp=tmp_path) for a in args]
+    assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unconditional_model_refuses_classes(program, unconditional):
+    model = unconditional / "export" / "generator.pt"
+    assert_clean_error(run_program("--model", model, "--class", 0), "unconditional")
+
+
+def fuzz_arguments(rng: random.Random, good: list[Path], bad: list[Path], tmp: Path) -> list[str]:
+    values = {
+        "--n": ["1", "2", "3", "0", "-2", "abc", "2.5", "99999999999999999999999", ""],
+        "--class": ["0", "9", "10", "-1", "x", "3"],
+        "--classes": ["0,3", "1,,2", "11", "a,b", "", "2,2,2"],
+        "--seed": ["0", "42", "-1", "18446744073709551615", "1e3", "7"],
+        "--device": ["cpu", "auto", "cuda", "cuda:1", "tpu", "", "cpu:0"],
+        "--batch": ["1", "2", "0", "-5", "big", "64"],
+        "--out": [f"{tmp}/g.png", f"{tmp}/dir/", f"{tmp}/x.jpg", "/proc/x.png",
+                  f"{tmp}/no/such/x.png", ""],
+        "--save-tensor": [f"{tmp}/t.pt", f"{tmp}/t.txt", "/proc/t.pt", f"{tmp}/"],
+        "--bogus": ["1"],
+        "-x": [],
+    }
+    args = []
+    if rng.random() < 0.9:
+        args += ["--model", str(rng.choice(good if rng.random() < 0.6 else bad))]
+    for flag in rng.sample(sorted(values), rng.randint(0, 4)):
+        args.append(flag)
+        if values[flag] and rng.random() < 0.93:  # sometimes the value is missing
+            args.append(rng.choice(values[flag]))
+    return args
+
+
+def test_argument_fuzzer_never_crashes(program, conditional, unconditional, tmp_path):
+    """60 runs of mixed valid and invalid flags: each exits 0 or with a one-line error."""
+    good = [conditional / "export" / name for name in MODELS.values()]
+    good.append(unconditional / "export" / "generator.pt")
+    bad = list(broken_copies(conditional, tmp_path).values()) + [tmp_path / "missing.pt"]
+    rng = random.Random(20240601)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(60):
+        args = fuzz_arguments(rng, good, bad, tmp_path)
+        result = run_program(*args)
+        assert result.returncode >= 0, (args, result.returncode, result.stderr)  # no signal
+        if result.returncode == 0:
+            assert "images/s" in result.stdout, (args, result.stdout)
+            outcomes["ok"] += 1
+        else:
+            assert_clean_error(result)
+            outcomes["error"] += 1
+    assert outcomes["ok"] >= 3 and outcomes["error"] >= 30, outcomes  # both kinds exercised
