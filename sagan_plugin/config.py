@@ -54,6 +54,17 @@ class TrainConfig:
     log_steps: int = 50
     vis_steps: int = 500
     save_steps: int = 5000
+    # Speed (sagan_plugin/precision.py); none of these changes what is learnt beyond rounding.
+    precision: str = "fp32"  # fp32 or bf16 (autocast; spectral norm and losses stay fp32)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the forward of G and D
+    fused_adam: bool = True
+    sdpa_backend: str = "auto"  # attention kernel: auto, flash, efficient, cudnn or math
+    sync_bn: bool = False  # batch-norm statistics over the global batch (GPUs, torchrun)
+    deterministic: bool = False  # deterministic kernels: a resumed run repeats bit for bit
+    # BigGAN-style EMA of G's weights, saved as ema_state_dict and preferred for sampling.
+    ema_decay: float | None = None  # null: no EMA; BigGAN uses 0.9999
+    ema_start: int = 0  # steps before which the EMA is a plain copy of G
 
 
 def _model_schema(family: ModelFamily) -> type:

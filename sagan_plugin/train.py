@@ -6,19 +6,42 @@ Every check that can fail on user input runs before the run folder is touched.
 from __future__ import annotations
 
 import os
+import random
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.data import build_dataloader, build_dataset
+from sagan_plugin.distributed import (
+    EpochSampler,
+    World,
+    broadcast_from_main,
+    destroy_process_group,
+    device_for_rank,
+    init_process_group,
+    per_rank_batch,
+    world_from_env,
+    wrap,
+)
+from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
+from sagan_plugin.precision import (
+    check_options,
+    keep_spectral_norm_fp32,
+    step_context,
+    to_memory_format,
+)
 from sagan_plugin.runs import CONFIG_FILE
 
-# Keys that may change when a run is resumed: length, cadence, machine.
+# Keys that may change when a run is resumed: length, cadence, machine, kernels.
 RESUMABLE_KEYS = {"train.steps", "train.log_steps", "train.vis_steps", "train.save_steps",
-                  "train.device", "data.num_workers", "data.root", "run_dir"}
+                  "train.device", "data.num_workers", "data.root", "run_dir",
+                  "train.precision", "train.channels_last", "train.compile",
+                  "train.sdpa_backend", "train.sync_bn", "train.deterministic"}
 
 
 def main(argv: list[str]) -> None:
@@ -78,31 +101,104 @@ def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig):
-    """Train as cfg says; returns the trainer (its run folder holds everything written)."""
+    """Train as cfg says; returns the trainer (its run folder holds everything written).
+
+    Under torchrun every rank calls this; rank 0 writes the run folder.
+    """
+    world = world_from_env()
+    train = cfg.train
+    run_dir = Path(cfg.run_dir)
+    local_batch = per_rank_batch(train.batch_size, world)
+    check_options(train.precision, train.sdpa_backend)
+    if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
+        raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
+    check_resume(run_dir, cfg)
+    device = device_for_rank(resolve_device(train.device), world)
+    if train.sync_bn and not (device.type == "cuda" and world.distributed):
+        raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
+                         "runs on GPUs only); leave it false")
+    if train.deterministic:
+        _make_deterministic()
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions
+    init_process_group(world, device)
+    try:
+        return _train(cfg, world, device, local_batch)
+    finally:
+        destroy_process_group()
+
+
+def _make_deterministic() -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int):
+    from sagan_plugin.nets import SAGANDiscriminator, SAGANGenerator
     from sagan_plugin.trainer import SAGANTrainer
 
-    run_dir = Path(cfg.run_dir)
-    check_resume(run_dir, cfg)
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
+    train = cfg.train
+    _seed_everything(train.seed)  # the same initial weights on every rank
     dataset = build_dataset(cfg.data)
-    dataloader = build_dataloader(dataset, cfg.train.batch_size, cfg.data.num_workers)
+    sampler = EpochSampler(dataset, local_batch, world, seed=train.seed)
+    dataloader = build_dataloader(dataset, local_batch, cfg.data.num_workers, sampler=sampler)
+    # Worker seeds come from here rather than from the global stream, which must hold only what
+    # a checkpoint restores (a new iterator at each resume would otherwise shift it).
+    dataloader.generator = torch.Generator().manual_seed(train.seed + world.rank)
     netG, netD = build_models(cfg)
-    betas = (cfg.train.beta1, cfg.train.beta2)
-    optG = torch.optim.Adam(netG.parameters(), lr=cfg.train.lr_g, betas=betas)
-    optD = torch.optim.Adam(netD.parameters(), lr=cfg.train.lr_d, betas=betas)
-    _prepare_run_dir(run_dir, cfg)
+    if world.distributed and not (isinstance(netG, SAGANGenerator)
+                                  and isinstance(netD, SAGANDiscriminator)):
+        raise UsageError(f"model {cfg.model.name} is one of the host's single-device nets; "
+                         "torchrun training needs model=sagan")
+    _seed_everything(train.seed + world.rank)  # each rank its own noise
+    for net in (netG, netD):
+        net.to(device)
+        to_memory_format(net, train.channels_last)
+        if train.precision == "bf16":
+            keep_spectral_norm_fp32(net)
+    if train.sync_bn:
+        netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
+    ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None
+    for net in (netG, netD):
+        if train.compile:
+            net.compile()
+        wrap(net, device)
+    betas = (train.beta1, train.beta2)
+    optG = torch.optim.Adam(netG.parameters(), lr=train.lr_g, betas=betas,
+                            fused=train.fused_adam)
+    optD = torch.optim.Adam(netD.parameters(), lr=train.lr_d, betas=betas,
+                            fused=train.fused_adam)
+    error = None
+    if world.is_main:
+        try:
+            _prepare_run_dir(Path(cfg.run_dir), cfg)
+        except UsageError as failure:
+            error = str(failure)
+    error = broadcast_from_main(error, world)
+    if error:
+        raise UsageError(error)
 
     trainer = SAGANTrainer(
         netD=netD, netG=netG, optD=optD, optG=optG, dataloader=dataloader,
-        num_steps=cfg.train.steps, log_dir=str(run_dir), n_dis=cfg.train.n_dis,
-        lr_decay=cfg.train.lr_decay, device=device, print_steps=1,
-        vis_steps=cfg.train.vis_steps, log_steps=cfg.train.log_steps,
-        save_steps=cfg.train.save_steps,
+        num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
+        lr_decay=train.lr_decay, device=device, print_steps=1,
+        vis_steps=train.vis_steps, log_steps=train.log_steps, save_steps=train.save_steps,
+        world=world, sampler=sampler, ema=ema, channels_last=train.channels_last,
+        step_context=partial(step_context, device, train.precision, train.sdpa_backend),
+        model_info={k: cfg.model[k] for k in ("name", "resolution", "num_classes")},
     )
     trainer.train()
-    grid = trainer.last_grid()
-    if grid is not None:
-        print(f"samples: {grid}")
-    print(f"TensorBoard logs: {run_dir / 'data'}  (tensorboard --logdir {run_dir / 'data'})")
+    if world.is_main:
+        grid = trainer.last_grid()
+        if grid is not None:
+            print(f"samples: {grid}")
+        print(f"TensorBoard logs: {Path(cfg.run_dir) / 'data'}  "
+              f"(tensorboard --logdir {Path(cfg.run_dir) / 'data'})")
     return trainer

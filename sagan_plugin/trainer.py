@@ -1,27 +1,53 @@
-"""Mimicry's Trainer, extended: a progress bar, a last sample grid, config-checked resume.
+"""Mimicry's Trainer, extended: data parallelism, bf16, EMA, crash-safe exact resume.
 
 The host's loop is kept as it is (n_dis, learning-rate decay, TensorBoard summaries, sample
-grids, checkpoints every save_steps, resume from the latest checkpoint, save on Ctrl-C).
+grids every vis_steps, checkpoints every save_steps, resume from the latest, save on Ctrl-C).
+What is added hooks into the places the loop calls out to:
+
+- `_fetch_data`: batches come from an EpochSampler; the trainer counts them (data position).
+- the scheduler, which the loop calls once per step after the G update: the per-step checks
+  (a NaN or inf loss stops the run, every rank agreeing) and the EMA update.
+- `_save_model_checkpoints` / `_restore_models_and_step`: atomic files with optimizer, EMA,
+  every rank's RNG state and the data position (see checkpoint.py); rank 0 writes.
+- the logger: rank 0 only; sample grids from the EMA generator when there is one, in eval mode
+  (what `sample` and `eval` will draw), without touching the training random stream.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
+import sys
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
+from sagan_plugin import checkpoint
+from sagan_plugin.distributed import EpochSampler, World, all_ranks_agree, gather_to_main
+from sagan_plugin.ema import EMA
+from sagan_plugin.errors import UsageError
 from sagan_plugin.host import Logger, MetricLog, Trainer
 from sagan_plugin.runs import checkpoint_steps
 
 
+class NonFiniteLoss(UsageError):
+    """Training diverged: a loss became NaN or infinite."""
+
+
 class ProgressLogger(Logger):
-    """The host's logger, printing a tqdm bar (it/s, ETA, latest losses) instead of log lines."""
+    """The host's logger on rank 0 only, printing a tqdm bar instead of log lines."""
 
     bar: tqdm | None = None
+    enabled: bool = True
+    sample_net: torch.nn.Module | None = None  # drawn instead of netG when set (the EMA)
 
     def print_log(self, global_step: int, log_data: MetricLog, time_taken: float) -> str:
+        if not self.enabled:
+            return ""
         if self.bar is None:
             self.bar = tqdm(total=self.num_steps, initial=global_step - 1, unit="step",
                             dynamic_ncols=True, mininterval=0.5)
@@ -30,6 +56,24 @@ class ProgressLogger(Logger):
         self.bar.set_postfix(postfix, refresh=False)
         return str(self.bar)
 
+    def write_summaries(self, log_data: MetricLog, global_step: int) -> None:
+        if self.enabled:
+            super().write_summaries(log_data, global_step)
+
+    def vis_images(self, netG: torch.nn.Module, global_step: int, num_images: int = 64) -> None:
+        if not self.enabled:
+            return
+        net = self.sample_net or netG
+        was_training = net.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), \
+                torch.autocast(self.device.type, enabled=False):
+            net.eval()
+            try:
+                super().vis_images(net, global_step, num_images)
+            finally:
+                net.train(was_training)
+
     def close_writers(self) -> None:
         super().close_writers()
         if self.bar is not None:
@@ -37,31 +81,184 @@ class ProgressLogger(Logger):
             self.bar = None
 
 
-class SAGANTrainer(Trainer):
-    """The host's Trainer with a progress bar; see the module docstring."""
+class _AfterEachStep:
+    """The host's scheduler, and then the trainer's per-step work (same call, same place)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, scheduler, callback) -> None:
+        self.scheduler, self.callback = scheduler, callback
+
+    def step(self, log_data: MetricLog, global_step: int) -> MetricLog:
+        log_data = self.scheduler.step(log_data=log_data, global_step=global_step)
+        self.callback(log_data, global_step)
+        return log_data
+
+
+class SAGANTrainer(Trainer):
+    """The host's Trainer with the additions listed in the module docstring.
+
+    Extra keyword arguments: `world` (this process's rank), `sampler` (the EpochSampler the
+    dataloader reads), `ema` (an EMA of netG or None), `step_context` (a context-manager
+    factory the loop runs under: autocast, attention kernel), `channels_last`, and
+    `model_info` (family, resolution, classes: stored in checkpoints and checked on resume).
+    """
+
+    def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
+                 ema: EMA | None = None, step_context=contextlib.nullcontext,
+                 channels_last: bool = False, model_info: dict | None = None,
+                 **kwargs) -> None:
+        self.world, self.sampler, self.ema = world or World(), sampler, ema
+        self.step_context, self.channels_last = step_context, channels_last
+        self.model_info = model_info or {}
+        self.data_position = {"epoch": 0, "batches": 0}
         super().__init__(*args, **kwargs)
         self.logger = ProgressLogger(log_dir=self.log_dir, num_steps=self.num_steps,
                                      dataset_size=len(self.dataloader), device=self.device,
                                      flush_secs=kwargs.get("flush_secs", 30))
+        self.logger.enabled = self.world.is_main
+        self.logger.sample_net = ema.model if ema is not None else None
+        self.scheduler = _AfterEachStep(self.scheduler, self._after_step)
 
     def _log_params(self, params: dict) -> None:
         # The host refuses a resume when anything in params.json changed, the step count
         # included; config.yaml is checked instead (train.check_resume), so a run can be extended.
-        with open(os.path.join(self.log_dir, "params.json"), "w") as f:
-            json.dump(params, f, indent=2)
+        if self.world.is_main:
+            with open(os.path.join(self.log_dir, "params.json"), "w") as f:
+                json.dump(params, f, indent=2)
+
+    # ---- data ----------------------------------------------------------------------------
+
+    def _fetch_data(self, iter_dataloader):
+        try:
+            images, labels = next(iter_dataloader)
+        except StopIteration:
+            self.data_position = {"epoch": self.data_position["epoch"] + 1, "batches": 0}
+            if self.sampler is not None:
+                self.sampler.start_at(self.data_position["epoch"], 0)
+            iter_dataloader = iter(self.dataloader)
+            images, labels = next(iter_dataloader)
+        self.data_position["batches"] += 1
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        return iter_dataloader, (images, labels.to(self.device, non_blocking=True))
+
+    # ---- per step -------------------------------------------------------------------------
+
+    def _after_step(self, log_data: MetricLog, global_step: int) -> None:
+        bad = sorted(name for name in log_data.keys() if log_data.get_group_name(name) == "loss"
+                     and not math.isfinite(log_data.metrics_dict[name]["value"]))
+        if not all_ranks_agree(not bad, self.device):
+            steps = checkpoint.complete_steps(Path(self.log_dir))
+            kept = f"the last good checkpoint is step {steps[-1]}" if steps else "no checkpoint"
+            where = f" ({', '.join(f'{n}={log_data[n]}' for n in bad)})" if bad else \
+                " (on another rank)"
+            raise NonFiniteLoss(f"a loss is not finite at step {global_step}{where}; training "
+                                f"stopped, {kept} in {Path(self.log_dir) / 'checkpoints'} "
+                                "(try a lower learning rate or train.precision=fp32)")
+        if self.ema is not None:
+            self.ema.update(self.netG, global_step)
 
     def train(self) -> None:
-        super().train()
+        quiet = contextlib.redirect_stdout(io.StringIO()) if not self.world.is_main \
+            else contextlib.nullcontext()
+        with quiet, self.step_context():
+            super().train()
         steps = checkpoint_steps(self.log_dir)
-        if steps and steps[-1] % self.vis_steps:
+        if self.world.is_main and steps and steps[-1] % self.vis_steps:
             # The host draws grids every vis_steps only: always leave one of the last step.
             self.logger.vis_images(netG=self.netG, global_step=steps[-1])
             self.logger.close_writers()
 
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def _save_model_checkpoints(self, global_step: int) -> None:
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if interrupted and self.world.distributed:
+            # Ranks stop at different points on Ctrl-C: a collective save could hang.
+            print("INFO: interrupted; a resume continues from the last periodic checkpoint")
+            return
+        rng_states = gather_to_main(checkpoint.rng_state(), self.world)
+        if not self.world.is_main:
+            return
+        netG = {
+            "model_state_dict": self.netG.state_dict(),
+            "optimizer_state_dict": self.optG.state_dict(),
+            "global_step": global_step,
+            "model": self.model_info,
+            "training_state": {"rng": rng_states, "data": dict(self.data_position),
+                               "world_size": self.world.world_size},
+        }
+        if self.ema is not None:
+            netG.update(ema_state_dict=self.ema.state_dict(),
+                        ema={"decay": self.ema.decay, "start": self.ema.start})
+        netD = {"model_state_dict": self.netD.state_dict(),
+                "optimizer_state_dict": self.optD.state_dict(), "global_step": global_step}
+        run_dir = Path(self.log_dir)
+        try:
+            checkpoint.save_pair(run_dir, global_step, {"netG": netG, "netD": netD})
+        except OSError as error:
+            steps = checkpoint.complete_steps(run_dir)
+            kept = f"the checkpoint of step {steps[-1]} is kept" if steps else "none was saved"
+            raise UsageError(f"cannot save the checkpoint of step {global_step} in "
+                             f"{run_dir / 'checkpoints'}: {error.strerror or error}; "
+                             f"{kept}") from None
+
+    def _restore_models_and_step(self) -> int:
+        run_dir = Path(self.log_dir)
+        try:
+            found = checkpoint.load_latest(run_dir)
+        except checkpoint.CorruptCheckpoint as error:
+            raise UsageError(str(error)) from None
+        if found is None:
+            return 0
+        step, ckpts = found
+        print(f"INFO: Restoring checkpoint of step {step}...")
+        self._check_model(ckpts["netG"], run_dir, step)
+        for net, opt, ckpt in ((self.netG, self.optG, ckpts["netG"]),
+                               (self.netD, self.optD, ckpts["netD"])):
+            try:
+                net.load_state_dict(ckpt["model_state_dict"])
+            except RuntimeError as error:
+                raise UsageError(f"the checkpoint of step {step} in {run_dir} does not fit "
+                                 f"this model: {str(error).splitlines()[0]}") from None
+            opt.load_state_dict(ckpt["optimizer_state_dict"])
+        self._restore_ema(ckpts["netG"], step)
+        self._restore_training_state(ckpts["netG"].get("training_state"))
+        return step
+
+    def _check_model(self, ckpt: dict, run_dir: Path, step: int) -> None:
+        saved = ckpt.get("model")
+        if saved and self.model_info and saved != self.model_info:
+            describe = ", ".join(f"{k}={saved.get(k)!r}" for k in self.model_info)
+            expected = ", ".join(f"{k}={v!r}" for k, v in self.model_info.items())
+            raise UsageError(f"the checkpoint of step {step} in {run_dir} is of another model "
+                             f"({describe}); this run is {expected}")
+
+    def _restore_ema(self, ckpt: dict, step: int) -> None:
+        if self.ema is None:
+            return
+        if ckpt.get("ema_state_dict") is None:
+            print(f"INFO: the checkpoint of step {step} has no EMA of G; it starts from G")
+            self.ema.load_state_dict(self.netG.state_dict())
+        else:
+            self.ema.load_state_dict(ckpt["ema_state_dict"])
+
+    def _restore_training_state(self, state: dict | None) -> None:
+        if state is None:  # a checkpoint written by the host's own Trainer
+            print("INFO: the checkpoint has no data position or random state; "
+                  "both restart from the seed")
+            return
+        self.data_position = dict(state["data"])
+        if self.sampler is not None:
+            self.sampler.start_at(self.data_position["epoch"], self.data_position["batches"])
+        if state["world_size"] == self.world.world_size:
+            checkpoint.set_rng_state(state["rng"][self.world.rank])
+        else:
+            print(f"INFO: the checkpoint was written by {state['world_size']} processes, this "
+                  f"run has {self.world.world_size}: random streams restart from the seed")
+
     def last_grid(self) -> Path | None:
         """The newest fixed-noise sample grid the run wrote."""
         steps = checkpoint_steps(self.log_dir)
-        grid = Path(self.log_dir) / "images" / f"fixed_fake_samples_step_{steps[-1]}.png"
-        return grid if steps and grid.is_file() else None
+        grid = Path(self.log_dir) / "images" / f"fixed_fake_samples_step_{steps[-1]}.png" \
+            if steps else None
+        return grid if grid is not None and grid.is_file() else None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sagan_plugin.distributed import training_module
 from sagan_plugin.host import MetricLog, cgan
 from sagan_plugin.nets.attention import SelfAttention
 from sagan_plugin.nets.layers import DBlock, DBlockFirst, GBlock, sn, sn_conv3x3
@@ -67,10 +68,9 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
                 h = self.attention(h)
         return torch.tanh(self.conv_out(F.relu(self.bn_out(h))))
 
-    def generate_images_with_labels(self, num_images: int, c: int | None = None,
-                                    device: torch.device | None = None
-                                    ) -> tuple[Tensor, Tensor | None]:
-        """Images and the labels they were drawn for (None when unconditional)."""
+    def sample_inputs(self, num_images: int, c: int | None = None,
+                      device: torch.device | None = None) -> tuple[Tensor, Tensor | None]:
+        """Noise (N, nz) and the labels to draw for (None when unconditional)."""
         device = device or self.device
         labels = None
         if self.num_classes:
@@ -78,8 +78,14 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
                 raise ValueError(f"class {c} is out of range [0, {self.num_classes})")
             labels = (torch.full((num_images,), c, device=device) if c is not None
                       else torch.randint(self.num_classes, (num_images,), device=device))
-        noise = torch.randn(num_images, self.nz, device=device)
-        return self.forward(noise, labels), labels
+        return torch.randn(num_images, self.nz, device=device), labels
+
+    def generate_images_with_labels(self, num_images: int, c: int | None = None,
+                                    device: torch.device | None = None
+                                    ) -> tuple[Tensor, Tensor | None]:
+        """Images and the labels they were drawn for (None when unconditional)."""
+        noise, labels = self.sample_inputs(num_images, c, device)
+        return self(noise, labels), labels
 
     def generate_images(self, num_images: int, c: int | None = None,
                         device: torch.device | None = None) -> Tensor:
@@ -87,10 +93,22 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
 
     def train_step(self, real_batch, netD, optG, log_data: MetricLog, device=None,
                    global_step=None, **kwargs) -> MetricLog:
-        """One generator update on the hinge (or configured) loss; the host's contract."""
+        """One generator update on the hinge (or configured) loss; the host's contract.
+
+        G's forward runs through its DDP wrapper when distributed (gradient all-reduce). D is
+        frozen meanwhile: its weight gradients would be thrown away by its next step.
+        """
         self.zero_grad(set_to_none=True)
-        fake, labels = self.generate_images_with_labels(real_batch[0].shape[0], device=device)
-        errG = self.compute_gan_loss(netD(fake, labels))
+        noise, labels = self.sample_inputs(real_batch[0].shape[0], device=device)
+        fake = training_module(self)(noise, labels)
+        trainable = [p for p in netD.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        try:
+            errG = self.compute_gan_loss(netD(fake, labels).float())
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
         errG.backward()
         optG.step()
         log_data.add_metric("errG", errG.detach(), group="loss")
@@ -149,8 +167,9 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
             real_labels = None
         with torch.no_grad():
             fake, fake_labels = netG.generate_images_with_labels(real.shape[0], device=device)
-        output_real = self.forward(real, real_labels)
-        output_fake = self.forward(fake, fake_labels)
+        net = training_module(self)  # the DDP wrapper when distributed: gradient all-reduce
+        output_real = net(real, real_labels).float()  # losses in fp32 under bf16 autocast
+        output_fake = net(fake, fake_labels).float()
         errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
         errD.backward()
         optD.step()

@@ -1,0 +1,133 @@
+"""Crash-safe checkpoints in Mimicry's layout, with what an exact resume needs.
+
+    checkpoints/netG/netG_<step>_steps.pth   model_state_dict, optimizer_state_dict, global_step,
+                                             ema_state_dict (when train.ema_decay is set),
+                                             model (family, resolution, classes),
+                                             training_state (below)
+    checkpoints/netD/netD_<step>_steps.pth   model_state_dict, optimizer_state_dict, global_step
+
+training_state holds the random-number states of every rank and the data position (epoch,
+batches read), so a resumed run draws the same noise and sees the same batches. Files are written
+to a temporary name, fsynced and renamed: a crash leaves the previous checkpoint whole. netD is
+written before netG, and a step counts only when both files are there and readable; a truncated
+or corrupt latest step is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sagan_plugin.runs import checkpoint_path, checkpoint_steps
+
+NETS = ("netD", "netG")  # the order they are written in
+REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "global_step")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read back whole."""
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to path through a temporary file: path is either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def save_pair(run_dir: Path, step: int, checkpoints: dict[str, dict]) -> None:
+    """Write one step's netD then netG checkpoint; on failure drop the half-written step."""
+    try:
+        for net in NETS:
+            atomic_save(checkpoints[net], checkpoint_path(run_dir, step, net))
+    except BaseException:
+        for net in NETS:
+            with contextlib.suppress(OSError):
+                checkpoint_path(run_dir, step, net).unlink()
+        raise
+
+
+def load_file(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
+        raise CorruptCheckpoint(f"{path}: {str(error).splitlines()[0]}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CorruptCheckpoint(f"{path}: not a checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
+def complete_steps(run_dir: Path) -> list[int]:
+    """Steps with both a netG and a netD file, ascending."""
+    return sorted(set(checkpoint_steps(run_dir, "netG")) & set(checkpoint_steps(run_dir, "netD")))
+
+
+def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
+    """(step, {net: checkpoint}) of the newest readable step; None when there is none at all.
+
+    Unreadable steps are skipped with a warning; if every step is unreadable it is an error
+    (CorruptCheckpoint), not a fresh start that would overwrite the run.
+    """
+    steps = complete_steps(run_dir)
+    for step in reversed(steps):
+        try:
+            pair = {net: load_file(checkpoint_path(run_dir, step, net)) for net in NETS}
+        except CorruptCheckpoint as error:
+            warnings.warn(f"skipping the checkpoint of step {step}: {error}", stacklevel=2)
+            continue
+        if pair["netG"]["global_step"] != pair["netD"]["global_step"]:
+            warnings.warn(f"skipping the checkpoint of step {step}: G and D disagree on the "
+                          "step", stacklevel=2)
+            continue
+        return step, pair
+    if steps:
+        raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} "
+                                f"(steps {', '.join(map(str, steps))}) can be read")
+    return None
+
+
+def rng_state() -> dict:
+    """This process's random-number states (torch CPU and GPU, Python, NumPy), as tensors."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _as_tuples(value: object) -> object:
+    """random.setstate wants the nested tuples that a round trip may have made lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value

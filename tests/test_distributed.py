@@ -1,0 +1,154 @@
+"""Data-parallel training on two CPU processes (gloo): DDP maths, the real trainer, torchrun."""
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sagan_plugin.config import compose
+
+TINY = ["model=sagan", "data=procedural", "model.ngf=8", "model.ndf=8", "data.size=64",
+        "data.num_workers=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, world_size: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def _one_step(netG, netD, x, y, z, zy) -> None:
+    """One D and one G step of the nets' own train_step, with given noise, on SGD."""
+    from sagan_plugin.host import MetricLog
+
+    netG.sample_inputs = lambda n, c=None, device=None: (z, zy)
+    optD = torch.optim.SGD(netD.parameters(), lr=0.1)
+    optG = torch.optim.SGD(netG.parameters(), lr=0.1)
+    netD.train_step((x, y), netG, optD, MetricLog(), device="cpu")
+    netG.train_step((x, y), netD, optG, MetricLog(), device="cpu")
+
+
+def _ddp_step_worker(rank: int, port: int, mode: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from sagan_plugin.config import build_models
+    from sagan_plugin.distributed import wrap
+
+    _join(rank, 2, port)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    netG, netD = build_models(compose(TINY + ["data.num_classes=3"]))
+    if mode == "eval":  # BN on running statistics, SN on its stored vectors: per-sample losses
+        netG.eval(), netD.eval()
+    batch = 8
+    x, y = torch.rand(batch, 3, 32, 32) * 2 - 1, torch.randint(3, (batch,))
+    z, zy = torch.randn(batch, 128), torch.randint(3, (batch,))
+    if mode == "train":  # both halves equal: per-rank BN statistics are the global ones
+        x, y, z, zy = (torch.cat([t[:4], t[:4]]) for t in (x, y, z, zy))
+    reference = (copy.deepcopy(netG), copy.deepcopy(netD))
+    _one_step(*reference, x, y, z, zy)  # one process, the whole batch of 8
+
+    half = slice(4 * rank, 4 * rank + 4)
+    for net in (netG, netD):
+        wrap(net, torch.device("cpu"))
+    _one_step(netG, netD, x[half], y[half], z[half], zy[half])  # 2 x 4
+    if rank == 0:
+        torch.save({"ddp": [netG.state_dict(), netD.state_dict()],
+                    "single": [reference[0].state_dict(), reference[1].state_dict()]}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_two_halves_update_like_one_batch(mode: str, tmp_path: Path) -> None:
+    """2 processes x B/2 give the update of 1 x B.
+
+    Exact where the loss is a mean of per-sample terms: "eval" (distinct halves; BN uses its
+    running statistics), or "train" with identical halves (then each rank's BN batch statistics
+    equal the global batch's). With distinct halves in train mode they differ by design: BN
+    normalises each rank's batch on its own (SyncBatchNorm, GPU-only in torch: train.sync_bn).
+    """
+    out = tmp_path / "states.pt"
+    mp.spawn(_ddp_step_worker, args=(_free_port(), mode, str(out)), nprocs=2)
+    states = torch.load(out)
+    compared = 0
+    for ddp, single in zip(states["ddp"], states["single"], strict=True):
+        for key, value in single.items():
+            if mode == "train" and key.endswith("running_var"):
+                continue  # the unbiased estimate divides by n - 1, n the per-rank batch
+            torch.testing.assert_close(ddp[key].float(), value.float(), rtol=0, atol=1e-5,
+                                       msg=key)
+            compared += 1
+    assert compared > 50
+
+
+def _trainer_worker(rank: int, port: int, overrides: list[str], out: str) -> None:
+    from sagan_plugin.train import run
+
+    _join(rank, 2, port)
+    trainer = run(compose(overrides))
+    torch.save([trainer.netG.state_dict(), trainer.netD.state_dict(),
+                trainer.ema.state_dict()], f"{out}.{rank}")
+
+
+def test_trainer_keeps_ranks_identical_and_resumes_on_one_process(tmp_path: Path) -> None:
+    from sagan_plugin.checkpoint import load_latest
+    from sagan_plugin.train import run
+
+    run_dir = tmp_path / "run"
+    overrides = TINY + [f"run_dir={run_dir}", "train.batch_size=8", "train.steps=3",
+                        "train.save_steps=3", "train.ema_decay=0.9"]
+    mp.spawn(_trainer_worker, args=(_free_port(), overrides, str(tmp_path / "w")), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"w.{r}") for r in (0, 1))
+    compared = 0
+    for a, b in zip(rank0, rank1, strict=True):  # G, D, EMA of G
+        for key in a:
+            # BN running statistics are per rank (each updates them from its own half batch
+            # after DDP broadcast rank 0's at the forward's start); rank 0's are saved.
+            if not key.endswith(("running_mean", "running_var")):
+                assert torch.equal(a[key], b[key]), key  # weights, SN u/v vectors
+                compared += key.endswith("_u")
+    assert compared > 20
+    step, ckpts = load_latest(run_dir)
+    assert step == 3 and len(ckpts["netG"]["training_state"]["rng"]) == 2
+    assert ckpts["netG"]["training_state"]["data"] == {"epoch": 0, "batches": 3}
+    for key, value in rank0[0].items():
+        assert torch.equal(ckpts["netG"]["model_state_dict"][key], value)
+
+    # The same checkpoint format: one process takes over and trains on.
+    trainer = run(compose(overrides[:-3] + ["train.batch_size=8", "train.steps=5",
+                                            "train.save_steps=3", "train.ema_decay=0.9"]))
+    assert trainer.data_position == {"epoch": 0, "batches": 5}
+    assert load_latest(run_dir)[0] == 5
+
+
+def _torchrun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "sagan_plugin", "train", *TINY,
+               f"run_dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_torchrun_trains_and_refuses_an_indivisible_batch(tmp_path: Path) -> None:
+    done = _torchrun(tmp_path, "train.batch_size=4", "train.steps=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run/checkpoints/netG/netG_2_steps.pth").is_file()
+    assert done.stdout.count("Starting training from global step 0") == 1  # rank 0 speaks
+
+    failed = _torchrun(tmp_path / "odd", "train.batch_size=5", "train.steps=1")
+    assert failed.returncode != 0
+    assert "error: train.batch_size=5 is the global batch and must divide evenly over the 2 " \
+           "processes" in failed.stderr
+    assert not (tmp_path / "odd").exists()
