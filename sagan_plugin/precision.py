@@ -18,9 +18,11 @@ on GPUs, math on CPU). benchmarks/bench_attention.py reports which kernels run, 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils.parametrizations import _SpectralNorm
@@ -36,13 +38,36 @@ SDPA_BACKENDS = {
 }
 
 
-def check_options(precision: str, sdpa_backend: str) -> None:
+def check_options(precision: str, sdpa_backend: str, device: torch.device) -> None:
+    """Refuse a precision or an attention kernel this device cannot run, before training."""
     if precision not in PRECISIONS:
         raise UsageError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                          f"got {precision!r}")
-    if sdpa_backend != "auto" and sdpa_backend not in SDPA_BACKENDS:
+    if sdpa_backend == "auto":
+        return
+    if sdpa_backend not in SDPA_BACKENDS:
         raise UsageError(f"train.sdpa_backend must be auto or one of "
                          f"{', '.join(SDPA_BACKENDS)}, got {sdpa_backend!r}")
+    if not attention_kernel_runs(sdpa_backend, device, precision):
+        raise UsageError(f"train.sdpa_backend={sdpa_backend} cannot run SAGAN's attention "
+                         f"(query/key width C/8, value width C/2) on {device} in {precision}; "
+                         "use auto")
+
+
+def attention_kernel_runs(backend: str, device: torch.device, precision: str = "fp32",
+                          channels: int = 256) -> bool:
+    """Whether one SDPA kernel takes SAGAN's attention shapes (probed on a small input)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    query = torch.zeros(2, 1, 64, channels // 8, device=device, dtype=dtype)
+    key = torch.zeros(2, 1, 16, channels // 8, device=device, dtype=dtype)
+    value = torch.zeros(2, 1, 16, channels // 2, device=device, dtype=dtype)
+    try:
+        with sdpa_kernel([SDPA_BACKENDS[backend]]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # each refusing kernel warns why
+            F.scaled_dot_product_attention(query, key, value, scale=1.0)
+    except RuntimeError:
+        return False
+    return True
 
 
 class _FP32SpectralNorm(_SpectralNorm):

@@ -109,11 +109,11 @@ def run(cfg: DictConfig):
     train = cfg.train
     run_dir = Path(cfg.run_dir)
     local_batch = per_rank_batch(train.batch_size, world)
-    check_options(train.precision, train.sdpa_backend)
     if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
         raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     check_resume(run_dir, cfg)
     device = device_for_rank(resolve_device(train.device), world)
+    check_options(train.precision, train.sdpa_backend, device)
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
                          "runs on GPUs only); leave it false")

@@ -1,0 +1,163 @@
+"""Crash-safe checkpoints: a real SIGKILL and an exact resume, corrupt files, a full disk, NaN."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sagan_plugin import checkpoint
+from sagan_plugin.config import compose
+from sagan_plugin.errors import UsageError
+from sagan_plugin.runs import checkpoint_path, checkpoint_steps
+from sagan_plugin.train import run
+
+
+def _train_command(run_dir: Path) -> list[str]:
+    # Several epochs (16 images, 4 a batch, 2 D steps a step), an EMA, exact kernels.
+    return [sys.executable, "-m", "sagan_plugin", "train", "model=sagan", "data=procedural",
+            f"run_dir={run_dir}", "model.ngf=8", "model.ndf=8", "train.batch_size=4",
+            "data.size=16", "data.num_workers=0", "train.n_dis=2", "train.steps=12",
+            "train.save_steps=2", "train.ema_decay=0.9", "train.ema_start=3",
+            "train.deterministic=true"]
+
+
+def _final_state(run_dir: Path, step: int) -> dict:
+    return {net: torch.load(checkpoint_path(run_dir, step, net), weights_only=True)
+            for net in ("netG", "netD")}
+
+
+def _assert_identical(a: object, b: object, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(straight), check=True, capture_output=True, env=env,
+                   timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not checkpoint_path(killed, 4).is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # let it go on into the next steps
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert 4 <= max(checkpoint_steps(killed)) < 12  # it died mid-run, after a checkpoint
+
+    done = subprocess.run(_train_command(killed), capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Starting training from global step 0" not in done.stdout
+    _assert_identical(_final_state(killed, 12), _final_state(straight, 12))
+
+
+@pytest.fixture
+def tiny(tiny_overrides: list[str]) -> list[str]:
+    return tiny_overrides + ["train.save_steps=2"]
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(tiny: list[str],
+                                                                capsys) -> None:
+    cfg = compose(tiny + ["train.steps=4"])
+    run(cfg)
+    latest = checkpoint_path(cfg.run_dir, 4)
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipping the checkpoint of step 4"):
+        run(compose(tiny + ["train.steps=6"]))
+    assert "Starting training from global step 2" in capsys.readouterr().out
+    assert checkpoint.load_latest(Path(cfg.run_dir))[0] == 6
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny: list[str],
+                                                              monkeypatch) -> None:
+    cfg = compose(tiny + ["train.steps=2"])
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    before = _final_state(run_dir, 2)
+
+    def full_disk(obj, f) -> None:
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(UsageError) as failure:
+        run(compose(tiny + ["train.steps=4"]))
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "cannot save the checkpoint of step 4" in message
+    assert "No space left on device; the checkpoint of step 2 is kept" in message
+    monkeypatch.undo()
+    assert checkpoint.complete_steps(run_dir) == [2]
+    assert not list(run_dir.glob("checkpoints/*/.*"))  # no temporary file left behind
+    _assert_identical(_final_state(run_dir, 2), before)
+
+
+class _PoisonedAfter(torch.utils.data.Dataset):
+    """The data set, with NaN images from the n-th image read on."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n, self.reads = dataset, n, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        self.reads += 1
+        return (image * float("nan") if self.reads > self.n else image), label
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+        tiny: list[str], monkeypatch) -> None:
+    from sagan_plugin import train
+    from sagan_plugin.trainer import NonFiniteLoss
+
+    build = train.build_dataset
+    monkeypatch.setattr(train, "build_dataset", lambda data: _PoisonedAfter(build(data), 12))
+    cfg = compose(tiny + ["train.steps=6"])
+    with pytest.raises(NonFiniteLoss, match=r"a loss is not finite at step 4 \(errD=nan"
+                                            r".*the last good checkpoint is step 2"):
+        run(cfg)
+    assert checkpoint_steps(cfg.run_dir) == [2]
+
+
+def test_checkpoint_of_another_model_is_refused(tiny: list[str]) -> None:
+    cfg = compose(tiny + ["train.steps=2"])
+    run(cfg)
+    path = checkpoint_path(cfg.run_dir, 2)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["resolution"] = 64
+    torch.save(ckpt, path)
+    with pytest.raises(UsageError, match=r"is of another model \(name='sagan', "
+                                         r"resolution=64, num_classes=10\); this run is "
+                                         r"name='sagan', resolution=32"):
+        run(compose(tiny + ["train.steps=4"]))
+
+
+def test_atomic_save_replaces_whole_files(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "x.pth"
+    checkpoint.atomic_save({"v": torch.arange(3)}, path)
+    checkpoint.atomic_save({"v": torch.arange(4)}, path)
+    assert torch.equal(torch.load(path)["v"], torch.arange(4))
+    assert [p.name for p in path.parent.iterdir()] == ["x.pth"]

@@ -1,0 +1,58 @@
+"""The EMA of G: BigGAN's formula with a start step, saved, and preferred when loading."""
+
+import copy
+
+import torch
+
+from sagan_plugin.config import compose
+from sagan_plugin.ema import EMA
+from sagan_plugin.nets import GENERATORS
+from sagan_plugin.runs import load_generator, read_checkpoint
+from sagan_plugin.train import run
+
+
+def _perturb(net: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor))
+
+
+def test_ema_copies_before_start_then_averages_and_copies_buffers() -> None:
+    torch.manual_seed(0)
+    net = GENERATORS[32](ngf=8)
+    ema = EMA(net, decay=0.75, start=1)
+    _perturb(net)
+    ema.update(net, global_step=1)  # up to the start step: a copy
+    for a, b in zip(ema.model.state_dict().values(), net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    before = copy.deepcopy(ema.model)
+    _perturb(net)
+    ema.update(net, global_step=2)
+    for (name, averaged), old, new in zip(ema.model.named_parameters(), before.parameters(),
+                                          net.parameters(), strict=True):
+        torch.testing.assert_close(averaged, 0.75 * old + 0.25 * new, rtol=0, atol=1e-6,
+                                   msg=name)
+    for mine, theirs in zip(ema.model.buffers(), net.buffers(), strict=True):
+        assert torch.equal(mine, theirs)  # BN running statistics, SN u/v: copied
+    assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_trainer_saves_the_ema_and_loading_prefers_it(tiny_overrides: list[str]) -> None:
+    cfg = compose(tiny_overrides + ["train.steps=3", "train.ema_decay=0.5", "train.ema_start=1"])
+    trainer = run(cfg)
+    ckpt = read_checkpoint(next((trainer.netG_ckpt_dir and __import__("pathlib").Path(
+        cfg.run_dir) / "checkpoints/netG").glob("netG_3_steps.pth")))
+    assert ckpt["ema"] == {"decay": 0.5, "start": 1}
+    ema_state, g_state = ckpt["ema_state_dict"], ckpt["model_state_dict"]
+    assert ema_state.keys() == g_state.keys()
+    key = "linear.parametrizations.weight.original"
+    assert not torch.equal(ema_state[key], g_state[key])
+    for name, value in trainer.ema.state_dict().items():
+        assert torch.equal(ema_state[name], value)
+
+    loaded = load_generator(cfg.run_dir)
+    assert loaded.ema and loaded.step == 3
+    assert torch.equal(loaded.netG.state_dict()[key], ema_state[key])
+    assert not load_generator(cfg.run_dir, prefer_ema=False).ema
