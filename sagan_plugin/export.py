@@ -135,30 +135,41 @@ def check_export(exported: Callable, reference: nn.Module, device: torch.device)
 def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
                      step: int | None = None, prefer_ema: bool = True,
                      device: str | torch.device = "cpu") -> Path:
-    """Write the checked artefact and its sidecar; returns the artefact's path."""
+    """Export a run's generator (a run folder or a netG checkpoint); returns the artefact."""
     from sagan_plugin.runs import load_generator, resolve_checkpoint
 
     if fmt not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    device = torch.device(device)
     if out is None:
         out = resolve_checkpoint(run, step)[0] / "export" / f"generator{FORMATS[fmt]}"
-    out = Path(out)
-    if out.suffix != FORMATS[fmt]:
+    if Path(out).suffix != FORMATS[fmt]:
         raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     # Two independent loads: one stays the parametrized reference, the other is folded.
-    reference = SamplingModule(load_generator(run, step, prefer_ema, device).netG)
+    reference = load_generator(run, step, prefer_ema, device)
     loaded = load_generator(run, step, prefer_ema, device)
-    module = SamplingModule(fold_spectral_norm(loaded.netG))
-    netG = loaded.netG
+    provenance = {"model": loaded.config.model.name, "step": loaded.step, "ema": loaded.ema}
+    return export_module(reference.netG, fold_spectral_norm(loaded.netG), fmt, out, provenance)
+
+
+def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | Path,
+                  provenance: dict) -> Path:
+    """Write the artefact of `folded` (checked against `reference`) and its sidecar.
+
+    Both generators hold the same weights on the same device, in eval mode; provenance gives
+    the sidecar's model, step and ema fields. Nothing is left half-written.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    device = next(folded.parameters()).device
+    reference, module = SamplingModule(reference), SamplingModule(folded)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         staged = work / out.name
         writer = _write_torchscript if fmt == "torchscript" else _write_aoti
-        writer(module, check_inputs(netG, 2, device), staged)
+        writer(module, check_inputs(folded, 2, device), staged)
         check_export(load_export(staged, fmt), reference, device)
+        with torch.inference_mode():
+            channels = reference(*check_inputs(folded, 1, device)).shape[1]
         sidecar = {
             "kind": EXPORT_KIND,
             "version": 1,
@@ -166,14 +177,12 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
             "file": out.name,
             "sha256": sha256_of(staged),
             "inputs": "z: float32 (N, nz); y: int64 (N,) class labels, ignored if num_classes=0",
-            "nz": netG.nz,
-            "num_classes": netG.num_classes,
-            "resolution": netG.resolution,
-            "channels": int(reference(*check_inputs(netG, 1, device)).shape[1]),
+            "nz": folded.nz,
+            "num_classes": folded.num_classes,
+            "resolution": folded.resolution,
+            "channels": int(channels),
             "output_range": [-1.0, 1.0],
-            "model": loaded.config.model.name,
-            "step": loaded.step,
-            "ema": loaded.ema,
+            **provenance,
             "device": device.type,
             "torch_version": torch.__version__,
         }
