@@ -7,7 +7,7 @@ import torch
 from sagan_plugin.config import compose
 from sagan_plugin.ema import EMA
 from sagan_plugin.nets import GENERATORS
-from sagan_plugin.runs import load_generator, read_checkpoint
+from sagan_plugin.runs import checkpoint_path, load_generator, read_checkpoint
 from sagan_plugin.train import run
 
 
@@ -42,8 +42,7 @@ def test_ema_copies_before_start_then_averages_and_copies_buffers() -> None:
 def test_trainer_saves_the_ema_and_loading_prefers_it(tiny_overrides: list[str]) -> None:
     cfg = compose(tiny_overrides + ["train.steps=3", "train.ema_decay=0.5", "train.ema_start=1"])
     trainer = run(cfg)
-    ckpt = read_checkpoint(next((trainer.netG_ckpt_dir and __import__("pathlib").Path(
-        cfg.run_dir) / "checkpoints/netG").glob("netG_3_steps.pth")))
+    ckpt = read_checkpoint(checkpoint_path(cfg.run_dir, 3))
     assert ckpt["ema"] == {"decay": 0.5, "start": 1}
     ema_state, g_state = ckpt["ema_state_dict"], ckpt["model_state_dict"]
     assert ema_state.keys() == g_state.keys()

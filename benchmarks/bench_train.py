@@ -1,0 +1,221 @@
+"""Training speed of SAGAN 128 px: this project's nets and step against the host's, side by side.
+
+    python benchmarks/bench_train.py                      # CPU: width 16, batch 4
+    python benchmarks/bench_train.py --device cuda        # GPU: full width (64), batch 256
+
+One training step is one D train_step and one G train_step (n_dis=1), each net's own, on a
+batch already on the device (the data loader is not timed). Rows:
+
+    host fp32                 torch_mimicry's SAGANGenerator128/SAGANDiscriminator128, Adam
+    ours fp32                 sagan_plugin's nets and train_step, fused Adam
+    ours bf16                 + bf16 autocast (spectral norm and losses in fp32)
+    ours bf16 channels_last   + NHWC
+    ours bf16 cl compile      + torch.compile (GPU by default; --compile on CPU)
+
+at the same widths (ours ngf=ndf=W is the host's ngf=ndf=16W). FLOPs per step are counted with
+torch.utils.flop_counter; MFU divides the achieved FLOP/s by the bf16 matmul rate measured in
+the same run. Then the same step on 1 and on N processes (DDP, weak scaling: batch per process
+fixed) gives the scaling efficiency. Goals on H100/H200: >= 2x the host's images/s, MFU >= 30%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from _machine import (
+    RESULTS,
+    bf16_matmul_flops,
+    describe,
+    median_seconds,
+    print_table,
+    write_json,
+)
+from torch.utils.flop_counter import FlopCounterMode
+
+RESOLUTION = 128
+
+
+def build(impl: str, width: int, num_classes: int, device: torch.device, fused: bool):
+    """(netG, netD, optG, optD) with the paper's optimiser settings."""
+    torch.manual_seed(0)
+    if impl == "host":
+        from sagan_plugin.host import torch_mimicry  # the host, after its compatibility shim
+
+        sagan_128 = importlib.import_module(f"{torch_mimicry.__name__}.nets.sagan.sagan_128")
+        netG = sagan_128.SAGANGenerator128(num_classes=num_classes, ngf=16 * width)
+        netD = sagan_128.SAGANDiscriminator128(num_classes=num_classes, ndf=16 * width)
+    else:
+        from sagan_plugin.nets import DISCRIMINATORS, GENERATORS
+
+        netG = GENERATORS[RESOLUTION](num_classes=num_classes, ngf=width)
+        netD = DISCRIMINATORS[RESOLUTION](num_classes=num_classes, ndf=width)
+    netG.to(device), netD.to(device)
+    optG = torch.optim.Adam(netG.parameters(), 1e-4, betas=(0.0, 0.9), fused=fused)
+    optD = torch.optim.Adam(netD.parameters(), 4e-4, betas=(0.0, 0.9), fused=fused)
+    return netG, netD, optG, optD
+
+
+def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch.device,
+              precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+    from sagan_plugin.host import MetricLog
+    from sagan_plugin.precision import keep_spectral_norm_fp32, step_context, to_memory_format
+
+    netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for net in (netG, netD):
+        to_memory_format(net, channels_last)
+        if precision == "bf16":
+            keep_spectral_norm_fp32(net)
+        if compile:
+            net.compile()
+    real = (torch.rand(batch, 3, RESOLUTION, RESOLUTION, device=device) * 2 - 1
+            ).contiguous(memory_format=memory_format)
+    labels = torch.randint(num_classes, (batch,), device=device)
+
+    def step() -> None:
+        with step_context(device, precision):
+            netD.train_step((real, labels), netG, optD, MetricLog(), device=device)
+            netG.train_step((real, labels), netD, optG, MetricLog(), device=device)
+
+    return step, (netG, netD)
+
+
+def count_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _scaling_worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
+    import torch.distributed as dist
+
+    from sagan_plugin.distributed import wrap
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = torch.device(args["device"], rank) if args["device"] == "cuda" \
+        else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(args["threads"])
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                            world_size=world)
+    step, nets = make_step("ours", args["width"], args["batch"], args["num_classes"], device,
+                           args["precision"], args["channels_last"])
+    for net in nets:
+        wrap(net, device)
+    seconds = median_seconds(step, device, args["repeats"], args["warmup"])
+    if rank == 0:
+        torch.save(seconds, out)
+    dist.destroy_process_group()
+
+
+def scaling(args: dict, processes: int, tmp: Path) -> list[dict]:
+    import socket
+
+    rows = []
+    for world in sorted({1, processes}):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = tmp / f"scaling_{world}.pt"
+        mp.spawn(_scaling_worker, args=(world, port, args, str(out)), nprocs=world)
+        seconds = torch.load(out)
+        rows.append({"processes": world, "ms": 1000 * seconds,
+                     "images_per_s": world * args["batch"] / seconds})
+    base = rows[0]["images_per_s"]
+    for row in rows:
+        row["efficiency"] = row["images_per_s"] / (row["processes"] * base)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--width", type=int, help="ours ngf=ndf (default: 64 GPU, 16 CPU)")
+    parser.add_argument("--batch", type=int, help="default: 256 GPU, 4 CPU")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, help="default: 20 GPU, 3 CPU")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the compiled row (default: on GPU only)")
+    parser.add_argument("--processes", type=int,
+                        help="scaling test up to N processes (default: GPUs, or 2 on CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads of the main table")
+    parser.add_argument("--json", help="default: benchmarks/results/bench_train_<device>.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    args.json = args.json or str(RESULTS / f"bench_train_{device.type}.json")
+    width, batch = args.width or (64 if gpu else 16), args.batch or (256 if gpu else 4)
+    repeats, warmup = args.repeats or (20 if gpu else 3), 3 if gpu else 1
+    compile_row = gpu if args.compile is None else args.compile
+    variants = [("host fp32", "host", "fp32", False, False),
+                ("ours fp32", "ours", "fp32", False, False),
+                ("ours bf16", "ours", "bf16", False, False),
+                ("ours bf16 channels_last", "ours", "bf16", True, False)]
+    if compile_row:
+        variants.append(("ours bf16 cl compile", "ours", "bf16", True, True))
+
+    peak = bf16_matmul_flops(device)
+    rows = []
+    for name, impl, precision, channels_last, compiled in variants:
+        step, _ = make_step(impl, width, batch, args.num_classes, device, precision,
+                            channels_last, compiled)
+        seconds = median_seconds(step, device, repeats, warmup + 2 * compiled)
+        # A compiled step does the eager step's maths: count those (the counter traces eagerly).
+        flops = rows[-1]["flops_per_step"] if compiled else count_flops(step)
+        rows.append({"variant": name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
+                     "flops_per_step": flops, "mfu": flops / seconds / peak})
+        del step
+        if gpu:
+            torch.cuda.empty_cache()
+    host = rows[0]["images_per_s"]
+    for row in rows:
+        row["vs_host"] = row["images_per_s"] / host
+
+    print(f"SAGAN {RESOLUTION} px training step (D + G), batch {batch}, width {width} "
+          f"(host ngf=ndf={16 * width}), {args.num_classes} classes")
+    print(f"machine: {describe(device)}")
+    print(f"measured bf16 matmul rate: {peak / 1e12:.2f} TFLOP/s")
+    print_table(["variant", "ms/step", "images/s", "vs host", "GFLOP/step", "MFU"],
+                [[r["variant"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
+                  f"{r['vs_host']:.2f}x", f"{r['flops_per_step'] / 1e9:.1f}",
+                  f"{100 * r['mfu']:.1f}%"] for r in rows])
+
+    processes = args.processes or (torch.cuda.device_count() if gpu else 2)
+    best = rows[-1] if gpu else rows[1]  # CPU: fp32 (bf16 is emulated on many CPUs)
+    settings = {"device": args.device, "width": width, "batch": batch,
+                "num_classes": args.num_classes, "repeats": repeats, "warmup": warmup,
+                "precision": "bf16" if "bf16" in best["variant"] else "fp32",
+                "channels_last": "channels_last" in best["variant"] or "cl" in best["variant"],
+                "threads": max(1, (os.cpu_count() or 1) // max(processes, 1))}
+    scale_rows = []
+    if processes > 1:
+        tmp = Path(args.json).parent
+        tmp.mkdir(parents=True, exist_ok=True)
+        scale_rows = scaling(settings, processes, tmp)
+        print(f"\nscaling, {settings['precision']}, batch {batch} per process "
+              f"({settings['threads']} threads each on CPU):")
+        print_table(["processes", "ms/step", "images/s", "efficiency"],
+                    [[r["processes"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
+                      f"{100 * r['efficiency']:.0f}%"] for r in scale_rows])
+        for world in (1, processes):
+            (tmp / f"scaling_{world}.pt").unlink(missing_ok=True)
+    else:
+        print("\nscaling: one device only; pass --processes N on a machine with N devices")
+    print("goals (H100/H200): ours >= 2x host images/s, MFU >= 30%")
+    write_json(args.json, {"benchmark": "train", "machine": describe(device),
+                           "bf16_matmul_flops": peak, "batch": batch, "width": width,
+                           "rows": rows, "scaling": scale_rows})
+
+
+if __name__ == "__main__":
+    main()
