@@ -34,9 +34,11 @@ data:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FASHION_MNIST_PKG) >/dev/null; } || \
 	  echo "warning: could not install $(FASHION_MNIST_PKG); fashion_mnist needs data.root=<dir with FashionMNIST/raw>"
 
-demo: install data
+demo: install data cpp
 	$(VENV)/bin/sagan-plugin train model=sagan data=fashion_mnist run_dir=$(RUN_DIR) \
 	  train.steps=150 train.batch_size=32 model.ngf=16 model.ndf=16 train.vis_steps=50 train.save_steps=50
+	$(VENV)/bin/sagan-plugin export run=$(RUN_DIR) format=aoti
+	cpp/build/sagan_sample --model $(RUN_DIR)/export/generator.pt2 --n 64 --seed 0 --out $(RUN_DIR)/samples_cpp.png
 
 # The C++ sampler: Debian's header packages, then cmake against the venv's torch; a second run
 # only checks that everything is up to date.
