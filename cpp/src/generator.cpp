@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
+#include <torch/script.h>
 
 namespace sagan {
 namespace {
@@ -140,7 +141,7 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
     : info_(read_export_info(model_path)), device_(parse_device(device, info_)) {
   if (info_.format == "torchscript") {
     try {
-      script_.emplace(torch::jit::load(model_path.string(), device_));
+      script_ = std::make_unique<torch::jit::Module>(torch::jit::load(model_path.string(), device_));
     } catch (const c10::Error& e) {
       throw UsageError("cannot load " + model_path.string() +
                        " as TorchScript: " + first_line(e.what_without_backtrace()));

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <stb_image_write.h>  // Debian's libstb-dev: header plus a compiled libstb
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/script.h>
 
 #include "sagan/generator.h"
 
@@ -110,6 +112,10 @@ void write_file_atomically(const fs::path& path, const std::vector<char>& bytes)
     fs::remove(temporary, ec);
     throw UsageError("cannot write " + path.string());
   }
+}
+
+void write_tensor(const fs::path& path, const at::Tensor& tensor) {
+  write_file_atomically(path, torch::jit::pickle_save(tensor));
 }
 
 void write_images(const torch::Tensor& images, const OutputTarget& target) {

@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include <CLI/CLI.hpp>
-#include <torch/serialize.h>
+#include <c10/util/Exception.h>
 
 #include "sagan/generator.h"
 #include "sagan/images.h"
@@ -33,11 +33,11 @@ int run(const Options& options) {
   sagan::class_labels(options.n, options.classes, generator.info().num_classes);  // checks only
 
   const auto start = std::chrono::steady_clock::now();
-  torch::Tensor images = generator.sample(options.n, options.seed, options.classes, options.batch);
+  at::Tensor images = generator.sample(options.n, options.seed, options.classes, options.batch);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   if (target) sagan::write_images(images, *target);
-  if (tensor_file) sagan::write_file_atomically(*tensor_file, torch::pickle_save(images));
+  if (tensor_file) sagan::write_tensor(*tensor_file, images);
   std::cout << "sampled " << options.n << " images of " << generator.info().resolution << "x"
             << generator.info().resolution << " (" << generator.info().format << ", "
             << generator.device() << ", batch " << options.batch << ") in " << seconds

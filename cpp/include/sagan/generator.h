@@ -5,15 +5,19 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include <torch/script.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
+// Kept out of this header so that users of it compile quickly.
 namespace torch::inductor {
 class AOTIModelPackageLoader;
+}
+namespace torch::jit {
+struct Module;
 }
 
 namespace sagan {
@@ -43,11 +47,11 @@ ExportInfo read_export_info(const std::filesystem::path& model_path);
 
 // "cpu", "cuda[:index]" or "auto"; cuda needs a CUDA build of torch and a visible GPU. "auto" is
 // the device an AOTInductor package was compiled for, else cuda when available, else cpu.
-torch::Device parse_device(const std::string& name, const ExportInfo& info);
+c10::Device parse_device(const std::string& name, const ExportInfo& info);
 
 // Label i is classes[i % classes.size()]; with no classes given it is i % num_classes for a
 // conditional model and 0 (ignored) for an unconditional one. Checks every class index.
-torch::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64_t num_classes);
+at::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64_t num_classes);
 
 class Generator {
  public:
@@ -57,21 +61,21 @@ class Generator {
   Generator& operator=(const Generator&) = delete;
 
   const ExportInfo& info() const { return info_; }
-  torch::Device device() const { return device_; }
+  c10::Device device() const { return device_; }
 
   // One forward pass: z float32 (N, nz), y int64 (N,), both on any device; output on device().
-  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& y);
+  at::Tensor forward(const at::Tensor& z, const at::Tensor& y);
 
   // The sampling recipe: a CPU generator seeded with `seed` draws z = randn(n, nz) in one go,
   // labels come from class_labels, and the generator runs on chunks of `batch` rows.
   // Returns float32 (n, C, R, R) in [-1, 1] on the CPU.
-  torch::Tensor sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
+  at::Tensor sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
                        int64_t batch);
 
  private:
   ExportInfo info_;
-  torch::Device device_;
-  std::optional<torch::jit::Module> script_;
+  c10::Device device_;
+  std::unique_ptr<torch::jit::Module> script_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package_;
 };
 

@@ -2,17 +2,19 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
+#include <vector>
 
-#include <torch/script.h>
+#include <ATen/core/Tensor.h>
 
 namespace sagan {
 
 // float images in [-1, 1] -> uint8 via trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)).
-torch::Tensor to_uint8(const torch::Tensor& images);
+at::Tensor to_uint8(const at::Tensor& images);
 
 // (N, C, H, W) uint8 -> (rows*(H+2)+2, cols*(W+2)+2, C) uint8 with cols = ceil(sqrt(N)),
 // images in row-major order on a black background, 2 pixels apart.
-torch::Tensor image_grid(const torch::Tensor& images);
+at::Tensor image_grid(const at::Tensor& images);
 
 // Where the images go: a .png file (one grid) or a directory (one PNG per image).
 struct OutputTarget {
@@ -29,7 +31,10 @@ std::filesystem::path prepare_file(const std::string& path, const std::string& e
 
 // Writes (N, C, H, W) float images in [-1, 1]: the grid, or DIR/000000.png ... Each file is
 // written to a temporary name first and renamed, so nothing is left half-written.
-void write_images(const torch::Tensor& images, const OutputTarget& target);
+void write_images(const at::Tensor& images, const OutputTarget& target);
+
+// Writes a tensor that torch.load reads (torch::pickle_save), via a temporary file.
+void write_tensor(const std::filesystem::path& path, const at::Tensor& tensor);
 
 // Writes bytes to path via a temporary file in the same directory.
 void write_file_atomically(const std::filesystem::path& path, const std::vector<char>& bytes);
