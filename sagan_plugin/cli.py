@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("sagan_plugin.train:main", "train a model (model=..., data=..., overrides)"),
     "export": ("sagan_plugin.export:main", "export G for C++ (run=... format=torchscript|aoti)"),
     "sample": ("sagan_plugin.sample:main", "sample PNGs (run=... n=... seed=... classes=...)"),
+    "eval": ("sagan_plugin.evaluate:main", "FID/KID/IS offline (run=... metrics=fid,kid,is n=...)"),
+    "viz": ("sagan_plugin.viz:main", "class grid and attention maps (run=... out=DIR)"),
 }
 
 

