@@ -13,8 +13,6 @@ Inception network as uint8 tensors, without a PNG round trip. Real-image feature
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -145,23 +143,6 @@ def select_steps(available: list[int], spec: str) -> list[int]:
     return chosen
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def _columns(metrics: list[str]) -> list[str]:
     return ["step"] + [c for m in metrics for c in ((m,) if m == "fid" else (m, f"{m}_std"))]
 
@@ -280,7 +261,7 @@ def main(argv: list[str]) -> None:
         "is_unavailable": None if extractor.has_logits else IS_UNAVAILABLE,
         "image_mapping": "uint8 = trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)), then "
                          "bilinear resize to 299x299 as pytorch-fid",
-        "device": str(extractor.device), "machine": machine(),
+        "device": str(extractor.device), "torch": torch.__version__,
     }
     write_json(out, payload)
     if cfg.images:

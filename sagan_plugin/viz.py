@@ -1,0 +1,183 @@
+"""`sagan-plugin viz`: a class-conditional sample grid and attention maps (the paper's Figure 1).
+
+    sagan-plugin viz run=runs/demo out=viz/                     grid.png, attention.png/.npz
+    sagan-plugin viz run=runs/demo out=viz/ what=attention images=4 queries="0.2,0.3;0.7,0.5"
+
+grid.png has a row per class (per_class samples each; for an unconditional G, rows of samples).
+attention.png has a row per generated image: the image with its query points marked, then for
+each query the attention distribution of G's attention layer over the key positions, drawn over
+the image. The layer's input is captured with a forward pre-hook and fed to
+`G.attention.attention_weights`; attention.npz keeps the raw maps (rows sum to 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from sagan_plugin.errors import UsageError
+from sagan_plugin.metrics.files import write_json, write_npz
+from sagan_plugin.sample import (
+    _save_png,
+    parse_classes,
+    parse_overrides,
+    resolve_device,
+    sample,
+    to_uint8,
+)
+
+PAD = 2
+QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
+
+
+@dataclass
+class VizConfig:
+    run: str = MISSING  # a run folder or a netG checkpoint file
+    out: str = "viz"  # folder for grid.png, attention.png and attention.npz
+    what: str = "grid,attention"
+    step: int | None = None  # null: the latest checkpoint
+    ema: bool = True
+    seed: int = 0
+    per_class: int = 8  # grid columns
+    classes: Any = None  # grid rows: a comma list of classes; null: every class (at most 20)
+    images: int = 3  # attention: generated images, one row each
+    queries: str = "0.25,0.25;0.25,0.75;0.75,0.25;0.75,0.75"  # y,x in [0, 1] per query
+    scale: int = 4  # attention.png upsampling of each image
+    device: str = "cpu"
+
+
+def class_grid(netG: nn.Module, per_class: int, classes: list[int], seed: int = 0,
+               device: str | torch.device = "cpu") -> Tensor:
+    """uint8 image (H, W, 3): row r holds per_class samples of classes[r]."""
+    rows = len(classes) if netG.num_classes else max(len(classes), 1)
+    images = sample(netG, rows * per_class, seed, classes or None, device=device)
+    # sample() labels image i with classes[i % rows]: regroup those into rows.
+    images = images.view(per_class, rows, *images.shape[1:]).transpose(0, 1).flatten(0, 1)
+    return _tile(to_uint8(images), rows, per_class)
+
+
+def _tile(images: Tensor, rows: int, cols: int) -> Tensor:
+    """(rows*cols, 3, H, W) uint8 -> (H', W', 3) on black with PAD pixels between tiles."""
+    _, channels, height, width = images.shape
+    grid = torch.zeros(rows * (height + PAD) + PAD, cols * (width + PAD) + PAD, channels,
+                       dtype=torch.uint8)
+    for i, image in enumerate(images):
+        top, left = PAD + (i // cols) * (height + PAD), PAD + (i % cols) * (width + PAD)
+        grid[top : top + height, left : left + width] = image.permute(1, 2, 0)
+    return grid
+
+
+def attention_maps(netG: nn.Module, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, int]:
+    """(images in [-1, 1], attention (N, H*W, H*W/4), H) for one batch, via a pre-hook."""
+    if getattr(netG, "attention", None) is None:
+        raise UsageError("this generator has no attention layer (G.attention is None)")
+    captured = {}
+    handle = netG.attention.register_forward_pre_hook(
+        lambda module, inputs: captured.__setitem__("x", inputs[0]))
+    try:
+        with torch.inference_mode():
+            images = netG(z, y)
+            weights = netG.attention.attention_weights(captured["x"])
+    finally:
+        handle.remove()
+    return images.cpu(), weights.float().cpu(), int(captured["x"].shape[-1])
+
+
+def parse_queries(spec: str) -> list[tuple[float, float]]:
+    try:
+        points = [tuple(float(v) for v in p.split(",")) for p in str(spec).split(";") if p]
+    except ValueError:
+        points = []
+    if not points or any(len(p) != 2 or not all(0 <= v <= 1 for v in p) for p in points):
+        raise UsageError(f"queries={spec!r}: expected y,x pairs in [0, 1] separated by ;")
+    return points  # type: ignore[return-value]
+
+
+def _heat(weights: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB floats on a black-red-yellow-white scale."""
+    w = weights[..., None]
+    return np.clip(np.concatenate([3 * w, 3 * w - 1, 3 * w - 2], axis=-1), 0, 1)
+
+
+def attention_figure(images: Tensor, attention: Tensor, size: int,
+                     queries: list[tuple[float, float]], scale: int) -> tuple[Tensor, list[int]]:
+    """uint8 (H, W, 3) figure and the query indices (row-major on the size x size map)."""
+    n, _, resolution, _ = images.shape
+    side = resolution * scale
+    index = [min(int(qy * size), size - 1) * size + min(int(qx * size), size - 1)
+             for qy, qx in queries]
+    pictures = to_uint8(F.interpolate(images, scale_factor=scale, mode="nearest"))
+    tiles = []
+    for k in range(n):
+        base = pictures[k].permute(1, 2, 0).numpy().astype(np.float32) / 255
+        grey = base.mean(axis=-1, keepdims=True).repeat(3, axis=-1)
+        row = [_marked(base, index, size, side, None)]
+        for q, j in enumerate(index):
+            beta = attention[k, j].view(1, 1, size // 2, size // 2)
+            beta = F.interpolate(beta, size=(side, side), mode="nearest")[0, 0].numpy()
+            heat = _heat(beta / max(beta.max(), 1e-12))
+            row.append(_marked(0.35 * grey + 0.65 * heat, [j], size, side, q))
+        tiles.extend(torch.from_numpy(np.array(t)).permute(2, 0, 1) for t in row)
+    return _tile(torch.stack(tiles), n, len(queries) + 1), index
+
+
+def _marked(rgb: np.ndarray, index: list[int], size: int, side: int,
+            colour_of: int | None) -> np.ndarray:
+    """rgb floats with a ring at each query position; uint8 (side, side, 3)."""
+    image = Image.fromarray((rgb * 255 + 0.5).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    cell = side / size
+    for q, j in enumerate(index):
+        cy, cx = (j // size + 0.5) * cell, (j % size + 0.5) * cell
+        r = max(cell, 3)
+        colour = QUERY_COLOURS[(q if colour_of is None else colour_of) % len(QUERY_COLOURS)]
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=2)
+    return np.asarray(image)
+
+
+def main(argv: list[str]) -> None:
+    from sagan_plugin.runs import load_generator
+
+    cfg = parse_overrides(VizConfig, argv, "viz")
+    what = {w.strip() for w in cfg.what.split(",") if w.strip()}
+    if not what or what - {"grid", "attention"}:
+        raise UsageError(f"what={cfg.what}: expected grid, attention or grid,attention")
+    if min(cfg.per_class, cfg.images, cfg.scale) < 1:
+        raise UsageError("per_class, images and scale must be at least 1")
+    queries = parse_queries(cfg.queries)
+    device = resolve_device(cfg.device)
+    loaded = load_generator(cfg.run, step=cfg.step, prefer_ema=cfg.ema, device=device)
+    netG = loaded.netG
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "grid" in what:
+        classes = parse_classes(cfg.classes) or list(range(min(netG.num_classes, 20)))
+        if classes and not netG.num_classes:
+            raise UsageError("the model is unconditional: leave out classes")
+        if any(not 0 <= k < netG.num_classes for k in classes):
+            raise UsageError(f"classes={cfg.classes}: the model has {netG.num_classes} classes")
+        _save_png(class_grid(netG, cfg.per_class, classes, cfg.seed, device), out / "grid.png")
+        print(f"wrote {out / 'grid.png'}")
+    if "attention" in what:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        z = torch.randn(cfg.images, netG.nz, generator=generator).to(device)
+        y = (torch.arange(cfg.images) % netG.num_classes).to(device) if netG.num_classes else None
+        images, attention, size = attention_maps(netG, z, y)
+        figure, index = attention_figure(images, attention, size, queries, cfg.scale)
+        _save_png(figure, out / "attention.png")
+        write_npz(out / "attention.npz", images=to_uint8(images).numpy(),
+                         attention=attention.numpy(), queries=np.array(index),
+                         feature_size=np.array(size))
+        gamma = netG.attention.gamma.item()
+        write_json(out / "attention.json", {
+            "step": loaded.step, "ema": loaded.ema, "gamma": gamma, "feature_size": size,
+            "queries": index, "seed": cfg.seed})
+        print(f"wrote {out / 'attention.png'} (gamma={gamma:.4f})")

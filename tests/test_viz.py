@@ -1,0 +1,89 @@
+"""`sagan-plugin viz`: the class grid and the attention maps of the paper's Figure 1."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_export import make_run
+
+from sagan_plugin import cli, viz
+from sagan_plugin.runs import load_generator
+from sagan_plugin.sample import to_uint8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("viz") / "run")
+
+
+def test_viz_writes_the_grid_and_the_attention_maps(run, tmp_path, capsys):
+    out = tmp_path / "viz"
+    code = cli.main(["viz", f"run={run}", f"out={out}", "per_class=3", "classes=0,4,9",
+                     "images=2", "queries=0.1,0.1;0.5,0.5;0.9,0.2", "scale=2"])
+    assert code == 0, capsys.readouterr().err
+    tile, pad = 32, viz.PAD
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == (3 * (tile + pad) + pad, 3 * (tile + pad) + pad)
+    with Image.open(out / "attention.png") as figure:
+        side = tile * 2
+        assert figure.size == (4 * (side + pad) + pad, 2 * (side + pad) + pad)  # image + 3 maps
+    maps = np.load(out / "attention.npz")
+    size = int(maps["feature_size"])
+    assert maps["attention"].shape == (2, size * size, size * size // 4)
+    np.testing.assert_allclose(maps["attention"].sum(axis=-1), 1.0, atol=1e-5)
+    assert maps["queries"].tolist() == [int(0.1 * size) * size + int(0.1 * size),
+                                        (size // 2) * size + size // 2,
+                                        int(0.9 * size) * size + int(0.2 * size)]
+    assert json.loads((out / "attention.json").read_text())["gamma"] == pytest.approx(0.7 * 0.9)
+
+
+def test_grid_rows_hold_one_class_each(run):
+    netG = load_generator(run).netG
+    grid = viz.class_grid(netG, per_class=2, classes=[1, 5], seed=3)
+    z = torch.randn(4, netG.nz, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():  # sample() labels image i with classes[i % 2]
+        expected = to_uint8(netG(z, torch.tensor([1, 5, 1, 5])))
+    pad, r = viz.PAD, 32
+    for row, col, index in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 3)]:
+        top, left = pad + row * (r + pad), pad + col * (r + pad)
+        tile = grid[top : top + r, left : left + r].permute(2, 0, 1)
+        assert torch.equal(tile, expected[index])
+
+
+def test_attention_maps_come_from_the_layer_input(run):
+    netG = load_generator(run).netG
+    z = torch.randn(2, netG.nz, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1])
+    images, attention, size = viz.attention_maps(netG, z, y)
+    captured = []
+    hook = netG.attention.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.inference_mode():
+        netG(z, y)
+        expected = netG.attention.attention_weights(captured[0])
+    hook.remove()
+    assert size == captured[0].shape[-1]
+    torch.testing.assert_close(attention, expected)
+    assert images.shape == (2, 3, 32, 32)
+    assert not netG.attention._forward_pre_hooks  # the hook is removed again
+
+
+@pytest.mark.parametrize("args, message", [
+    (["queries=0.5"], "expected y,x pairs in [0, 1]"),
+    (["queries=2,0.5"], "expected y,x pairs in [0, 1]"),
+    (["what=grid,loss"], "what=grid,loss"),
+    (["classes=12"], "the model has 10 classes"),
+    (["per_class=0"], "at least 1"),
+])
+def test_bad_input_is_a_one_line_error(run, tmp_path, capsys, args, message):
+    code = cli.main(["viz", f"run={run}", f"out={tmp_path}", *args])
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (2, 1) and message in err, err
+
+
+def test_generator_without_attention_is_refused(run):
+    netG = load_generator(run).netG
+    netG.attention = None
+    with pytest.raises(viz.UsageError, match="no attention layer"):
+        viz.attention_maps(netG, torch.zeros(1, netG.nz), None)
