@@ -103,25 +103,29 @@ def _save_png(pixels: Tensor, path: Path) -> None:
             os.remove(temporary)
 
 
+def check_writable(folder: Path) -> None:
+    """Create folder if needed and prove a file can be made there, before any long work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to output directory {folder}: {error.strerror}") from None
+
+
 def output_target(out: str) -> tuple[Path, bool]:
     """(path, is_directory): a path ending in / or naming a directory gets one PNG per image."""
     path = Path(out)
     if out.endswith("/") or path.is_dir():
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"cannot create output directory {out}: {error.strerror}") from None
-        folder, directory = path, True
-    else:
-        if path.suffix != ".png":
-            raise UsageError(f"out must end in .png (one grid) or name a directory (one PNG per "
-                             f"image), got {out}")
-        folder, directory = path.parent, False
-        if not folder.is_dir():
-            raise UsageError(f"output directory {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to output directory {folder}")
-    return path, directory
+        check_writable(path)
+        return path, True
+    if path.suffix != ".png":
+        raise UsageError(f"out must end in .png (one grid) or name a directory (one PNG per "
+                         f"image), got {out}")
+    if not path.parent.is_dir():
+        raise UsageError(f"output directory {path.parent} does not exist")
+    check_writable(path.parent)
+    return path, False
 
 
 def write_images(images: Tensor, out: str) -> None:

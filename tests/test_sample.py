@@ -98,6 +98,7 @@ def test_sample_main_writes_a_grid(run, netG, tmp_path):
     (["run={run}", "classes=a,b"], "classes must be integers"),
     (["run={run}", "out={tmp}/x.jpg"], "must end in .png"),
     (["run={run}", "out={tmp}/missing/x.png"], "does not exist"),
+    (["run={run}", "out=/proc/x.png"], "cannot write"),
     (["run={run}", "device=cuda:7"] if not torch.cuda.is_available() else ["run={run}", "n=-1"],
      "no usable GPU|n must be"),
     (["run={run}", "batch=0"], "batch must be a positive"),
