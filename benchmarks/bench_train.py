@@ -63,7 +63,12 @@ def build(impl: str, width: int, num_classes: int, device: torch.device, fused: 
 def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch.device,
               precision: str = "fp32", channels_last: bool = False, compile: bool = False):
     from sagan_plugin.host import MetricLog
-    from sagan_plugin.precision import keep_spectral_norm_fp32, step_context, to_memory_format
+    from sagan_plugin.precision import (
+        keep_spectral_norm_eager,
+        keep_spectral_norm_fp32,
+        step_context,
+        to_memory_format,
+    )
 
     netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -72,6 +77,8 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
         if precision == "bf16":
             keep_spectral_norm_fp32(net)
         if compile:
+            if net is netD:
+                keep_spectral_norm_eager(net)
             net.compile()
     real = (torch.rand(batch, 3, RESOLUTION, RESOLUTION, device=device) * 2 - 1
             ).contiguous(memory_format=memory_format)

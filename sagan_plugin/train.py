@@ -31,6 +31,7 @@ from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.precision import (
     check_options,
+    keep_spectral_norm_eager,
     keep_spectral_norm_fp32,
     step_context,
     to_memory_format,
@@ -163,6 +164,8 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
         to_memory_format(net, train.channels_last)
         if train.precision == "bf16":
             keep_spectral_norm_fp32(net)
+    if train.compile:
+        keep_spectral_norm_eager(netD)
     if train.sync_bn:
         netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None
