@@ -296,9 +296,10 @@ def fid_callback(data_cfg: Any, every: int, n: int = 5000, n_real: int | None = 
                                              state["extractor"], stats_cache)
         extractor = state["extractor"]
         was_training = netG.training
-        netG.eval()
+        netG.eval()  # BN running statistics, as in `eval`; training mode comes back after
         try:
-            fake = generator_features(netG, extractor, n, seed)
+            with torch.autocast(next(netG.parameters()).device.type, enabled=False):
+                fake = generator_features(netG, extractor, n, seed)
         finally:
             netG.train(was_training)
         row = score(fake, state["real"], list(metrics), extractor.has_logits)

@@ -123,8 +123,11 @@ def attention_figure(images: Tensor, attention: Tensor, size: int,
         for q, j in enumerate(index):
             beta = attention[k, j].view(1, 1, size // 2, size // 2)
             beta = F.interpolate(beta, size=(side, side), mode="nearest")[0, 0].numpy()
-            heat = _heat(beta / max(beta.max(), 1e-12))
-            row.append(_marked(0.35 * grey + 0.65 * heat, [j], size, side, q))
+            # Stretched per map: early in training attention is near uniform, and only the
+            # relative weights show where a query looks.
+            w = (beta - beta.min()) / max(beta.max() - beta.min(), 1e-12)
+            alpha = 0.85 * w[..., None]
+            row.append(_marked((1 - alpha) * grey + alpha * _heat(w), [j], size, side, q))
         tiles.extend(torch.from_numpy(np.array(t)).permute(2, 0, 1) for t in row)
     return _tile(torch.stack(tiles), n, len(queries) + 1), index
 

@@ -131,3 +131,20 @@ def test_bad_weights_and_empty_runs_are_one_line_errors(tmp_path, capsys):
     ]:
         code, _, err = _eval(capsys, *args)
         assert (code, err.count("\n")) == (2, 1) and message in err, err
+
+
+def test_fid_callback_scores_every_k_steps_and_restores_training_mode(run, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sagan_plugin.evaluate import fid_callback
+
+    netG = load_generator(run).netG.train()
+    data = OmegaConf.merge(OmegaConf.load(run / "config.yaml").data, {"size": 8})
+    with pytest.warns(UserWarning, match="below the 2048"):
+        callback = fid_callback(data, every=2, n=3, metrics=("fid", "kid"), device="cpu",
+                                stats_cache=str(tmp_path))
+    assert callback(netG, 1) is None
+    scores = callback(netG, 2)
+    assert set(scores) == {"fid", "kid", "kid_std"} and scores["fid"] > 0
+    assert netG.training
+    assert len(list(tmp_path.glob("*.npz"))) == 1  # real features cached for the next calls

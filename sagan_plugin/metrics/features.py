@@ -43,7 +43,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.net = load_inception(self.weights, self.device)
         if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net.use_channels_last()
 
     @property
     def has_logits(self) -> bool:
@@ -54,7 +54,10 @@ class FeatureExtractor:
                 desc: str = "inception") -> Features:
         """Features of uint8 image batches (N, C, H, W), in order."""
         feats, logits = [], []
-        with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
+        # fp32 always, even when called from a training loop running under autocast.
+        no_autocast = torch.autocast(self.device.type, enabled=False)
+        with no_autocast, tqdm(total=total, desc=desc, unit="img", leave=False,
+                               disable=None) as bar:
             for batch in batches:
                 f, lg = self.net(batch.to(self.device, non_blocking=True))
                 feats.append(f.double().cpu())
