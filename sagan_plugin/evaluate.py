@@ -198,13 +198,14 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
     from sagan_plugin.data import build_dataset
     from sagan_plugin.runs import load_generator
 
-    real = real_path = None
+    real = real_path = dataset = None
     rows = []
     _print_header(metrics)
     for step in checkpoints_to_evaluate(cfg):
         loaded = load_generator(cfg.run, step=step, prefer_ema=cfg.ema, device=extractor.device)
-        data_cfg = run_data_config(loaded.config.data, data_overrides)
-        dataset = build_dataset(data_cfg)
+        if dataset is None:  # one run, one data set
+            data_cfg = run_data_config(loaded.config.data, data_overrides)
+            dataset = build_dataset(data_cfg)
         check_generator_fits(loaded.netG, data_cfg, dataset[0][0].shape)
         if real is None and {"fid", "kid"} & set(metrics):
             n_real = cfg.n_real or cfg.n

@@ -17,6 +17,8 @@ from sagan_plugin.metrics.scores import (
 
 def test_inception_score_of_uniform_predictions_is_one():
     assert inception_score(np.zeros((40, 1008)), splits=4) == pytest.approx((1.0, 0.0), abs=1e-12)
+    # more splits than images: one image per split, still defined
+    assert inception_score(np.zeros((3, 1008)), splits=10) == pytest.approx((1.0, 0.0), abs=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])

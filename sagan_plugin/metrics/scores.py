@@ -70,6 +70,7 @@ def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray,
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) over the 1008-way softmax, per split; (mean, std)."""
+    splits = max(1, min(splits, len(logits)))
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     scores = []
