@@ -89,28 +89,30 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tiny: list[str],
     assert checkpoint.load_latest(Path(cfg.run_dir))[0] == 6
 
 
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny: list[str],
-                                                              monkeypatch) -> None:
+def test_full_disk_or_read_only_while_saving_keeps_the_previous_checkpoint(
+        tiny: list[str], monkeypatch) -> None:
     cfg = compose(tiny + ["train.steps=2"])
     run(cfg)
     run_dir = Path(cfg.run_dir)
     before = _final_state(run_dir, 2)
 
-    def full_disk(obj, f) -> None:
-        f.write(b"PK\x03\x04 partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    # A full disk, and a folder gone read-only (tests run as root, whom chmod would not stop).
+    for code in (errno.ENOSPC, errno.EROFS):
+        def failing_write(obj, f, code=code) -> None:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(UsageError) as failure:
-        run(compose(tiny + ["train.steps=4"]))
-    message = str(failure.value)
-    assert "\n" not in message
-    assert "cannot save the checkpoint of step 4" in message
-    assert "No space left on device; the checkpoint of step 2 is kept" in message
-    monkeypatch.undo()
-    assert checkpoint.complete_steps(run_dir) == [2]
-    assert not list(run_dir.glob("checkpoints/*/.*"))  # no temporary file left behind
-    _assert_identical(_final_state(run_dir, 2), before)
+        monkeypatch.setattr(checkpoint.torch, "save", failing_write)
+        with pytest.raises(UsageError) as failure:
+            run(compose(tiny + ["train.steps=4"]))
+        message = str(failure.value)
+        assert "\n" not in message
+        assert "cannot save the checkpoint of step 4" in message
+        assert f"{os.strerror(code)}; the checkpoint of step 2 is kept" in message
+        monkeypatch.undo()
+        assert checkpoint.complete_steps(run_dir) == [2]
+        assert not list(run_dir.glob("checkpoints/*/.*"))  # no temporary file left behind
+        _assert_identical(_final_state(run_dir, 2), before)
 
 
 class _PoisonedAfter(torch.utils.data.Dataset):
