@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from sagan_plugin.errors import UsageError
 
@@ -28,7 +28,8 @@ ENTRY_POINT_GROUP = "mimicry.models"
 class ModelFamily:
     """A GAN family: how to build G and D, and the defaults it trains with.
 
-    build(resolution, num_classes, **arch) returns (netG, netD), host models.
+    build(resolution, num_classes, **arch) returns (netG, netD), host models; netG carries
+    nz, num_classes (0: unconditional) and resolution, and netG(z, y) gives images in [-1, 1].
     defaults holds the preset: {"model": {arch defaults}, "train": {training defaults},
     "batch_size": {resolution: batch size}}.
     conditional: True (needs labels), False (ignores them) or None (both, num_classes=0 off).
@@ -40,6 +41,14 @@ class ModelFamily:
     conditional: bool | None = None
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """A family's images for noise z, conditioned on labels when netG is class-conditional.
+
+    Mimicry's unconditional generators take z alone; this package's take (z, y=None).
+    """
+    return netG(z, labels) if netG.num_classes else netG(z)
 
 
 _families: dict[str, ModelFamily] = {}

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from sagan_plugin.errors import UsageError
+from sagan_plugin.registry import generate
 
 GRID_PADDING = 2
 
@@ -65,7 +66,7 @@ def sample(netG: nn.Module, n: int, seed: int = 0, classes: Sequence[int] | None
     z = torch.randn(n, netG.nz, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         chunks = [
-            netG(z_chunk.to(device), y_chunk.to(device) if netG.num_classes else None).cpu()
+            generate(netG, z_chunk.to(device), y_chunk.to(device)).cpu()
             for z_chunk, y_chunk in zip(z.split(batch), labels.split(batch), strict=True)
         ]
     return torch.cat(chunks)

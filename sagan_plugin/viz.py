@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.files import write_json, write_npz
+from sagan_plugin.registry import generate
 from sagan_plugin.sample import (
     _save_png,
     parse_classes,
@@ -84,7 +85,7 @@ def attention_maps(netG: nn.Module, z: Tensor, y: Tensor | None) -> tuple[Tensor
         lambda module, inputs: captured.__setitem__("x", inputs[0]))
     try:
         with torch.inference_mode():
-            images = netG(z, y)
+            images = generate(netG, z, y)
             weights = netG.attention.attention_weights(captured["x"])
     finally:
         handle.remove()

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.inception import load_inception
 from sagan_plugin.metrics.weights import InceptionWeights, resolve_weights
+from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels, resolve_device, to_uint8
 
 # pytorch-fid's list: the files its CLI picks up from a folder.
@@ -79,8 +80,7 @@ def generated_batches(netG: nn.Module, n: int, batch_size: int,
     z = torch.randn(n, netG.nz, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         for z_chunk, y_chunk in zip(z.split(batch_size), labels.split(batch_size), strict=True):
-            y = y_chunk.to(device) if netG.num_classes else None
-            yield to_uint8(netG(z_chunk.to(device), y))
+            yield to_uint8(generate(netG, z_chunk.to(device), y_chunk.to(device)))
 
 
 def dataset_batches(dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,
