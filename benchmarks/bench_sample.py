@@ -17,9 +17,6 @@ Prints a table and writes JSON with the machine's description.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _machine import (
+    RESULTS,
+    bf16_matmul_flops,
+    cpu_model,
+    describe,
+    print_table,
+    synchronize,
+    write_json,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from sagan_plugin.export import export_module, fold_spectral_norm
@@ -38,25 +44,6 @@ from sagan_plugin.sample import class_labels
 REPO = Path(__file__).resolve().parents[1]
 GOALS = {"cpu": ("C++ AOTInductor", 64, 1.5), "cuda": ("CUDA graph bf16", 256, 3.0)}
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine(device: torch.device) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device.type}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def build_generators(resolution: int, num_classes: int, device: torch.device):
@@ -112,19 +99,6 @@ def cuda_graph(netG: torch.nn.Module, batch: int, device: torch.device) -> Forwa
     return replay
 
 
-def bf16_matmul_tflops(device: torch.device, size: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
-
-
 def time_paths(paths: dict[str, Callable[[int], Forward]], batch: int, netG, device,
                budget_s: float) -> dict[str, float]:
     """images/s of each path at this batch: median of interleaved, synchronised calls."""
@@ -136,8 +110,7 @@ def time_paths(paths: dict[str, Callable[[int], Forward]], batch: int, netG, dev
         start = time.perf_counter()
         with torch.inference_mode():
             forward(z, y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     warm = {name: min(timed(f) for _ in range(2)) for name, f in forwards.items()}
@@ -189,12 +162,10 @@ def main() -> None:
     names = list(paths)
     print(f"SAGAN G {args.resolution} px, {args.num_classes} classes, {gflops:.2f} GFLOP/image, "
           f"{device.type}, {torch.get_num_threads()} threads ({cpu_model()}); "
-          f"export {export_s:.0f} s")
-    print(f"{'batch':>6} " + " ".join(f"{n:>16}" for n in names) + "   images/s")
-    for b in batches:
-        print(f"{b:>6} " + " ".join(f"{rates[b][n]:>16.1f}" for n in names))
+          f"export {export_s:.0f} s; images/s:")
+    print_table(["batch", *names], [[b, *(f"{rates[b][n]:.1f}" for n in names)] for b in batches])
     goal_path, goal_batch, goal_ratio = GOALS[device.type]
-    result = {"machine": machine(device), "resolution": args.resolution,
+    result = {"machine": describe(device), "resolution": args.resolution,
               "num_classes": args.num_classes, "gflops_per_image": gflops,
               "images_per_s": {str(b): rates[b] for b in batches},
               "gflops_per_s": {str(b): {n: r * gflops for n, r in rates[b].items()}
@@ -206,16 +177,13 @@ def main() -> None:
         print(f"{goal_path} / Python eager at batch {goal_batch}: {ratio:.2f}x "
               f"(goal {goal_ratio}x: {'met' if ratio >= goal_ratio else 'NOT met'})")
     if device.type == "cuda":
-        peak = bf16_matmul_tflops(device)
+        peak = bf16_matmul_flops(device) / 1e12
         best = max(rates[b][n] for b in batches for n in names) * gflops / 1e3
         result["bf16_matmul_tflops"] = peak
         result["best_fraction_of_bf16_rate"] = best / peak
         print(f"bf16 matmul {peak:.0f} TFLOP/s; best path reaches {best:.1f} TFLOP/s "
               f"({100 * best / peak:.1f}%)")
-    out = args.json or REPO / "benchmarks" / "results" / f"bench_sample_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(args.json or RESULTS / f"bench_sample_{device.type}.json", result)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-// sagan_sample_ext: the C++ sampler as a Python module (import torch first).
+// sagan_sample_ext: the C++ sampler as a Python module.
 //   g = sagan_sample_ext.Generator("G.pt2"); images = g.sample(64, seed=0, classes=[3])
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor
@@ -10,6 +10,7 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(sagan_sample_ext, m) {
   m.doc() = "LibTorch sampler for sagan-plugin generator exports";
+  py::module_::import("torch");  // the tensor conversions need torch's Python types set up
   py::register_exception<sagan::UsageError>(m, "UsageError", PyExc_ValueError);
 
   py::class_<sagan::Generator>(m, "Generator")
