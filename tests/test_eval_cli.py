@@ -48,13 +48,13 @@ def _eval(capsys, *args):
     return code, out, err
 
 
-def test_eval_run_matches_a_direct_computation(run, full_weights, tmp_path, capsys):
-    out_file = tmp_path / "scores.json"
+def test_eval_checkpoint_matches_a_direct_computation(run, full_weights, capsys):
+    checkpoint = checkpoint_path(run, checkpoint_steps(run)[-1])
     with pytest.warns(UserWarning, match="below the 2048 Inception features"):
-        code, out, err = _eval(capsys, f"run={run}", *FAST, f"inception_weights={full_weights}",
-                               f"out={out_file}")
+        code, out, err = _eval(capsys, f"run={checkpoint}", *FAST,
+                               f"inception_weights={full_weights}")
     assert code == 0, err
-    report = json.loads(out_file.read_text())
+    report = json.loads((checkpoint.parent / f"{checkpoint.stem}_ema_n4.json").read_text())
     row = report["rows"][0]
     assert row["step"] == checkpoint_steps(run)[-1] and row["ema"] is True
     assert report["inception"]["has_logits"] and report["is_unavailable"] is None
@@ -119,13 +119,13 @@ def test_bad_input_is_a_one_line_error(run, capsys, args, message):
     assert message in err
 
 
-def test_bad_weights_and_empty_runs_are_one_line_errors(tmp_path, capsys):
+def test_bad_weights_and_empty_runs_are_one_line_errors(run, tmp_path, capsys):
     corrupt = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     corrupt.write_bytes(b"truncated")
     empty_run = tmp_path / "empty"
     empty_run.mkdir()
     for args, message in [
-        ([f"run={tmp_path}", f"inception_weights={corrupt}"], "is corrupt"),
+        ([f"run={run}", f"inception_weights={corrupt}"], "is corrupt"),
         ([f"run={empty_run}"], "has no checkpoint"),
         ([], "give run=<run folder or checkpoint> or images=<folder>"),
     ]:
