@@ -50,7 +50,7 @@ cpp: install
 	  $(VENV)/bin/cmake -S cpp -B cpp/build -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	@$(VENV)/bin/cmake --build cpp/build -j$$(nproc) -- --no-print-directory
 
-test: install data
+test: install data cpp
 	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
 	$(PY) -m pytest -q
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from _machine import RESULTS, describe, print_table, write_json
 
-from sagan_plugin.config import build_models, compose
+from sagan_plugin.config import build_models, compose, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.evaluate import main as evaluate
 from sagan_plugin.runs import load_run_config
-from sagan_plugin.train import resolve_device, run
+from sagan_plugin.train import run
 
 # What the papers report, for orientation only (not measured here): FID, IS.
 PUBLISHED = {

@@ -10,9 +10,11 @@ from the chosen family's preset: a null default there means an optional integer.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 from torch import nn
@@ -65,6 +67,9 @@ class TrainConfig:
     # BigGAN-style EMA of G's weights, saved as ema_state_dict and preferred for sampling.
     ema_decay: float | None = None  # null: no EMA; BigGAN uses 0.9999
     ema_start: int = 0  # steps before which the EMA is a plain copy of G
+    # FID (offline, sagan_plugin/evaluate.py) of G (its EMA if any) every k steps, to TensorBoard.
+    fid_every: int = 0  # 0: off (Inception on a CPU is slow)
+    fid_n: int = 5000  # generated images per FID
 
 
 def _model_schema(family: ModelFamily) -> type:
@@ -156,12 +161,50 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
     for key in ("steps", "batch_size", "n_dis", "log_steps", "vis_steps", "save_steps"):
         if train[key] < 1:
             raise UsageError(f"train.{key} must be at least 1, got {train[key]}")
+    if train.fid_every < 0:
+        raise UsageError(f"train.fid_every must be 0 (off) or a number of steps, got "
+                         f"{train.fid_every}")
     if train.lr_decay not in (None, "linear"):
         raise UsageError(f"train.lr_decay must be null or linear, got {train.lr_decay!r}")
     if data.fit not in ("pad", "resize"):
         raise UsageError(f"data.fit must be pad or resize, got {data.fit!r}")
     if cfg.run_dir is None:
         cfg.run_dir = f"runs/{family.name}_{data.name}"
+
+
+def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
+    """A typed config of `schema` (a dataclass) from key=value tokens; bad input -> UsageError."""
+    config = OmegaConf.structured(schema)
+    OmegaConf.set_struct(config, True)
+    for token in argv:
+        if "=" not in token:
+            raise UsageError(f"{command}: expected key=value, got {token!r}")
+    try:
+        config.merge_with(OmegaConf.from_dotlist(list(argv)))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        fields = ", ".join(schema.__dataclass_fields__)
+        raise UsageError(f"{command}: bad override for {key}: {error.msg.splitlines()[0]} "
+                         f"(keys: {fields})") from None
+    missing = sorted(OmegaConf.missing_keys(config))
+    if missing:
+        raise UsageError(f"{command}: {', '.join(missing)}=... is required")
+    return config
+
+
+def resolve_device(name: str, option: str = "device") -> torch.device:
+    """auto (a GPU when there is one), cpu, cuda or cuda:N; option names the setting in errors."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"{option}={name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{option}={name} but this machine has no usable GPU; use cpu")
+    return device
 
 
 def arch_kwargs(model_cfg: DictConfig) -> dict[str, Any]:

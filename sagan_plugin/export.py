@@ -29,8 +29,9 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.sample import check_writable, class_labels, parse_overrides
+from sagan_plugin.sample import check_writable, class_labels
 
 FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
 EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this marker
@@ -207,7 +208,7 @@ class ExportConfig:
 
 
 def main(argv: list[str]) -> None:
-    from sagan_plugin.sample import resolve_device
+    from sagan_plugin.config import resolve_device
 
     cfg = parse_overrides(ExportConfig, argv, "export")
     path = export_generator(cfg.run, cfg.format, cfg.out, cfg.step, cfg.ema,

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 from PIL import Image
 from torch import Tensor, nn
 
+from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.registry import generate
 
@@ -90,7 +90,7 @@ def image_grid(images: Tensor) -> Tensor:
     return grid
 
 
-def _save_png(pixels: Tensor, path: Path) -> None:
+def save_png(pixels: Tensor, path: Path) -> None:
     """(H, W, C) uint8 -> PNG, written under a temporary name and renamed."""
     array = pixels.numpy()
     image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
@@ -134,44 +134,10 @@ def write_images(images: Tensor, out: str) -> None:
     path, directory = output_target(out)
     pixels = to_uint8(images)
     if not directory:
-        _save_png(image_grid(pixels), path)
+        save_png(image_grid(pixels), path)
         return
     for i, image in enumerate(pixels.permute(0, 2, 3, 1)):
-        _save_png(image, path / f"{i:06d}.png")
-
-
-def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
-    """A typed config of `schema` (a dataclass) from key=value tokens; bad input -> UsageError."""
-    config = OmegaConf.structured(schema)
-    OmegaConf.set_struct(config, True)
-    for token in argv:
-        if "=" not in token:
-            raise UsageError(f"{command}: expected key=value, got {token!r}")
-    try:
-        config.merge_with(OmegaConf.from_dotlist(list(argv)))
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        fields = ", ".join(schema.__dataclass_fields__)
-        raise UsageError(f"{command}: bad override for {key}: {error.msg.splitlines()[0]} "
-                         f"(keys: {fields})") from None
-    missing = sorted(OmegaConf.missing_keys(config))
-    if missing:
-        raise UsageError(f"{command}: {', '.join(missing)}=... is required")
-    return config
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device={name} but this machine has no usable GPU; use cpu")
-    return device
+        save_png(image, path / f"{i:06d}.png")
 
 
 def parse_classes(value: Any) -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sagan_plugin.config import build_models, compose
+from sagan_plugin.config import build_models, compose, resolve_device
 from sagan_plugin.data import build_dataloader, build_dataset
 from sagan_plugin.distributed import (
     EpochSampler,
@@ -49,19 +49,6 @@ def main(argv: list[str]) -> None:
     run(compose(argv))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"train.device={name!r} is not a device; use auto, cpu, cuda or "
-                         "cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"train.device={name} but this machine has no usable GPU; use cpu")
-    return device
-
-
 def _flat(cfg: DictConfig) -> dict[str, object]:
     return {key: value for key, value in _items(OmegaConf.to_container(cfg), "")}
 
@@ -83,8 +70,9 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
                              "choose another run_dir")
         return
     saved, new = _flat(OmegaConf.load(saved_file)), _flat(cfg)
-    changed = sorted(k for k in saved.keys() | new.keys()
-                     if k not in RESUMABLE_KEYS and saved.get(k) != new.get(k))
+    # Keys the saved file lacks came with a later version of this package: not a change.
+    changed = sorted(k for k in saved
+                     if k not in RESUMABLE_KEYS and saved[k] != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise UsageError(f"{run_dir} was started with another configuration ({details}); "
@@ -113,7 +101,7 @@ def run(cfg: DictConfig):
     if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
         raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     check_resume(run_dir, cfg)
-    device = device_for_rank(resolve_device(train.device), world)
+    device = device_for_rank(resolve_device(train.device, "train.device"), world)
     check_options(train.precision, train.sdpa_backend, device)
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
@@ -169,6 +157,11 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
     if train.sync_bn:
         netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None
+    fid = None
+    if train.fid_every and world.is_main:
+        from sagan_plugin.evaluate import fid_callback
+
+        fid = fid_callback(cfg.data, every=train.fid_every, n=train.fid_n, device=str(device))
     for net in (netG, netD):
         if train.compile:
             net.compile()
@@ -193,7 +186,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
         num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
         lr_decay=train.lr_decay, device=device, print_steps=1,
         vis_steps=train.vis_steps, log_steps=train.log_steps, save_steps=train.save_steps,
-        world=world, sampler=sampler, ema=ema, channels_last=train.channels_last,
+        world=world, sampler=sampler, ema=ema, fid=fid, channels_last=train.channels_last,
         step_context=partial(step_context, device, train.precision, train.sdpa_backend),
         model_info={k: cfg.model[k] for k in ("name", "resolution", "num_classes")},
     )

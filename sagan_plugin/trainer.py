@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,6 +75,12 @@ class ProgressLogger(Logger):
             finally:
                 net.train(was_training)
 
+    def write_scalar(self, name: str, value: float, global_step: int) -> None:
+        if self.enabled:
+            if name not in self.writers:
+                self.writers[name] = self._build_writer(name.replace("/", "_"))
+            self.writers[name].add_scalar(name, value, global_step=global_step)
+
     def close_writers(self) -> None:
         super().close_writers()
         if self.bar is not None:
@@ -99,14 +106,16 @@ class SAGANTrainer(Trainer):
     Extra keyword arguments: `world` (this process's rank), `sampler` (the EpochSampler the
     dataloader reads), `ema` (an EMA of netG or None), `step_context` (a context-manager
     factory the loop runs under: autocast, attention kernel), `channels_last`, and
-    `model_info` (family, resolution, classes: stored in checkpoints and checked on resume).
+    `model_info` (family, resolution, classes: stored in checkpoints and checked on resume),
+    `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0).
     """
 
     def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
                  ema: EMA | None = None, step_context=contextlib.nullcontext,
                  channels_last: bool = False, model_info: dict | None = None,
+                 fid: Callable[[torch.nn.Module, int], dict | None] | None = None,
                  **kwargs) -> None:
-        self.world, self.sampler, self.ema = world or World(), sampler, ema
+        self.world, self.sampler, self.ema, self.fid = world or World(), sampler, ema, fid
         self.step_context, self.channels_last = step_context, channels_last
         self.model_info = model_info or {}
         self.data_position = {"epoch": 0, "batches": 0}
@@ -156,6 +165,10 @@ class SAGANTrainer(Trainer):
                                 "(try a lower learning rate or train.precision=fp32)")
         if self.ema is not None:
             self.ema.update(self.netG, global_step)
+        if self.fid is not None:
+            scores = self.fid(self.ema.model if self.ema is not None else self.netG, global_step)
+            for name, value in (scores or {}).items():
+                self.logger.write_scalar(f"eval/{name}", value, global_step)
 
     def train(self) -> None:
         quiet = contextlib.redirect_stdout(io.StringIO()) if not self.world.is_main \

@@ -23,17 +23,11 @@ from omegaconf import MISSING
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.files import write_json, write_npz
 from sagan_plugin.registry import generate
-from sagan_plugin.sample import (
-    _save_png,
-    parse_classes,
-    parse_overrides,
-    resolve_device,
-    sample,
-    to_uint8,
-)
+from sagan_plugin.sample import parse_classes, sample, save_png, to_uint8
 
 PAD = 2
 QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
@@ -168,7 +162,7 @@ def main(argv: list[str]) -> None:
             raise UsageError("the model is unconditional: leave out classes")
         if any(not 0 <= k < netG.num_classes for k in classes):
             raise UsageError(f"classes={cfg.classes}: the model has {netG.num_classes} classes")
-        _save_png(class_grid(netG, cfg.per_class, classes, cfg.seed, device), out / "grid.png")
+        save_png(class_grid(netG, cfg.per_class, classes, cfg.seed, device), out / "grid.png")
         print(f"wrote {out / 'grid.png'}")
     if "attention" in what:
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -176,7 +170,7 @@ def main(argv: list[str]) -> None:
         y = (torch.arange(cfg.images) % netG.num_classes).to(device) if netG.num_classes else None
         images, attention, size = attention_maps(netG, z, y)
         figure, index = attention_figure(images, attention, size, queries, cfg.scale)
-        _save_png(figure, out / "attention.png")
+        save_png(figure, out / "attention.png")
         write_npz(out / "attention.npz", images=to_uint8(images).numpy(),
                          attention=attention.numpy(), queries=np.array(index),
                          feature_size=np.array(size))

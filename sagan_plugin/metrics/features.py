@@ -18,11 +18,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from sagan_plugin.config import resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.inception import load_inception
 from sagan_plugin.metrics.weights import InceptionWeights, resolve_weights
 from sagan_plugin.registry import generate
-from sagan_plugin.sample import class_labels, resolve_device, to_uint8
+from sagan_plugin.sample import class_labels, to_uint8
 
 # pytorch-fid's list: the files its CLI picks up from a folder.
 IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
