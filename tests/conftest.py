@@ -25,3 +25,19 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     """A SAGAN small enough to train on a CPU in seconds, on the procedural data set."""
     return ["model=sagan", "data=procedural", f"run_dir={tmp_path / 'run'}", "model.ngf=8",
             "model.ndf=8", "train.batch_size=4", "data.size=64", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="session")
+def conditional_run(tmp_path_factory) -> Path:
+    """A tiny conditional (10 classes) run exported in both formats: one AOTInductor compile
+    for the whole session (test_export, test_cpp)."""
+    from test_export import exported_run
+
+    return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
+
+
+@pytest.fixture(scope="session")
+def unconditional_run(tmp_path_factory) -> Path:
+    from test_export import exported_run
+
+    return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))

@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import REPO
 from PIL import Image
-from test_export import exported_run
 
 from sagan_plugin.export import sidecar_path
 from sagan_plugin.runs import load_generator
@@ -35,14 +34,13 @@ def program() -> Path:
 
 
 @pytest.fixture(scope="session")
-def conditional(tmp_path_factory) -> Path:
-    """The run test_export exports (shared: the AOTInductor compile happens once)."""
-    return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
+def conditional(conditional_run: Path) -> Path:
+    return conditional_run
 
 
 @pytest.fixture(scope="session")
-def unconditional(tmp_path_factory) -> Path:
-    return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))
+def unconditional(unconditional_run: Path) -> Path:
+    return unconditional_run
 
 
 @pytest.fixture(scope="session")

@@ -64,15 +64,7 @@ def exported_run(base: Path, conditional: bool, formats: tuple[str, ...]) -> Pat
     return run
 
 
-@pytest.fixture(scope="session")
-def conditional_run(tmp_path_factory) -> Path:
-    """Conditional (10 classes) run exported in both formats (one AOTInductor compile)."""
-    return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
-
-
-@pytest.fixture(scope="session")
-def unconditional_run(tmp_path_factory) -> Path:
-    return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))
+# conditional_run and unconditional_run (conftest.py) are exported_run's two runs.
 
 
 def test_fold_spectral_norm_keeps_outputs_and_removes_parametrizations(conditional_run):
