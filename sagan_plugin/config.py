@@ -161,6 +161,8 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
     for key in ("steps", "batch_size", "n_dis", "log_steps", "vis_steps", "save_steps"):
         if train[key] < 1:
             raise UsageError(f"train.{key} must be at least 1, got {train[key]}")
+    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
+        raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     if train.fid_every < 0:
         raise UsageError(f"train.fid_every must be 0 (off) or a number of steps, got "
                          f"{train.fid_every}")

@@ -32,6 +32,7 @@ BAD_INPUT = [
       "data.resolution=24"], "model sagan does not support 24x24"),
     (["train.device=cuda"], "no usable GPU"),
     (["train.batch_size=0"], "train.batch_size must be at least 1"),
+    (["train.ema_decay=1.5"], "train.ema_decay must be in (0, 1)"),
 ]
 
 
