@@ -36,7 +36,8 @@ data:
 
 demo: install data cpp
 	$(VENV)/bin/sagan-plugin train model=sagan data=fashion_mnist run_dir=$(RUN_DIR) \
-	  train.steps=150 train.batch_size=32 model.ngf=16 model.ndf=16 train.vis_steps=50 train.save_steps=50
+	  train.steps=500 train.batch_size=32 model.ngf=16 model.ndf=16 train.vis_steps=100 train.save_steps=100
+	$(VENV)/bin/sagan-plugin viz run=$(RUN_DIR) out=$(RUN_DIR)/viz
 	$(VENV)/bin/sagan-plugin export run=$(RUN_DIR) format=aoti
 	cpp/build/sagan_sample --model $(RUN_DIR)/export/generator.pt2 --n 64 --seed 0 --out $(RUN_DIR)/samples_cpp.png
 
