@@ -16,15 +16,14 @@ or corrupt latest step is skipped with a warning.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sagan_plugin.files import write_atomically
 from sagan_plugin.runs import checkpoint_path, checkpoint_steps
 
 NETS = ("netD", "netG")  # the order they are written in
@@ -37,23 +36,7 @@ class CorruptCheckpoint(Exception):
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to path through a temporary file: path is either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    write_atomically(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def save_pair(run_dir: Path, step: int, checkpoints: dict[str, dict]) -> None:

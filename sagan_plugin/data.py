@@ -10,7 +10,6 @@ import gzip
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_atomically
 
 DEFAULT_ROOT = "./datasets"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -132,10 +132,8 @@ def _unpacked(gz_folder: Path) -> Path:
     for name in FASHION_MNIST_FILES:
         if (raw / name).is_file():
             continue
-        with gzip.open(gz_folder / f"{name}.gz") as src, tempfile.NamedTemporaryFile(
-                dir=raw, delete=False) as tmp:
-            shutil.copyfileobj(src, tmp)
-        os.replace(tmp.name, raw / name)
+        with gzip.open(gz_folder / f"{name}.gz") as src:
+            write_atomically(raw / name, lambda f, src=src: shutil.copyfileobj(src, f))
     return cache
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from sagan_plugin.config import DataConfig, parse_overrides
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_json
 from sagan_plugin.metrics.features import (
     FeatureExtractor,
     Features,
@@ -35,7 +36,6 @@ from sagan_plugin.metrics.features import (
     folder_files,
     generated_batches,
 )
-from sagan_plugin.metrics.files import write_json
 from sagan_plugin.metrics.inception import FEATURE_DIM
 from sagan_plugin.metrics.real_stats import real_features
 from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance

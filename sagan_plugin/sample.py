@@ -19,7 +19,6 @@ columns, images in row-major order on black, 2 pixels apart.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_atomically
 from sagan_plugin.registry import generate
 
 GRID_PADDING = 2
@@ -94,14 +94,7 @@ def save_png(pixels: Tensor, path: Path) -> None:
     """(H, W, C) uint8 -> PNG, written under a temporary name and renamed."""
     array = pixels.numpy()
     image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
 def check_writable(folder: Path) -> None:

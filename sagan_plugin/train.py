@@ -29,6 +29,7 @@ from sagan_plugin.distributed import (
 )
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_atomically
 from sagan_plugin.precision import (
     check_options,
     keep_spectral_norm_eager,
@@ -81,10 +82,7 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
 
 def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".{CONFIG_FILE}.tmp"
-        OmegaConf.save(cfg, tmp)
-        os.replace(tmp, run_dir / CONFIG_FILE)
+        write_atomically(run_dir / CONFIG_FILE, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
     except OSError as error:
         raise UsageError(f"cannot write to run folder {run_dir}: {error.strerror}") from None
 

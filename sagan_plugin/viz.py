@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
-from sagan_plugin.metrics.files import write_json, write_npz
+from sagan_plugin.files import write_json, write_npz
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import parse_classes, sample, save_png, to_uint8
 

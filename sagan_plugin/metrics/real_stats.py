@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_npz
 from sagan_plugin.metrics.features import FeatureExtractor, dataset_batches
-from sagan_plugin.metrics.files import write_npz
 from sagan_plugin.metrics.weights import cache_dir
 
 SUBSET_SEED = 0  # which n images of the data set: a fixed random subset, the same every time

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sagan_plugin.errors import UsageError
-from sagan_plugin.metrics.files import write_atomically
+from sagan_plugin.files import write_atomically
 
 ENV_VAR = "SAGAN_INCEPTION_WEIGHTS"
 CACHE_ENV_VAR = "SAGAN_CACHE_DIR"
