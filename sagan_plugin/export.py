@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
+from sagan_plugin.registry import generate
 from sagan_plugin.sample import check_writable, class_labels
 
 FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
@@ -46,10 +47,9 @@ class SamplingModule(nn.Module):
     def __init__(self, netG: nn.Module) -> None:
         super().__init__()
         self.netG = netG
-        self.conditional = bool(netG.num_classes)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        return self.netG(z, y) if self.conditional else self.netG(z)
+        return generate(self.netG, z, y)
 
 
 def fold_spectral_norm(netG: nn.Module) -> nn.Module:

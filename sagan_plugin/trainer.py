@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from sagan_plugin import checkpoint
 from sagan_plugin.distributed import EpochSampler, World, all_ranks_agree, gather_to_main
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, MetricLog, Trainer
 from sagan_plugin.runs import checkpoint_steps
 
@@ -131,8 +130,7 @@ class SAGANTrainer(Trainer):
         # The host refuses a resume when anything in params.json changed, the step count
         # included; config.yaml is checked instead (train.check_resume), so a run can be extended.
         if self.world.is_main:
-            with open(os.path.join(self.log_dir, "params.json"), "w") as f:
-                json.dump(params, f, indent=2)
+            write_json(Path(self.log_dir) / "params.json", params)
 
     # ---- data ----------------------------------------------------------------------------
 

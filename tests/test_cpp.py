@@ -34,16 +34,6 @@ def program() -> Path:
 
 
 @pytest.fixture(scope="session")
-def conditional(conditional_run: Path) -> Path:
-    return conditional_run
-
-
-@pytest.fixture(scope="session")
-def unconditional(unconditional_run: Path) -> Path:
-    return unconditional_run
-
-
-@pytest.fixture(scope="session")
 def ext(program):
     sys.path.insert(0, str(BUILD))
     import sagan_sample_ext
@@ -65,14 +55,14 @@ def assert_clean_error(result: subprocess.CompletedProcess, message: str = "") -
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
-def test_program_matches_python_recipe(program, conditional, tmp_path, fmt):
-    model = conditional / "export" / MODELS[fmt]
+def test_program_matches_python_recipe(program, conditional_run, tmp_path, fmt):
+    model = conditional_run / "export" / MODELS[fmt]
     result = run_program("--model", model, "--n", 11, "--seed", 4, "--classes", "9,0,3",
                          "--batch", 4, "--device", "cpu", "--out", tmp_path / "grid.png",
                          "--save-tensor", tmp_path / "images.pt")
     assert result.returncode == 0, result.stderr
     assert "images/s" in result.stdout
-    expected = sample(load_generator(conditional).netG, 11, 4, [9, 0, 3], batch=4)
+    expected = sample(load_generator(conditional_run).netG, 11, 4, [9, 0, 3], batch=4)
     images = torch.load(tmp_path / "images.pt")
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
     # Same tensor -> same PNG pixels (a 1e-5 difference may flip a rounding by one level).
@@ -80,13 +70,13 @@ def test_program_matches_python_recipe(program, conditional, tmp_path, fmt):
     assert np.abs(grid - image_grid(to_uint8(expected)).numpy()).max() <= 1
 
 
-def test_program_writes_one_png_per_image(program, unconditional, tmp_path):
-    model = unconditional / "export" / "generator.pt"
+def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
+    model = unconditional_run / "export" / "generator.pt"
     result = run_program("--model", model, "--n", 3, "--seed", 1, "--out", f"{tmp_path}/pngs/",
                          "--save-tensor", tmp_path / "images.pt")
     assert result.returncode == 0, result.stderr
     images = torch.load(tmp_path / "images.pt")
-    torch.testing.assert_close(images, sample(load_generator(unconditional).netG, 3, 1),
+    torch.testing.assert_close(images, sample(load_generator(unconditional_run).netG, 3, 1),
                                rtol=0, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
         "000000.png", "000001.png", "000002.png"]
@@ -96,8 +86,8 @@ def test_program_writes_one_png_per_image(program, unconditional, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
-def test_python_module_returns_the_programs_tensor(ext, conditional, tmp_path, fmt):
-    model = conditional / "export" / MODELS[fmt]
+def test_python_module_returns_the_programs_tensor(ext, conditional_run, tmp_path, fmt):
+    model = conditional_run / "export" / MODELS[fmt]
     result = run_program("--model", model, "--n", 6, "--seed", 2, "--class", 5, "--batch", 4,
                          "--save-tensor", tmp_path / "images.pt")
     assert result.returncode == 0, result.stderr
@@ -110,9 +100,9 @@ def test_python_module_returns_the_programs_tensor(ext, conditional, tmp_path, f
         generator.sample(2, classes=[10])
 
 
-def broken_copies(conditional: Path, folder: Path) -> dict[str, Path]:
+def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     """Models that must be refused: each a file next to a (possibly wrong) sidecar."""
-    source = conditional / "export" / "generator.pt"
+    source = conditional_run / "export" / "generator.pt"
     sidecar = json.loads(sidecar_path(source).read_text())
     models = {}
 
@@ -150,8 +140,8 @@ def broken_copies(conditional: Path, folder: Path) -> dict[str, Path]:
     ("no_sidecar.pt", "no sidecar"),
     ("not_json.pt", "not valid JSON"),
 ])
-def test_program_refuses_bad_models(program, conditional, tmp_path, case, message):
-    models = broken_copies(conditional, tmp_path)
+def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, message):
+    models = broken_copies(conditional_run, tmp_path)
     model = models.get(case, tmp_path / "missing.pt")
     assert_clean_error(run_program("--model", model, "--n", 2, "--device", "cpu"), message)
 
@@ -172,15 +162,15 @@ def test_program_refuses_bad_models(program, conditional, tmp_path, case, messag
     (["--n", "lots"], "--n"),
     (["--colour", "red"], "colour"),
 ])
-def test_program_refuses_bad_arguments(program, conditional, tmp_path, args, message):
-    model = conditional / "export" / "generator.pt"
+def test_program_refuses_bad_arguments(program, conditional_run, tmp_path, args, message):
+    model = conditional_run / "export" / "generator.pt"
     args = [str(a).format(tmp=tmp_path) for a in args]
     assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
     assert not any(tmp_path.iterdir())
 
 
-def test_unconditional_model_refuses_classes(program, unconditional):
-    model = unconditional / "export" / "generator.pt"
+def test_unconditional_model_refuses_classes(program, unconditional_run):
+    model = unconditional_run / "export" / "generator.pt"
     assert_clean_error(run_program("--model", model, "--class", 0), "unconditional")
 
 
@@ -208,11 +198,11 @@ def fuzz_arguments(rng: random.Random, good: list[Path], bad: list[Path], tmp: P
     return args
 
 
-def test_argument_fuzzer_never_crashes(program, conditional, unconditional, tmp_path):
+def test_argument_fuzzer_never_crashes(program, conditional_run, unconditional_run, tmp_path):
     """60 runs of mixed valid and invalid flags: each exits 0 or with a one-line error."""
-    good = [conditional / "export" / name for name in MODELS.values()]
-    good.append(unconditional / "export" / "generator.pt")
-    bad = list(broken_copies(conditional, tmp_path).values()) + [tmp_path / "missing.pt"]
+    good = [conditional_run / "export" / name for name in MODELS.values()]
+    good.append(unconditional_run / "export" / "generator.pt")
+    bad = list(broken_copies(conditional_run, tmp_path).values()) + [tmp_path / "missing.pt"]
     rng = random.Random(20240601)
     outcomes = {"ok": 0, "error": 0}
     for _ in range(60):
