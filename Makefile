@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  skip = ("torch>", "torch=", "torchvision", "torch-mimicry"); \
 	  deps = [d for d in p["dependencies"] if not d.startswith(skip)]; \
-	  extras = [d for k in ("dev", "cpp") for d in p["optional-dependencies"][k]]; \
+	  extras = [d for k in ("dev", "cpp", "study") for d in p["optional-dependencies"][k]]; \
 	  print(" ".join(deps + extras))')
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@

@@ -7,8 +7,6 @@ on sys.path).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -16,29 +14,9 @@ from pathlib import Path
 
 import torch
 
+from sagan_plugin.machine import cpu_model, describe  # noqa: F401  (benchmarks use both)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def describe(device: torch.device) -> dict:
-    """CPU model, cores, torch and Python versions, and the GPU when there is one."""
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device.type}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
-    return info
 
 
 def synchronize(device: torch.device) -> None:

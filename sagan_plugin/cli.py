@@ -18,6 +18,8 @@ COMMANDS = {
     "sample": ("sagan_plugin.sample:main", "sample PNGs (run=... n=... seed=... classes=...)"),
     "eval": ("sagan_plugin.evaluate:main", "FID/KID/IS offline (run=... metrics=fid,kid,is n=...)"),
     "viz": ("sagan_plugin.viz:main", "class grid and attention maps (run=... out=DIR)"),
+    "compare": ("sagan_plugin.study:main", "a study: configurations x seeds, scored alike "
+                "(study=NAME)"),
 }
 
 

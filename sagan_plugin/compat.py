@@ -72,13 +72,21 @@ def declared_torchvision_schemas() -> bool:
     return _torchvision_library is not None
 
 
+class TensorFlowUnavailable(AttributeError):
+    """An attribute of the TensorFlow stand-in was used.
+
+    An AttributeError, so that libraries probing `sys.modules["tensorflow"].is_tensor` (as
+    matplotlib does) see no TensorFlow instead of crashing.
+    """
+
+
 class _MissingTensorFlow(types.ModuleType):
     """Stands in for TensorFlow: importable, but any use says what to do instead."""
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        raise ModuleNotFoundError(
+        raise TensorFlowUnavailable(
             "TensorFlow is not installed: torch-mimicry's TF metrics are unavailable; "
             "use `sagan-plugin eval` (pytorch-fid Inception, offline) for FID/KID/IS"
         )

@@ -27,6 +27,7 @@ DEFAULT_MODEL = "sagan"
 DEFAULT_DATA = "procedural"
 SELECTORS = ("model", "data")
 DERIVED_MODEL_KEYS = ("name", "resolution", "num_classes")
+CROPS = ("square", "mimicry")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class DataConfig:
     split: str = "train"
     fit: str = "pad"  # small images (Fashion-MNIST's 28 px): pad or resize to the resolution
     size: int = 10000  # number of images of the procedural data set
+    # ImageNet: square (the reference's: the largest centred square, resized) or mimicry
+    # (Mimicry's loader: a centred 224x224 crop, resized; tighter on most photos).
+    crop: str = "mimicry"
     num_workers: int | None = None  # null: up to 4, fewer on small machines
 
 
@@ -168,6 +172,8 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
                          f"{train.fid_every}")
     if train.lr_decay not in (None, "linear"):
         raise UsageError(f"train.lr_decay must be null or linear, got {train.lr_decay!r}")
+    if data.crop not in CROPS:
+        raise UsageError(f"data.crop must be one of {', '.join(CROPS)}, got {data.crop!r}")
     if data.fit not in ("pad", "resize"):
         raise UsageError(f"data.fit must be pad or resize, got {data.fit!r}")
     if cfg.run_dir is None:

@@ -81,12 +81,38 @@ def _host_dataset(data: DictConfig) -> Dataset:
     kwargs = {} if folder == "lsun" else {"download": False}
     if data.split != "train" and folder in ("imagenet", "cifar10", "cifar100"):
         kwargs["split"] = data.split
+    square = folder == "imagenet" and data.crop == "square"
+    if square:
+        kwargs["transform_data"] = False  # the host's own crop is replaced below
     try:
-        return load_dataset(root=str(root), name=data.name, **kwargs)
+        dataset = load_dataset(root=str(root), name=data.name, **kwargs)
     except (RuntimeError, OSError, ValueError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(f"cannot load data set {data.name} from {root / folder}: "
                          f"{first_line}") from None
+    if square:
+        dataset.transform = square_crop_transform(data.resolution)
+    return dataset
+
+
+class CentredSquareCrop:
+    """The largest centred square of a PIL image (the reference's ImageNet crop)."""
+
+    def __call__(self, image):
+        from sagan_plugin.host import torchvision
+
+        return torchvision.transforms.functional.center_crop(image, min(image.size))
+
+
+def square_crop_transform(resolution: int):
+    """PIL image -> (3, R, R) in [-1, 1]: largest centred square, resized bilinearly to R."""
+    from sagan_plugin.host import torchvision
+
+    transforms = torchvision.transforms
+    return transforms.Compose([
+        CentredSquareCrop(), transforms.Resize((resolution, resolution)), transforms.ToTensor(),
+        transforms.Normalize((0.5,) * 3, (0.5,) * 3),
+    ])
 
 
 def _fashion_mnist(data: DictConfig) -> Dataset:

@@ -15,14 +15,19 @@ from sagan_plugin.registry import ModelFamily
 
 
 def _build_sagan(resolution: int, num_classes: int, *, nz: int = 128, ngf: int = 64,
-                 ndf: int = 64, g_attention: int | None = None, d_attention: int | None = None,
-                 loss_type: str = "hinge") -> tuple[nn.Module, nn.Module]:
+                 ndf: int = 64, attention: int | None = None, g_attention: int | None = None,
+                 d_attention: int | None = None, loss_type: str = "hinge",
+                 bn_decay: float = 0.999, bn_out_decay: float = 0.9999
+                 ) -> tuple[nn.Module, nn.Module]:
+    """SAGAN's G and D; `attention` places both attention layers, g_/d_attention one each."""
     from sagan_plugin.nets import DISCRIMINATORS, GENERATORS
 
-    netG = GENERATORS[resolution](num_classes=num_classes, nz=nz, ngf=ngf,
-                                  attention=g_attention, loss_type=loss_type)
-    netD = DISCRIMINATORS[resolution](num_classes=num_classes, ndf=ndf,
-                                      attention=d_attention, loss_type=loss_type)
+    netG = GENERATORS[resolution](
+        num_classes=num_classes, nz=nz, ngf=ngf, loss_type=loss_type, bn_decay=bn_decay,
+        bn_out_decay=bn_out_decay, attention=attention if g_attention is None else g_attention)
+    netD = DISCRIMINATORS[resolution](
+        num_classes=num_classes, ndf=ndf, loss_type=loss_type,
+        attention=attention if d_attention is None else d_attention)
     return netG, netD
 
 

@@ -18,8 +18,10 @@ from torch import nn
 
 from sagan_plugin.config import build_models
 from sagan_plugin.errors import UsageError
+from sagan_plugin.nets.layers import refresh_spectral_norm
 
 CONFIG_FILE = "config.yaml"
+EMA_POWER_ITERATIONS = 30
 _STEP = re.compile(r"_(\d+)_steps\.pth$")
 
 
@@ -93,4 +95,6 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
     except RuntimeError as error:
         raise UsageError(f"checkpoint {ckpt_file} does not fit the model in "
                          f"{run_dir / CONFIG_FILE}: {str(error).splitlines()[0]}") from None
+    if use_ema:  # the EMA weights normalised by their own sigma, converged once more
+        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
     return LoadedGenerator(netG.to(device).eval(), config, int(ckpt["global_step"]), use_ema)

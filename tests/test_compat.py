@@ -29,11 +29,12 @@ def test_host_imports_with_stand_ins_on_this_machine() -> None:
               hasattr(torch.ops.torchvision, "nms"))
         try:
             sys.modules["tensorflow"].compat
-        except ModuleNotFoundError as error:
+        except AttributeError as error:
             print("sagan-plugin eval" in str(error))
+        print(hasattr(sys.modules["tensorflow"], "is_tensor"))  # how matplotlib probes
     """)
     # This machine has no TensorFlow and a torchvision whose compiled ops do not load.
-    assert out.splitlines() == ["True True True", "True"]
+    assert out.splitlines() == ["True True True", "True", "False"]
 
 
 def test_real_tensorflow_and_working_torchvision_are_left_alone(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 import copy
 
 import torch
+from torch.nn.utils import parametrize
 
 from sagan_plugin.config import compose
 from sagan_plugin.ema import EMA
@@ -34,9 +35,30 @@ def test_ema_copies_before_start_then_averages_and_copies_buffers() -> None:
                                           net.parameters(), strict=True):
         torch.testing.assert_close(averaged, 0.75 * old + 0.25 * new, rtol=0, atol=1e-6,
                                    msg=name)
-    for mine, theirs in zip(ema.model.buffers(), net.buffers(), strict=True):
-        assert torch.equal(mine, theirs)  # BN running statistics, SN u/v: copied
+    buffers = zip(ema.model.named_buffers(), before.buffers(), net.buffers(), strict=True)
+    for (name, mine), old, theirs in buffers:
+        if name.endswith(("_u", "_v")):  # spectral norm's: the EMA's own power iteration
+            assert not torch.equal(mine, theirs) and not torch.equal(mine, old), name
+        else:  # batch-norm running statistics: copied
+            assert torch.equal(mine, theirs), name
     assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
+
+
+def _sigmas(net: torch.nn.Module) -> dict[str, float]:
+    """Largest singular value of every spectrally normalised weight, as the net uses it."""
+    return {name: torch.linalg.matrix_norm(m.weight.detach().flatten(1).double(), ord=2).item()
+            for name, m in net.named_modules() if parametrize.is_parametrized(m, "weight")}
+
+
+def test_ema_weights_are_normalised_by_their_own_sigma(tiny_overrides: list[str]) -> None:
+    cfg = compose(tiny_overrides + ["train.steps=12", "train.ema_decay=0.9",
+                                    "train.ema_start=3"])
+    run(cfg)
+    loaded = load_generator(cfg.run_dir)
+    assert loaded.ema
+    sigmas = _sigmas(loaded.netG)
+    assert len(sigmas) > 10
+    assert all(abs(sigma - 1) < 1e-2 for sigma in sigmas.values()), sigmas
 
 
 def test_trainer_saves_the_ema_and_loading_prefers_it(tiny_overrides: list[str]) -> None:

@@ -4,10 +4,18 @@ Every weight layer is spectrally normalised (generator and discriminator alike).
 initialised before the normalisation is attached, so the stored weight is the initialised one.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
+
+# Running-statistics decay of the reference's batch norms: the conditional ones, and G's last.
+BN_DECAY = 0.999
+BN_OUT_DECAY = 0.9999
 
 
 def sn(layer: nn.Module) -> nn.Module:
@@ -18,6 +26,37 @@ def sn(layer: nn.Module) -> nn.Module:
     return spectral_norm(layer)
 
 
+@contextlib.contextmanager
+def spectral_norm_frozen(net: nn.Module) -> Iterator[None]:
+    """Forwards inside reuse each layer's current sigma: no power iteration.
+
+    The reference D updates its u vectors once per D step, on the real pass; its fake pass and
+    G's step reuse that sigma. torch's spectral norm iterates on every training-mode forward.
+    """
+    norms = [m for m in net.modules() if isinstance(m, _SpectralNorm) and m.training]
+    for module in norms:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.training = True
+
+
+@torch.no_grad()
+def refresh_spectral_norm(net: nn.Module, iterations: int = 1) -> nn.Module:
+    """Power iterations on net's own weights, in place: its u/v then estimate its own sigma."""
+    for module in net.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for weights in module.parametrizations.values():
+            for norm in weights:
+                if isinstance(norm, _SpectralNorm) and weights.original.ndim > 1:
+                    weight_mat = norm._reshape_weight_to_matrix(weights.original)
+                    norm._power_method(weight_mat, iterations)
+    return net
+
+
 def sn_conv3x3(in_channels: int, out_channels: int) -> nn.Module:
     return sn(nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
@@ -26,16 +65,45 @@ def sn_conv1x1(in_channels: int, out_channels: int, bias: bool = False) -> nn.Mo
     return sn(nn.Conv2d(in_channels, out_channels, 1, bias=bias))
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose running statistics decay as the reference's (e.g. 0.999 per batch).
+
+    Over the first 1/(1 - decay) batches they are the plain average of the batches seen instead
+    (weight 1/k for batch k): a pure decay of 0.999 would keep a short run's statistics near
+    their initial mean 0 and variance 1. The weight is a tensor: no host sync, one graph.
+    """
+
+    def __init__(self, channels: int, decay: float = BN_DECAY, affine: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"batch-norm decay must be in [0, 1), got {decay}")
+        super().__init__(channels, momentum=1.0 - decay, affine=affine)
+        self.decay = decay
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        # momentum=1 leaves exactly this batch's statistics (variance unbiased, as torch keeps).
+        batch_mean = torch.zeros_like(self.running_mean)
+        batch_var = torch.ones_like(self.running_var)
+        out = F.batch_norm(x, batch_mean, batch_var, self.weight, self.bias, True, 1.0, self.eps)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            weight = self.num_batches_tracked.reciprocal().clamp(min=1.0 - self.decay)
+            self.running_mean.lerp_(batch_mean, weight)
+            self.running_var.lerp_(batch_var, weight)
+        return out
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """Batch norm with a per-class gain and bias; running statistics are shared by all classes.
 
     With num_classes=0 it is a plain affine batch norm, and the label is ignored.
     """
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, decay: float = BN_DECAY) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        self.bn = BatchNorm2d(channels, decay, affine=num_classes == 0)
         if num_classes:
             self.gain = nn.Parameter(torch.ones(num_classes, channels))
             self.bias = nn.Parameter(torch.zeros(num_classes, channels))
@@ -50,11 +118,12 @@ class ConditionalBatchNorm2d(nn.Module):
 class GBlock(nn.Module):
     """Up-sampling residual block: CBN, ReLU, 2x nearest up, conv3x3, CBN, ReLU, conv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int,
+                 bn_decay: float = BN_DECAY) -> None:
         super().__init__()
-        self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes)
+        self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes, bn_decay)
         self.conv1 = sn_conv3x3(in_channels, out_channels)
-        self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes)
+        self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes, bn_decay)
         self.conv2 = sn_conv3x3(out_channels, out_channels)
         # Every block up-samples, so every shortcut is learnable (also 1024 -> 1024).
         self.shortcut = sn_conv1x1(in_channels, out_channels, bias=True)

@@ -6,7 +6,8 @@ from sagan_plugin.nets.sagan_base import SAGANDiscriminator, SAGANGenerator
 class SAGANGenerator128(SAGANGenerator):
     """4 -> 128 through 1024, 1024, 512, 256, 128, 64 channels; attention at 32x32 (256 ch).
 
-    attention=64 gives the paper's "feat64" variant (64x64, 128 channels).
+    attention=64 puts it at 64x64 (128 channels); the paper's "feat64" moves D's too
+    (`model.attention=64`).
     """
 
     resolution = 128

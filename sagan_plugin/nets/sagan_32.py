@@ -1,4 +1,4 @@
-"""SAGAN for 32x32 images (CIFAR, ImageNet 32, Fashion-MNIST): SNGAN-CIFAR widths."""
+"""SAGAN for 32x32 images (CIFAR, ImageNet 32, Fashion-MNIST): SNGAN-CIFAR widths and layout."""
 
 from sagan_plugin.nets.sagan_base import SAGANDiscriminator, SAGANGenerator
 
@@ -12,8 +12,16 @@ class SAGANGenerator32(SAGANGenerator):
 
 
 class SAGANDiscriminator32(SAGANDiscriminator):
-    """32 -> 16 -> 8 -> 4 -> 4 at 2*ndf channels (128 by default); attention at 16x16."""
+    """32 -> 16 -> 8 -> 8 -> 8 at 2*ndf channels (128 by default); attention at 16x16.
+
+    The layout of SNGAN's CIFAR D (and Mimicry's SNGAN32/SAGAN32, BigGAN's 32 px D): two
+    pooling blocks, then two at 8x8, so 32 px results compare with Mimicry's SNGAN numbers.
+    Attention follows the first block, at 16x16 (256 positions attending to 64): the mirror of
+    G's and StudioGAN's CIFAR placement; Mimicry's SAGAN32 puts it at 8x8, where pooled keys
+    leave only 16 positions to attend to.
+    """
 
     resolution = 32
     widths = (2, 2, 2, 2)
     default_attention = 16
+    final_size = 8

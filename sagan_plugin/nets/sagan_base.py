@@ -14,7 +14,17 @@ from torch import Tensor, nn
 from sagan_plugin.distributed import training_module
 from sagan_plugin.host import MetricLog, cgan
 from sagan_plugin.nets.attention import SelfAttention
-from sagan_plugin.nets.layers import DBlock, DBlockFirst, GBlock, sn, sn_conv3x3
+from sagan_plugin.nets.layers import (
+    BN_DECAY,
+    BN_OUT_DECAY,
+    BatchNorm2d,
+    DBlock,
+    DBlockFirst,
+    GBlock,
+    sn,
+    sn_conv3x3,
+    spectral_norm_frozen,
+)
 
 BOTTOM_WIDTH = 4
 
@@ -38,20 +48,22 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
     default_attention: int
 
     def __init__(self, num_classes: int = 0, nz: int = 128, ngf: int = 64,
-                 attention: int | None = None, loss_type: str = "hinge", **kwargs) -> None:
+                 attention: int | None = None, loss_type: str = "hinge",
+                 bn_decay: float = BN_DECAY, bn_out_decay: float = BN_OUT_DECAY,
+                 **kwargs) -> None:
         super().__init__(num_classes=num_classes, nz=nz, ngf=ngf, bottom_width=BOTTOM_WIDTH,
                          loss_type=loss_type, **kwargs)
         channels = [ngf * m for m in self.widths]
         self.linear = sn(nn.Linear(nz, BOTTOM_WIDTH**2 * channels[0]))
         self.blocks = nn.ModuleList(
-            GBlock(c_in, c_out, num_classes) for c_in, c_out in pairwise(channels)
+            GBlock(c_in, c_out, num_classes, bn_decay) for c_in, c_out in pairwise(channels)
         )
         sizes = [BOTTOM_WIDTH * 2 ** (i + 1) for i in range(len(self.blocks))]
         attention = self.default_attention if attention is None else attention
         self.attention_after = _attention_index(sizes, attention, "G")
         self.attention = (SelfAttention(channels[self.attention_after + 1])
                           if self.attention_after >= 0 else None)
-        self.bn_out = nn.BatchNorm2d(channels[-1])
+        self.bn_out = BatchNorm2d(channels[-1], bn_out_decay)
         self.conv_out = sn_conv3x3(channels[-1], 3)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -96,7 +108,8 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         """One generator update on the hinge (or configured) loss; the host's contract.
 
         G's forward runs through its DDP wrapper when distributed (gradient all-reduce). D is
-        frozen meanwhile: its weight gradients would be thrown away by its next step.
+        frozen meanwhile: its weight gradients would be thrown away by its next step, and it
+        reuses the sigma of its last step (its spectral norm iterates on D steps only).
         """
         self.zero_grad(set_to_none=True)
         noise, labels = self.sample_inputs(real_batch[0].shape[0], device=device)
@@ -105,7 +118,8 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         for p in trainable:
             p.requires_grad_(False)
         try:
-            errG = self.compute_gan_loss(netD(fake, labels).float())
+            with spectral_norm_frozen(netD):
+                errG = self.compute_gan_loss(netD(fake, labels).float())
         finally:
             for p in trainable:
                 p.requires_grad_(True)
@@ -121,8 +135,9 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
     """ResNet discriminator with attention, global sum pooling and a projection term."""
 
     resolution: int
-    widths: tuple[int, ...]  # multiples of ndf: each block's output; blocks pool down to 4x4
+    widths: tuple[int, ...]  # multiples of ndf: each block's output
     default_attention: int
+    final_size: int = BOTTOM_WIDTH  # blocks pool down to this feature-map size, then keep it
 
     def __init__(self, num_classes: int = 0, ndf: int = 64, attention: int | None = None,
                  loss_type: str = "hinge", **kwargs) -> None:
@@ -131,7 +146,7 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         size = self.resolution // 2
         blocks, sizes = [DBlockFirst(3, channels[0])], [size]
         for c_in, c_out in pairwise(channels):
-            downsample = size > BOTTOM_WIDTH
+            downsample = size > self.final_size
             size //= 2 if downsample else 1
             blocks.append(DBlock(c_in, c_out, downsample))
             sizes.append(size)
@@ -160,7 +175,11 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
 
     def train_step(self, real_batch, netG, optD, log_data: MetricLog, device=None,
                    global_step=None, **kwargs) -> MetricLog:
-        """One discriminator update on real and (detached) generated images."""
+        """One discriminator update on real and (detached) generated images.
+
+        As in the reference, spectral norm runs its one power iteration of the step on the real
+        pass; the fake pass reuses that sigma.
+        """
         self.zero_grad(set_to_none=True)
         real, real_labels = real_batch
         if not self.num_classes:
@@ -169,7 +188,8 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
             fake, fake_labels = netG.generate_images_with_labels(real.shape[0], device=device)
         net = training_module(self)  # the DDP wrapper when distributed: gradient all-reduce
         output_real = net(real, real_labels).float()  # losses in fp32 under bf16 autocast
-        output_fake = net(fake, fake_labels).float()
+        with spectral_norm_frozen(self):
+            output_fake = net(fake, fake_labels).float()
         errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
         errD.backward()
         optD.step()

@@ -1,0 +1,216 @@
+"""What a study leaves in results/<study>/: the JSON, learning curves, samples, gammas, and
+the README's table (rendered from the JSON alone, so the README can be checked against it).
+
+    study.json      settings, machine, torch, commit, command; every run and a summary
+    fid_curve.png   FID vs generator step, a line per configuration, a band for the seeds
+    samples.png     a row per configuration: seed-0 run, the same noise and classes
+    gamma.png       the attention layers' gamma over training (G and D)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sagan_plugin.files import write_atomically, write_json
+from sagan_plugin.machine import describe, git_commit
+
+FIGURE_DPI = 100
+CURVE_SIZE = (8.0, 5.0)  # inches: 800 x 500 pixels
+GAMMA_SIZE = (10.0, 4.0)
+SAMPLES_WIDTH = 10.0
+SAMPLE_ROW_HEIGHT = 1.0
+SAMPLES_PER_ROW = 10
+TABLE_BEGIN = "<!-- study:{name} -->"
+TABLE_END = "<!-- /study -->"
+
+
+def read_scalars(run_dir: Path) -> dict[str, Any]:
+    """The FID curve and the attention gammas a run logged to TensorBoard, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def series(folder: str, tag: str) -> list[list[float]]:
+        path = Path(run_dir) / "data" / folder
+        if not path.is_dir():
+            return []
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        if tag not in events.Tags()["scalars"]:
+            return []
+        by_step = {e.step: e.value for e in events.Scalars(tag)}  # a resumed run: last wins
+        return [[step, by_step[step]] for step in sorted(by_step)]
+
+    return {"curve": series("eval_fid", "eval/fid"),
+            "gamma": {"G": series("gamma_G", "attention"), "D": series("gamma_D", "attention")}}
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per configuration, in study order: mean and standard deviation over its seeds."""
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_name[run["configuration"]].append(run)
+    rows = []
+    for name, group in by_name.items():
+        first = group[0]
+        fid, fid_std = _spread([r["fid"] for r in group])
+        kid, kid_std = _spread([r["kid"] for r in group])
+        speeds = [r["g_steps_per_s"] for r in group if r["g_steps_per_s"]]
+        rows.append({
+            "configuration": name, "group": first["group"], "model": first["model"],
+            "num_classes": first["num_classes"], "seeds": len(group),
+            "fid_mean": fid, "fid_std": fid_std, "kid_mean": kid, "kid_std": kid_std,
+            "generator_steps": first["generator_steps"], "d_real_images": first["d_real_images"],
+            "batch_size": first["batch_size"], "n_dis": first["n_dis"],
+            "g_steps_per_s": statistics.fmean(speeds) if speeds else None,
+            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in group),
+            "params_G": first["params_G"], "params_D": first["params_D"],
+        })
+    return rows
+
+
+def results_table(payload: dict) -> str:
+    """The README's markdown table for one study's JSON."""
+    lines = ["| group | configuration | FID | KID x1e3 | G steps | D real images | "
+             "G steps/s | G / D params |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in payload["summary"]:
+        speed = f"{row['g_steps_per_s']:.2f}" if row["g_steps_per_s"] else "-"
+        lines.append(
+            f"| {row['group']} | {row['configuration']} | {row['fid_mean']:.2f} ± "
+            f"{row['fid_std']:.2f} | {1e3 * row['kid_mean']:.1f} ± {1e3 * row['kid_std']:.1f} | "
+            f"{row['generator_steps']} | {row['d_real_images']:,} | {speed} | "
+            f"{row['params_G'] / 1e6:.2f}M / {row['params_D'] / 1e6:.2f}M |")
+    machine = payload["machine"]
+    where = machine.get("gpu") or f"{machine['cpu']} ({machine['cores']} cores)"
+    settings = payload["settings"]
+    lines.append("")
+    lines.append(f"{payload['study']}: {settings['data']}, mean ± standard deviation over "
+                 f"{settings['seeds']} seeds, FID/KID of n={settings['n']} images; {where}, "
+                 f"torch {machine['torch']}, commit {_short(payload['commit'])}, "
+                 f"{payload['date']}.")
+    return "\n".join(lines)
+
+
+def _short(commit: str | None) -> str:
+    if not commit:
+        return "unknown"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def readme_block(payload: dict) -> str:
+    return "\n".join([TABLE_BEGIN.format(name=payload["study"]), results_table(payload),
+                      TABLE_END])
+
+
+def _figure(size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt.figure(figsize=size, dpi=FIGURE_DPI), plt
+
+
+def _save(figure, plt, path: Path) -> None:
+    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=FIGURE_DPI))
+    plt.close(figure)
+
+
+def _mean_band(series: list[list[list[float]]]) -> tuple[list, list, list, list]:
+    """Steps every seed reached, with the mean, min and max over seeds."""
+    steps = sorted(set.intersection(*(set(s for s, _ in one) for one in series)))
+    values = [[dict((s, v) for s, v in one)[step] for one in series] for step in steps]
+    return (steps, [statistics.fmean(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    figure, plt = _figure(CURVE_SIZE)
+    axes = figure.add_subplot()
+    by_name: dict[str, list] = defaultdict(list)
+    for run in runs:
+        if run["curve"]:
+            by_name[run["configuration"]].append(run["curve"])
+    for name, series in by_name.items():
+        steps, mean, low, high = _mean_band(series)
+        axes.plot(steps, mean, marker="o", label=name)
+        axes.fill_between(steps, low, high, alpha=0.2)
+    axes.set(xlabel="generator step", ylabel="FID (training-time curve)",
+             title="FID while training: mean over seeds, band from min to max")
+    if by_name:
+        axes.legend()
+    axes.grid(alpha=0.3)
+    _save(figure, plt, path)
+
+
+def plot_gamma(runs: list[dict], path: Path) -> None:
+    figure, plt = _figure(GAMMA_SIZE)
+    for k, net in enumerate(("G", "D")):
+        axes = figure.add_subplot(1, 2, k + 1)
+        by_name: dict[str, list] = defaultdict(list)
+        for run in runs:
+            if run["gamma"][net]:
+                by_name[run["configuration"]].append(run["gamma"][net])
+        for name, series in by_name.items():
+            steps, mean, low, high = _mean_band(series)
+            axes.plot(steps, mean, label=name)
+            axes.fill_between(steps, low, high, alpha=0.2)
+        axes.set(xlabel="generator step", ylabel="gamma", title=f"attention gamma in {net}")
+        if by_name:
+            axes.legend(fontsize="small")
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    _save(figure, plt, path)
+
+
+def plot_samples(runs: list[dict], path: Path, device: torch.device) -> None:
+    """A row per configuration from its seed-0 run: noise seed 0, labels 0, 1, 2, ..."""
+    from sagan_plugin.runs import load_generator
+    from sagan_plugin.sample import sample, to_uint8
+
+    first_runs = [r for r in runs if r["seed"] == 0]
+    figure, plt = _figure((SAMPLES_WIDTH, SAMPLE_ROW_HEIGHT * len(first_runs)))
+    for k, run in enumerate(first_runs):
+        netG = load_generator(Path(_run_dir(run)), device=device).netG
+        images = to_uint8(sample(netG, SAMPLES_PER_ROW, seed=0, device=device))
+        strip = torch.cat(list(images.permute(0, 2, 3, 1)), dim=1)  # (R, 10R, C)
+        axes = figure.add_subplot(len(first_runs), 1, k + 1)
+        axes.imshow(strip.numpy(), interpolation="nearest")
+        axes.set_xticks([]), axes.set_yticks([])
+        axes.set_ylabel(run["configuration"], rotation=0, ha="right", va="center")
+    figure.subplots_adjust(left=0.25, right=0.98, top=0.98, bottom=0.02, hspace=0.1)
+    _save(figure, plt, path)
+
+
+def _run_dir(run: dict) -> str:
+    return next(a.removeprefix("run_dir=") for a in run["argv"] if a.startswith("run_dir="))
+
+
+def write_report(name: str, study: DictConfig, runs: list[dict], out: Path,
+                 device: torch.device, command: str) -> dict:
+    """study.json and the three pictures in out/; returns the JSON's content."""
+    plot_curves(runs, out / "fid_curve.png")
+    plot_gamma(runs, out / "gamma.png")
+    plot_samples(runs, out / "samples.png", device)
+    payload = {
+        "study": name, "settings": OmegaConf.to_container(study), "command": command,
+        "machine": describe(device), "commit": git_commit(Path(__file__).parent),
+        "date": time.strftime("%Y-%m-%d"),
+        "budget": "every configuration trains the same number of generator steps; "
+                  "d_real_images = steps x n_dis x batch size (the real images D sees)",
+        "summary": summarize(runs), "runs": runs,
+        "files": ["fid_curve.png", "samples.png", "gamma.png"],
+    }
+    write_json(out / "study.json", payload)
+    print(results_table(payload))
+    print(f"wrote {out}/study.json, fid_curve.png, samples.png, gamma.png")
+    return payload

@@ -1,0 +1,114 @@
+"""Where the nets follow the authors' reference beyond the architecture: batch-norm decay,
+when spectral norm iterates, feat64, the 32 px D's layout, the ImageNet crop."""
+
+import pytest
+import torch
+from PIL import Image
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+from sagan_plugin.config import build_models, compose
+from sagan_plugin.data import square_crop_transform
+from sagan_plugin.host import MetricLog
+from sagan_plugin.nets import DISCRIMINATORS, GENERATORS
+from sagan_plugin.nets.layers import BatchNorm2d
+
+
+def test_batch_norm_decay_is_the_reference_one() -> None:
+    netG = GENERATORS[32](num_classes=10, ngf=8)
+    conditional = [m for name, m in netG.named_modules()
+                   if isinstance(m, BatchNorm2d) and name != "bn_out"]
+    assert conditional and all(m.decay == 0.999 for m in conditional)
+    assert netG.bn_out.decay == 0.9999
+    assert all(m.momentum == pytest.approx(1 - m.decay) for m in [*conditional, netG.bn_out])
+
+
+def test_running_statistics_average_then_decay() -> None:
+    """Batch k is weighted 1/k until 1/k falls below 1 - decay, then by 1 - decay."""
+    torch.manual_seed(0)
+    bn = BatchNorm2d(3, decay=0.75)  # averages over the first 4 batches, then decays
+    batches = [torch.randn(8, 3, 2, 2) * (k + 1) + k for k in range(7)]
+    mean, var = torch.zeros(3), torch.ones(3)
+    for k, x in enumerate(batches, start=1):
+        bn(x)
+        weight = max(1 / k, 1 - 0.75)
+        mean = (1 - weight) * mean + weight * x.mean(dim=(0, 2, 3))
+        var = (1 - weight) * var + weight * x.var(dim=(0, 2, 3), unbiased=True)
+        torch.testing.assert_close(bn.running_mean, mean)
+        torch.testing.assert_close(bn.running_var, var)
+    bn.eval()  # eval mode normalises with the running statistics
+    x = torch.randn(2, 3, 2, 2)
+    expected = (x - mean[:, None, None]) / (var[:, None, None] + bn.eps).sqrt()
+    torch.testing.assert_close(bn(x), expected * bn.weight[:, None, None]
+                               + bn.bias[:, None, None])
+
+
+def _count_power_iterations(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    original = _SpectralNorm._power_method
+
+    def counting(self, weight_mat, n_power_iterations):
+        counts[id(self)] = counts.get(id(self), 0) + n_power_iterations
+        return original(self, weight_mat, n_power_iterations)
+
+    monkeypatch.setattr(_SpectralNorm, "_power_method", counting)
+    return counts
+
+
+def test_spectral_norm_of_d_iterates_once_per_d_step_on_the_real_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    netG, netD = GENERATORS[32](num_classes=10, ngf=4), DISCRIMINATORS[32](num_classes=10, ndf=4)
+    optG, optD = (torch.optim.Adam(net.parameters()) for net in (netG, netD))
+    norms = [id(m) for m in netD.modules() if isinstance(m, _SpectralNorm)]
+    counts = _count_power_iterations(monkeypatch)
+    after_each_forward = []
+    netD.register_forward_hook(lambda *_: after_each_forward.append(
+        [counts.get(n, 0) for n in norms]))
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(10, (4,))
+
+    netD.train_step((x, y), netG, optD, MetricLog(), device="cpu")
+    assert after_each_forward == [[1] * len(norms)] * 2  # the real pass iterated, the fake not
+    netG.train_step((x, y), netD, optG, MetricLog(), device="cpu")
+    assert [counts.get(n, 0) for n in norms] == [1] * len(norms)  # G's step leaves D's alone
+    assert all(m.training for m in netD.modules())
+
+
+def test_one_override_moves_both_attention_layers_to_64() -> None:
+    cfg = compose(["model=sagan", "data=imagenet_128", "model.ngf=8", "model.ndf=8",
+                   "model.attention=64"])
+    netG, netD = build_models(cfg)
+    assert netG.attention.theta.in_channels == 2 * 8  # G at 64x64: 2*ngf channels
+    assert netD.attention_after == 0 and netD.attention.theta.in_channels == 8  # D at 64x64
+    netG, netD = build_models(compose(["model=sagan", "data=imagenet_128", "model.ngf=8",
+                                       "model.ndf=8", "model.attention=0",
+                                       "model.g_attention=64"]))
+    assert netG.attention.theta.in_channels == 2 * 8 and netD.attention is None
+
+
+def test_32px_discriminator_ends_at_8x8_as_sngan() -> None:
+    netD = DISCRIMINATORS[32](num_classes=0, ndf=8)
+    sizes, h = [], torch.zeros(1, 3, 32, 32)
+    for block in netD.blocks:
+        h = block(h)
+        sizes.append(h.shape[-1])
+    assert sizes == [16, 8, 8, 8]
+    assert netD.attention_after == 0  # at 16x16, after the first block
+    assert [block.shortcut is None for block in netD.blocks[1:]] == [False, True, True]
+
+
+def test_reference_crop_is_the_largest_centred_square() -> None:
+    """A 60x40 picture: green centre square, red 10-pixel bands left and right."""
+    image = Image.new("RGB", (60, 40), (255, 0, 0))
+    image.paste((0, 255, 0), (10, 0, 50, 40))
+    out = square_crop_transform(16)(image)
+    assert out.shape == (3, 16, 16)
+    green = torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, 16, 16)
+    torch.testing.assert_close(out, green)
+    tall = Image.new("RGB", (30, 50), (0, 0, 255))
+    tall.paste((255, 255, 255), (0, 10, 30, 40))
+    torch.testing.assert_close(square_crop_transform(8)(tall), torch.ones(3, 8, 8))
+
+
+def test_imagenet_128_uses_the_reference_crop_by_default() -> None:
+    assert compose(["data=imagenet_128"]).data.crop == "square"
+    assert compose(["data=imagenet_32"]).data.crop == "mimicry"
