@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -65,7 +66,7 @@ class Study:
 
 @dataclass
 class CompareOptions:
-    study: str = MISSING  # a preset name in registry/studies/
+    study: str = MISSING  # a preset name in registry/studies/, or a .yaml file of one
     steps: int | None = None  # null: the study's
     seeds: int | None = None
     n: int | None = None
@@ -88,37 +89,54 @@ class Job:
     device: str
 
 
-def load_study(name: str) -> DictConfig:
-    """The study preset `name`, checked against the Study schema (a typo is an error)."""
-    if name not in preset_names("studies"):
-        raise UsageError(f"unknown study {name!r}; studies: {', '.join(preset_names('studies'))}")
+def study_name(spec: str) -> str:
+    """A preset's name, or a YAML file's stem."""
+    return Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec
+
+
+def load_study(spec: str) -> DictConfig:
+    """The study preset `spec` (or a YAML file of one), checked against the Study schema."""
+    name = study_name(spec)
     try:
-        study = OmegaConf.merge(OmegaConf.structured(Study), load_preset("studies", name))
+        if spec != name:
+            if not Path(spec).is_file():
+                raise UsageError(f"study file {spec} does not exist")
+            preset = OmegaConf.to_container(OmegaConf.load(spec))
+        elif name in preset_names("studies"):
+            preset = load_preset("studies", name)
+        else:
+            raise UsageError(f"unknown study {name!r}; studies: "
+                             f"{', '.join(preset_names('studies'))} (or a .yaml file)")
+        if not isinstance(preset, dict):
+            raise UsageError(f"study {spec} must be a mapping of study fields")
+        study = OmegaConf.merge(OmegaConf.structured(Study), preset)
         OmegaConf.to_container(study, throw_on_missing=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
-        raise UsageError(f"study {name}: bad field {key}: {error.msg.splitlines()[0]}") from None
+        raise UsageError(f"study {spec}: bad field {key}: {error.msg.splitlines()[0]}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"study file {spec} is not YAML: {str(error).splitlines()[0]}") from None
     return study
 
 
 def plan(options: Any) -> tuple[DictConfig, list[Job]]:
     """The study with the command's overrides, and its runs; every run configuration is
     composed (and so checked) here, before anything trains."""
-    study = load_study(options.study)
+    study, name = load_study(options.study), study_name(options.study)
     for key in ("steps", "seeds", "n"):
         if options[key] is not None:
             study[key] = options[key]
     if study.steps < 1 or study.seeds < 1:
-        raise UsageError(f"study {options.study}: steps and seeds must be at least 1, got "
+        raise UsageError(f"study {name}: steps and seeds must be at least 1, got "
                          f"steps={study.steps} seeds={study.seeds}")
     names = [c.name for c in study.configurations]
     if not names or len(set(names)) != len(names):
-        raise UsageError(f"study {options.study}: configurations need distinct names, got "
+        raise UsageError(f"study {name}: configurations need distinct names, got "
                          f"{names}")
     jobs = []
     for configuration in study.configurations:
         for seed in range(study.seeds):
-            run_dir = Path(options.runs) / options.study / f"{configuration.name}_s{seed}"
+            run_dir = Path(options.runs) / name / f"{configuration.name}_s{seed}"
             argv = [f"model={configuration.model}", f"data={study.data}",
                     f"train.steps={study.steps}", f"train.seed={seed}", f"run_dir={run_dir}",
                     f"train.device={options.device}", *study.overrides,
@@ -129,7 +147,7 @@ def plan(options: Any) -> tuple[DictConfig, list[Job]]:
                 cfg = compose(argv)
                 build_models(cfg)
             except UsageError as error:
-                raise UsageError(f"study {options.study}, configuration "
+                raise UsageError(f"study {name}, configuration "
                                  f"{configuration.name}: {error}") from None
             jobs.append(Job(configuration.name, configuration.group, seed, str(run_dir), argv,
                             study.n, options.device))
@@ -279,15 +297,16 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"compare: parallel must be at least 1, got {options.parallel}")
     study, jobs = plan(options)
     build_dataset(compose(jobs[0].argv).data)  # a missing data set says how to get it, now
-    out = Path(options.out) / options.study
+    name = study_name(options.study)
+    out = Path(options.out) / name
     for folder in (out, Path(options.runs)):
         check_writable(folder)
     device = resolve_device(options.device)
     parallel = options.parallel or default_parallel(device, len(jobs))
-    print(f"study {options.study}: {len(study.configurations)} configurations x {study.seeds} "
-          f"seeds, {study.steps} generator steps each, {parallel} at a time on {device}")
+    print(f"study {name}: {len(study.configurations)} configurations x {study.seeds} seeds, "
+          f"{study.steps} generator steps each, {parallel} at a time on {device}")
     results = execute(jobs, parallel)
-    write_report(options.study, study, results, out, device,
+    write_report(name, study, results, out, device,
                  command=" ".join(["sagan-plugin compare", *argv]))
 
 

@@ -111,6 +111,18 @@ def readme_block(payload: dict) -> str:
                       TABLE_END])
 
 
+def update_readme(text: str, payloads: list[dict]) -> str:
+    """The README with each study's block (between its markers) rendered from its JSON."""
+    for payload in payloads:
+        begin = TABLE_BEGIN.format(name=payload["study"])
+        if begin not in text:
+            raise ValueError(f"the README has no {begin} ... {TABLE_END} block")
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(TABLE_END)
+        text = head + readme_block(payload) + tail
+    return text
+
+
 def _figure(size: tuple[float, float]):
     import matplotlib
 
