@@ -29,24 +29,33 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from _machine import RESULTS, describe, median_seconds, print_table, synchronize, write_json
 
 CASES = [(256, 32), (128, 64)]  # (channels, feature-map side)
 BACKENDS = ("flash", "efficient", "cudnn", "math")
 
 
+_SDPA = F.scaled_dot_product_attention  # the real one, before any row replaces it
+
+
+def padded_sdpa(query, key, value, **kwargs):
+    """scaled_dot_product_attention with query and key zero-padded to the value's width.
+
+    Zero columns add nothing to q.k, so the result is the same (tests/test_gpu_suite.py checks
+    it); with equal widths FlashAttention can run. The default scale 1/sqrt(width) would see
+    the padded width, so it is fixed to the original one (our layer passes scale=1 anyway)."""
+    extra = value.shape[-1] - query.shape[-1]
+    if extra <= 0:
+        return _SDPA(query, key, value, **kwargs)
+    if kwargs.get("scale") is None:
+        kwargs["scale"] = query.shape[-1] ** -0.5
+    return _SDPA(F.pad(query, (0, extra)), F.pad(key, (0, extra)), value, **kwargs)
+
+
 def _pad_query_key_to_value_width() -> None:
-    """The "ours+pad" rows (a proposal, this subprocess only): zero-pad query and key to the
-    value's width. q.k is unchanged, and with equal widths FlashAttention can run."""
-    import torch.nn.functional as F
-
-    sdpa = F.scaled_dot_product_attention
-
-    def padded(query, key, value, **kwargs):
-        extra = value.shape[-1] - query.shape[-1]
-        return sdpa(F.pad(query, (0, extra)), F.pad(key, (0, extra)), value, **kwargs)
-
-    F.scaled_dot_product_attention = padded
+    """The "ours+pad" rows (a proposal, this subprocess only): our layer calls padded_sdpa."""
+    F.scaled_dot_product_attention = padded_sdpa
 
 
 def _layer(impl: str, channels: int) -> torch.nn.Module:

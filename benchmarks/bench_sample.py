@@ -59,9 +59,13 @@ def build_generators(resolution: int, num_classes: int, device: torch.device):
     return eager.to(device).eval(), fold_spectral_norm(folded.to(device))
 
 
-def cpp_module():
-    subprocess.run(["make", "-s", "cpp"], cwd=REPO, check=True)
-    sys.path.insert(0, str(REPO / "cpp" / "build"))
+def cpp_module(build: Path | None = None):
+    """The pybind11 module: from `build` as it is (a GPU machine has no .venv for `make cpp`
+    to use, and no network for it to install one), else built by `make cpp` first."""
+    if build is None:
+        subprocess.run(["make", "-s", "cpp"], cwd=REPO, check=True)
+        build = REPO / "cpp" / "build"
+    sys.path.insert(0, str(build.resolve()))
     import sagan_sample_ext
 
     return sagan_sample_ext
@@ -130,10 +134,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per batch size")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cpp-build", type=Path, default=None,
+                        help="an existing CMake build folder (skips `make cpp`)")
     args = parser.parse_args()
     device = torch.device(args.device)
     batches = [int(b) for b in args.batches.split(",")]
-    ext = cpp_module()
+    ext = cpp_module(args.cpp_build)
     eager, folded = build_generators(args.resolution, args.num_classes, device)
     provenance = {"model": "sagan", "step": 0, "ema": False}
 

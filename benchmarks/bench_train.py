@@ -16,13 +16,17 @@ at the same widths (ours ngf=ndf=W is the host's ngf=ndf=16W). FLOPs per step ar
 torch.utils.flop_counter; MFU divides the achieved FLOP/s by the bf16 matmul rate measured in
 the same run. Then the same step on 1 and on N processes (DDP, weak scaling: batch per process
 fixed) gives the scaling efficiency. Goals on H100/H200: >= 2x the host's images/s, MFU >= 30%.
+`--trace FILE.json.gz` profiles a few steps of the fastest variant with torch.profiler (a Chrome
+trace, for chrome://tracing or Perfetto) and prints its ten costliest operators.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ from _machine import (
     describe,
     median_seconds,
     print_table,
+    synchronize,
     write_json,
 )
 from torch.utils.flop_counter import FlopCounterMode
@@ -90,6 +95,31 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
             netG.train_step((real, labels), netD, optG, MetricLog(), device=device)
 
     return step, (netG, netD)
+
+
+def profile(step, device: torch.device, path: Path, steps: int = 3) -> None:
+    """A torch.profiler trace of `steps` training steps (after one untimed), gzipped."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    step()
+    synchronize(device)
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=60))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_suffix("") if path.suffix == ".gz" else path
+    prof.export_chrome_trace(str(raw))
+    if raw != path:  # traces are mostly repeated names: gzip makes them ~10x smaller
+        with open(raw, "rb") as src, gzip.open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        raw.unlink()
+    print(f"wrote {path}")
 
 
 def count_flops(step) -> int:
@@ -154,6 +184,8 @@ def main() -> None:
                         help="scaling test up to N processes (default: GPUs, or 2 on CPU)")
     parser.add_argument("--threads", type=int, help="CPU threads of the main table")
     parser.add_argument("--json", help="default: benchmarks/results/bench_train_<device>.json")
+    parser.add_argument("--trace", type=Path,
+                        help="write a torch.profiler trace of the fastest variant here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +205,7 @@ def main() -> None:
 
     peak = bf16_matmul_flops(device)
     rows = []
+    fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
     for name, impl, precision, channels_last, compiled in variants:
         step, _ = make_step(impl, width, batch, args.num_classes, device, precision,
                             channels_last, compiled)
@@ -181,6 +214,8 @@ def main() -> None:
         flops = rows[-1]["flops_per_step"] if compiled else count_flops(step)
         rows.append({"variant": name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
                      "flops_per_step": flops, "mfu": flops / seconds / peak})
+        if args.trace and (fastest is None or rows[-1]["images_per_s"] > fastest[0]):
+            fastest = (rows[-1]["images_per_s"], step, name)
         del step
         if gpu:
             torch.cuda.empty_cache()
@@ -196,6 +231,13 @@ def main() -> None:
                 [[r["variant"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
                   f"{r['vs_host']:.2f}x", f"{r['flops_per_step'] / 1e9:.1f}",
                   f"{100 * r['mfu']:.1f}%"] for r in rows])
+
+    if fastest is not None:
+        print(f"\nprofile of the fastest variant, {fastest[2]}:")
+        profile(fastest[1], device, args.trace)
+        fastest = None
+        if gpu:
+            torch.cuda.empty_cache()
 
     processes = args.processes or (torch.cuda.device_count() if gpu else 2)
     best = rows[-1] if gpu else rows[1]  # CPU: fp32 (bf16 is emulated on many CPUs)

@@ -1,0 +1,101 @@
+"""The C++ sampler on a device, end to end: a tiny run, both exports, the program, parity.
+
+    python benchmarks/cpp_check.py --build cpp/build --device cpu --work /tmp/cppcheck
+    python benchmarks/cpp_check.py --build cpp/build-cuda --device cuda --work $W  # gpu_suite.sh
+
+Trains a tiny conditional SAGAN for a few steps on procedural images, exports it as TorchScript
+and as an AOTInductor package for the device, runs `sagan_sample --device DEVICE` on each
+(saving the float images and a grid PNG), and compares them with the Python recipe
+(sagan_plugin.sample.sample on the same device) and with the pybind11 module. On a GPU the
+tolerance is the export check's (eager CUDA convolutions use TF32); a failed comparison exits 1
+after writing the JSON, so the suite's log shows every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sagan_plugin.export import CHECK_TOLERANCE
+from sagan_plugin.runs import load_generator
+from sagan_plugin.sample import sample
+
+REPO = Path(__file__).resolve().parents[1]
+FORMATS = {"torchscript": "generator.pt", "aoti": "generator.pt2"}
+N, SEED, CLASSES, BATCH = 24, 3, (0, 3, 7), 8
+
+
+def cli(*args: str) -> float:
+    """Run `python -m sagan_plugin ARGS` from the repository root; seconds taken."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "sagan_plugin", *args], cwd=REPO, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, default=REPO / "cpp" / "build",
+                        help="the CMake build folder holding sagan_sample and the module")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--work", type=Path, required=True, help="run folder, PNGs, tensors")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="default: WORK/cpp_check.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    run = args.work / "run"
+    result: dict = {"device": args.device, "n": N, "seed": SEED, "classes": list(CLASSES),
+                    "tolerance": CHECK_TOLERANCE[device.type], "formats": {}}
+
+    result["train_s"] = cli(
+        "train", "model=sagan", "data=procedural", f"run_dir={run}", "model.ngf=16",
+        "model.ndf=16", "train.batch_size=16", f"train.steps={args.steps}",
+        f"train.save_steps={args.steps}", f"train.vis_steps={args.steps}", "data.size=256",
+        "data.num_workers=0", f"train.device={args.device}")
+    expected = sample(load_generator(run, device=device).netG, N, SEED, list(CLASSES),
+                      batch=BATCH, device=device)
+    sys.path.insert(0, str(args.build.resolve()))
+    import sagan_sample_ext  # built next to the program
+
+    ok = True
+    for fmt, name in FORMATS.items():
+        model = run / "export" / name
+        entry = {"export_s": cli("export", f"run={run}", f"format={fmt}",
+                                 f"device={args.device}")}
+        tensor = args.work / f"cpp_{fmt}.pt"
+        done = subprocess.run(
+            [str(args.build / "sagan_sample"), "--model", str(model), "--n", str(N), "--seed",
+             str(SEED), "--classes", ",".join(map(str, CLASSES)), "--batch", str(BATCH),
+             "--device", args.device, "--out", str(args.work / f"cpp_{fmt}.png"),
+             "--save-tensor", str(tensor)], capture_output=True, text=True)
+        print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n")
+        if done.returncode:
+            entry["error"] = done.stderr.strip().splitlines()[-1:]
+            result["formats"][fmt], ok = entry, False
+            continue
+        rate = re.search(r"([0-9.e+]+) images/s", done.stdout)
+        entry["program_images_per_s"] = float(rate.group(1)) if rate else None
+        images = torch.load(tensor)
+        module = sagan_sample_ext.Generator(str(model), args.device).sample(
+            N, seed=SEED, classes=list(CLASSES), batch=BATCH)
+        entry["max_abs_vs_python"] = (images - expected).abs().max().item()
+        entry["max_abs_module_vs_program"] = (module - images).abs().max().item()
+        entry["pass"] = max(entry["max_abs_vs_python"],
+                            entry["max_abs_module_vs_program"]) <= result["tolerance"]
+        ok &= entry["pass"]
+        result["formats"][fmt] = entry
+    result["pass"] = ok
+    out = args.json or args.work / "cpp_check.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

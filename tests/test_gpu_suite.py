@@ -1,0 +1,152 @@
+"""benchmarks/gpu_suite.sh on a CPU: its dry run plans every stage, bad input is one line,
+and the "ours+pad" attention of bench_attention.py is exact."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_suite.sh"
+STAGE_COMMANDS = {
+    "setup": ["pip install -q --no-index --no-deps", "-e .", "compact_inception.py unpack"],
+    "bench": ["bench_attention.py --device cuda", "bench_train.py --device cuda", "--trace"],
+    "cpp": ["cmake -S cpp", "cpp_check.py --build cpp/build-cuda --device cuda",
+            "bench_sample.py --device cuda --cpp-build"],
+    "eval": ["bench_eval.py --device cuda"],
+    "study": ["compare.py study=fashion_mnist_32", "device=cuda"],
+}
+
+
+def bash_array(name: str) -> list[str]:
+    """The words of `NAME=(...)` in the script: what its checks expect to find."""
+    match = re.search(rf"^{name}=\(([^)]*)\)", SCRIPT.read_text(), re.MULTILINE)
+    assert match, name
+    return match.group(1).split()
+
+
+@pytest.fixture
+def carried(tmp_path):
+    """A stand-in for .whl/: empty files named as the real ones (the dry run checks names)."""
+    root = tmp_path / "whl"
+    for folder in ("build", "deb", "data", "fid"):
+        (root / folder).mkdir(parents=True)
+    for array, folder in (("BINARY_WHEELS", ""), ("SDIST_WHEELS", ""), ("BUILD_WHEELS", "build")):
+        for pin in bash_array(array):
+            name, version = pin.split("==")
+            (root / folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").touch()
+    for deb in bash_array("DEBS"):
+        (root / "deb" / f"{deb}_1.0_amd64.deb").touch()
+    for data in bash_array("FASHION_MNIST"):
+        (root / "data" / f"{data}.xz").touch()
+    weights = re.search(r"^WEIGHTS=\$WHL/(\S+)", SCRIPT.read_text(), re.MULTILINE).group(1)
+    (root / weights).touch()
+    return root
+
+
+def suite(*args: str, whl=None, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "SUITE_HOST_PYTHON": sys.executable, **env}
+    if whl is not None:
+        environment["SUITE_WHL"] = str(whl)
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          env=environment, timeout=60, cwd=REPO)
+
+
+def test_dry_run_plans_every_stage(carried):
+    result = suite("--dry-run", "setup", "bench", "cpp", "eval", "study", whl=carried)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage, commands in STAGE_COMMANDS.items():
+        for command in commands:
+            assert command in result.stdout, (stage, command, result.stdout)
+    assert "all checks passed" in result.stdout
+    # The machine's torch stays: nothing the suite installs is torch itself.
+    for line in result.stdout.splitlines():
+        if "pip install" in line:
+            assert "--no-deps" in line and not re.search(r"\btorch[=<>]", line), line
+
+
+@pytest.mark.parametrize("stage", ["bench", "cpp", "eval", "study"])
+def test_dry_run_of_one_stage_plans_setup_and_it(carried, stage):
+    result = suite("--dry-run", stage, whl=carried)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for command in STAGE_COMMANDS["setup"] + STAGE_COMMANDS[stage]:
+        assert command in result.stdout, (command, result.stdout)
+    others = [c for s, cs in STAGE_COMMANDS.items() if s not in ("setup", stage) for c in cs]
+    assert not [c for c in others if c in result.stdout and c != "--trace"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["benchh"], "unknown stage 'benchh'"),
+    (["--dry-run", "bench", "studdy"], "unknown stage 'studdy'"),
+    (["--fast", "bench"], "unknown option '--fast'"),
+    ([], "no stage given"),
+    (["wheels", "bench"], "'wheels' runs alone"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = suite(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert result.stdout == ""
+
+
+def test_dry_run_reports_a_missing_wheel(carried):
+    next(carried.glob("torch_mimicry-*.whl")).unlink()
+    (carried / "stray-1.0-py3-none-any.whl").touch()  # would be installed too: refused
+    result = suite("--dry-run", "eval", whl=carried)
+    assert result.returncode == 1
+    assert "0 wheels of torch-mimicry==0.1.16" in result.stdout
+    assert "exactly the pinned ones" in result.stdout
+
+
+def test_dry_run_refuses_a_call_longer_than_the_limit(carried):
+    result = suite("--dry-run", "bench", whl=carried, SUITE_CALL_MINUTES="12")
+    assert result.returncode == 1 and "at most 10 minutes" in result.stdout
+
+
+def test_dry_run_checks_the_study_options(carried):
+    result = suite("--dry-run", "study", whl=carried, SUITE_STUDY_ARGS="steps=10 speed=9")
+    assert result.returncode == 1 and "compare has no option speed=" in result.stdout
+
+
+def test_wheels_dry_run_downloads_for_the_device_python(tmp_path):
+    result = suite("--dry-run", "wheels", whl=tmp_path / "whl")
+    if shutil.which("apt-get"):
+        assert result.returncode == 0, result.stdout + result.stderr
+    download = [line for line in result.stdout.splitlines() if "pip download" in line]
+    assert download and all("--python-version 3.12" in line and "--no-deps" in line
+                            and "manylinux" in line for line in download)
+    assert "apt-get download" in result.stdout and "compact_inception.py pack" in result.stdout
+    assert not re.search(r"\btorch==", result.stdout)
+    assert not (tmp_path / "whl").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_padded_attention_equals_unpadded(monkeypatch, dtype, tol):
+    """bench_attention's "ours+pad": query and key zero-padded to the value's width."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_attention
+
+    from sagan_plugin.nets import SelfAttention
+
+    torch.manual_seed(0)
+    layer = SelfAttention(64).to(dtype).eval()
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+    x = torch.randn(2, 64, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        plain = layer(x)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            bench_attention.padded_sdpa)
+        padded = layer(x)
+    torch.testing.assert_close(padded, plain, rtol=0, atol=tol)
+    # Without an explicit scale the default must be the unpadded width's, not the padded one's.
+    q, k, v = (torch.randn(1, 1, n, d, dtype=dtype) for n, d in ((16, 4), (4, 4), (4, 16)))
+    reference = bench_attention._SDPA(q, k, v)
+    torch.testing.assert_close(bench_attention.padded_sdpa(q, k, v), reference, rtol=0, atol=tol)
