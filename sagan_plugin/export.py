@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,10 @@ from torch.nn.utils import parametrize
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import check_writable
 from sagan_plugin.registry import generate
-from sagan_plugin.sample import check_writable, class_labels
+from sagan_plugin.sample import class_labels
+from sagan_plugin.schema import at_least, one_of, option
 
 FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
 EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this marker
@@ -136,8 +138,11 @@ def check_export(exported: Callable, reference: nn.Module, device: torch.device)
 
 def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
                      step: int | None = None, prefer_ema: bool = True,
-                     device: str | torch.device = "cpu") -> Path:
-    """Export a run's generator (a run folder or a netG checkpoint); returns the artefact."""
+                     device: str | torch.device = "cpu",
+                     run_tokens: Sequence[str] = ()) -> Path:
+    """Export a run's generator (a run folder or a netG checkpoint); returns the artefact.
+
+    run_tokens: model=NAME data=NAME ... for a folder of Mimicry's own Trainer."""
     from sagan_plugin.runs import load_generator, resolve_checkpoint
 
     if fmt not in FORMATS:
@@ -148,8 +153,8 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
         raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
     check_writable(Path(out).parent)  # before minutes of compiling
     # Two independent loads: one stays the parametrized reference, the other is folded.
-    reference = load_generator(run, step, prefer_ema, device)
-    loaded = load_generator(run, step, prefer_ema, device)
+    reference = load_generator(run, step, prefer_ema, device, run_tokens)
+    loaded = load_generator(run, step, prefer_ema, device, run_tokens)
     provenance = {"model": loaded.config.model.name, "step": loaded.step, "ema": loaded.ema}
     return export_module(reference.netG, fold_spectral_norm(loaded.netG), fmt, out, provenance)
 
@@ -163,6 +168,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
     """
     out = Path(out)
     check_writable(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
     device = next(folded.parameters()).device
     reference, module = SamplingModule(reference), SamplingModule(folded)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -199,18 +205,22 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
 
 @dataclass
 class ExportConfig:
-    run: str = MISSING  # a run folder or a netG checkpoint file
-    format: str = "torchscript"  # torchscript (.pt) or aoti (.pt2)
-    out: str | None = None  # null: <run>/export/generator.pt or .pt2
-    step: int | None = None  # null: the latest checkpoint
-    ema: bool = True  # the EMA weights when the checkpoint has them
-    device: str = "cpu"  # an AOTInductor package runs only on the device it was compiled for
+    run: str = option(MISSING, "a run folder or a netG checkpoint file")
+    format: str = option("torchscript", "torchscript (.pt) or aoti (.pt2)",
+                         one_of("torchscript", "aoti"))
+    out: str | None = option(None, "null: <run>/export/generator.pt or .pt2")
+    step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
+    ema: bool = option(True, "the EMA weights when the checkpoint has them")
+    device: str = option("cpu", "cpu or cuda: an AOTInductor package runs only on the device "
+                         "it was compiled for")
 
 
 def main(argv: list[str]) -> None:
     from sagan_plugin.config import resolve_device
+    from sagan_plugin.runs import split_run_tokens
 
+    argv, run_tokens = split_run_tokens(argv)
     cfg = parse_overrides(ExportConfig, argv, "export")
     path = export_generator(cfg.run, cfg.format, cfg.out, cfg.step, cfg.ema,
-                            resolve_device(cfg.device))
+                            resolve_device(cfg.device), run_tokens)
     print(f"wrote {path} and {sidecar_path(path)}")

@@ -1,4 +1,5 @@
-"""Files written whole or not at all: a temporary file beside the target, then a rename."""
+"""Files written whole or not at all (a temporary file beside the target, then a rename), and
+output folders checked before the work that fills them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from sagan_plugin.errors import UsageError
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],
@@ -47,3 +50,19 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def check_writable(folder: str | Path) -> None:
+    """Prove that files can be made in folder, before any long work, creating nothing: a
+    missing folder is judged by the nearest folder above it (writers create the rest)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write to output directory {folder}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to output directory {folder}: {error.strerror}") from None

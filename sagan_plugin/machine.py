@@ -1,4 +1,5 @@
-"""The description every measurement is stored with: machine, device, versions, commit."""
+"""This machine: the description every measurement is stored with (device, versions, commit),
+and the memory a command may count on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import torch
+
+from sagan_plugin.errors import UsageError
 
 
 def cpu_model() -> str:
@@ -44,3 +47,22 @@ def git_commit(folder: str | Path = ".") -> str | None:
                          else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def available_memory() -> int:
+    """Bytes of memory this process could still take (MemAvailable; free pages elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def require_memory(nbytes: int, what: str) -> None:
+    """Refuse, before any work, what would not fit in memory (half of what is available)."""
+    available = available_memory()
+    if nbytes > available // 2:
+        raise UsageError(f"{what} needs about {nbytes / 2**30:.3g} GiB of memory, more than half "
+                         f"of the {available / 2**30:.3g} GiB this machine has free")

@@ -12,16 +12,17 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 
 from sagan_plugin.errors import UsageError
 
 ENTRY_POINT_GROUP = "mimicry.models"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,44 +52,58 @@ def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor
     return netG(z, labels) if netG.num_classes else netG(z)
 
 
-_families: dict[str, ModelFamily] = {}
-_discovered = False
+class Registry(Generic[T]):
+    """Named objects of one kind: built in, registered in code, or found through an
+    entry-point group (each entry point names an object of the kind, under its own name)."""
+
+    def __init__(self, kind: type[T], group: str, noun: str,
+                 built_ins: Callable[[], Iterable[T]] = tuple) -> None:
+        self.kind, self.group, self.noun, self._built_ins = kind, group, noun, built_ins
+        self._items: dict[str, T] = {}
+        self._discovered = False
+
+    def register(self, item: T, *, replace: bool = False) -> T:
+        """Add item; a second one under a taken name is an error unless replace=True."""
+        if not isinstance(item, self.kind):
+            raise TypeError(f"expected a {self.kind.__name__}, got {type(item).__name__}")
+        taken = self._items.get(item.name)
+        if taken is not None and taken is not item and not replace:
+            raise ValueError(f"a {self.noun} named {item.name!r} is already registered")
+        self._items[item.name] = item
+        return item
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for item in self._built_ins():
+            self.register(item)
+        for entry_point in entry_points(group=self.group):
+            item = entry_point.load()
+            if not isinstance(item, self.kind) or item.name != entry_point.name:
+                raise TypeError(f"entry point {entry_point.name!r} = {entry_point.value} in "
+                                f"group {self.group} must be a {self.kind.__name__} named "
+                                f"{entry_point.name!r}")
+            self.register(item, replace=True)
+
+    def names(self) -> list[str]:
+        """Names of everything registered, sorted."""
+        self._discover()
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        """The object registered under name; an unknown name lists the registered ones."""
+        self._discover()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UsageError(f"unknown {self.noun} {name!r}; registered {self.noun}s: "
+                             f"{', '.join(self.names())}") from None
 
 
-def register_model(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
-    """Add a family; a second family under a taken name is an error unless replace=True."""
-    if not isinstance(family, ModelFamily):
-        raise TypeError(f"expected a ModelFamily, got {type(family).__name__}")
-    if family.name in _families and not replace and _families[family.name] is not family:
-        raise ValueError(f"a model family named {family.name!r} is already registered")
-    _families[family.name] = family
-    return family
+MODELS = Registry(ModelFamily, ENTRY_POINT_GROUP, "model")
 
 
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        family = entry_point.load()
-        if not isinstance(family, ModelFamily) or family.name != entry_point.name:
-            raise TypeError(f"entry point {entry_point.name!r} = {entry_point.value} in group "
-                            f"{ENTRY_POINT_GROUP} must be a ModelFamily named {entry_point.name!r}")
-        register_model(family, replace=True)
-
-
-def list_models() -> list[str]:
-    """Names of all registered families, sorted."""
-    _discover()
-    return sorted(_families)
-
-
-def get_model(name: str) -> ModelFamily:
-    """The family registered under name; an unknown name lists the registered ones."""
-    _discover()
-    try:
-        return _families[name]
-    except KeyError:
-        raise UsageError(f"unknown model {name!r}; registered models: "
-                         f"{', '.join(list_models())}") from None
+# register_model(family, replace=False): a taken name is an error unless replace=True;
+# list_models(): the names, sorted; get_model(name): an unknown name lists the registered ones.
+register_model, list_models, get_model = MODELS.register, MODELS.names, MODELS.get

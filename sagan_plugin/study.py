@@ -37,6 +37,7 @@ from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.runs import checkpoint_steps
+from sagan_plugin.schema import at_least, option
 
 RESULT_FILE = "study_run.json"
 TIMING_FILE = "study_timing.json"
@@ -66,14 +67,16 @@ class Study:
 
 @dataclass
 class CompareOptions:
-    study: str = MISSING  # a preset name in registry/studies/, or a .yaml file of one
-    steps: int | None = None  # null: the study's
-    seeds: int | None = None
-    n: int | None = None
-    parallel: int | None = None  # runs at once; null: 1 on a CPU, from free memory on a GPU
-    device: str = "auto"
-    runs: str = "runs/studies"  # run folders (scratch)
-    out: str = "results"  # results/<study>/ (what the README quotes)
+    study: str = option(MISSING, "a preset name in registry/studies/, or a .yaml file of one")
+    steps: int | None = option(None, "generator steps of every run; null: the study's",
+                               at_least(1))
+    seeds: int | None = option(None, "seeds per configuration; null: the study's", at_least(1))
+    n: int | None = option(None, "images for FID/KID; null: the study's", at_least(2))
+    parallel: int | None = option(None, "runs at once; null: 1 on a CPU, from free memory on "
+                                  "a GPU", at_least(1))
+    device: str = option("auto", "auto (cuda when present), cpu, cuda or cuda:N")
+    runs: str = option("runs/studies", "run folders (scratch)")
+    out: str = option("results", "results/<study>/: what the README quotes")
 
 
 @dataclass
@@ -289,12 +292,10 @@ def _report(i: int, jobs: list[Job], result: dict) -> None:
 
 def main(argv: list[str]) -> None:
     from sagan_plugin.data import build_dataset
-    from sagan_plugin.sample import check_writable
+    from sagan_plugin.files import check_writable
     from sagan_plugin.study_report import write_report
 
     options = parse_overrides(CompareOptions, argv, "compare")
-    if options.parallel is not None and options.parallel < 1:
-        raise UsageError(f"compare: parallel must be at least 1, got {options.parallel}")
     study, jobs = plan(options)
     build_dataset(compose(jobs[0].argv).data)  # a missing data set says how to get it, now
     name = study_name(options.study)

@@ -5,6 +5,7 @@ Every check that can fail on user input runs before the run folder is touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from functools import partial
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sagan_plugin.config import build_models, compose, resolve_device
+from sagan_plugin.config import build_models, compose, compose_saved, resolve_device
 from sagan_plugin.data import build_dataloader, build_dataset
 from sagan_plugin.distributed import (
     EpochSampler,
@@ -37,7 +38,14 @@ from sagan_plugin.precision import (
     step_context,
     to_memory_format,
 )
-from sagan_plugin.runs import CONFIG_FILE
+from sagan_plugin.runs import (
+    CONFIG_FILE,
+    MODEL_INFO_KEYS,
+    RunLock,
+    is_mimicry_run,
+    read_run_config,
+)
+from sagan_plugin.stopping import StopRequests
 
 # Keys that may change when a run is resumed: length, cadence, machine, kernels.
 RESUMABLE_KEYS = {"train.steps", "train.log_steps", "train.vis_steps", "train.save_steps",
@@ -66,11 +74,16 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     """A run folder is resumed only with the configuration it was started with."""
     saved_file = run_dir / CONFIG_FILE
     if not saved_file.is_file():
-        if run_dir.is_dir() and (run_dir / "checkpoints").exists():
-            raise UsageError(f"{run_dir} holds checkpoints but no {CONFIG_FILE}; "
-                             "choose another run_dir")
+        if is_mimicry_run(run_dir):  # continued with this command's model=, data=, ...
+            print(f"INFO: {run_dir} is a run of Mimicry's own Trainer: continuing it as "
+                  f"model={cfg.model.name} data={cfg.data.name}; its checkpoints must fit")
+        elif run_dir.is_dir() and (run_dir / "checkpoints").exists():
+            raise UsageError(f"{run_dir} holds checkpoints but no {CONFIG_FILE} (nor Mimicry's "
+                             "params.json); choose another run_dir")
         return
-    saved, new = _flat(OmegaConf.load(saved_file)), _flat(cfg)
+    raw = read_run_config(saved_file)
+    compose_saved(raw, str(saved_file))  # a damaged or impossible configuration is refused
+    saved, new = dict(_items(raw, "")), _flat(cfg)
     # Keys the saved file lacks came with a later version of this package: not a change.
     changed = sorted(k for k in saved
                      if k not in RESUMABLE_KEYS and saved[k] != new.get(k))
@@ -96,8 +109,6 @@ def run(cfg: DictConfig):
     train = cfg.train
     run_dir = Path(cfg.run_dir)
     local_batch = per_rank_batch(train.batch_size, world)
-    if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
-        raise UsageError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     check_resume(run_dir, cfg)
     device = device_for_rank(resolve_device(train.device, "train.device"), world)
     check_options(train.precision, train.sdpa_backend, device)
@@ -139,6 +150,9 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
     # Worker seeds come from here rather than from the global stream, which must hold only what
     # a checkpoint restores (a new iterator at each resume would otherwise shift it).
     dataloader.generator = torch.Generator().manual_seed(train.seed + world.rank)
+    stop = StopRequests()
+    if dataloader.worker_init_fn is None:
+        dataloader.worker_init_fn = stop.worker_init
     netG, netD = build_models(cfg)
     if world.distributed and not (isinstance(netG, SAGANGenerator)
                                   and isinstance(netD, SAGANDiscriminator)):
@@ -169,26 +183,28 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
                             fused=train.fused_adam)
     optD = torch.optim.Adam(netD.parameters(), lr=train.lr_d, betas=betas,
                             fused=train.fused_adam)
-    error = None
-    if world.is_main:
-        try:
-            _prepare_run_dir(Path(cfg.run_dir), cfg)
-        except UsageError as failure:
-            error = str(failure)
-    error = broadcast_from_main(error, world)
-    if error:
-        raise UsageError(error)
-
-    trainer = SAGANTrainer(
-        netD=netD, netG=netG, optD=optD, optG=optG, dataloader=dataloader,
-        num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
-        lr_decay=train.lr_decay, device=device, print_steps=1,
-        vis_steps=train.vis_steps, log_steps=train.log_steps, save_steps=train.save_steps,
-        world=world, sampler=sampler, ema=ema, fid=fid, channels_last=train.channels_last,
-        step_context=partial(step_context, device, train.precision, train.sdpa_backend),
-        model_info={k: cfg.model[k] for k in ("name", "resolution", "num_classes")},
-    )
-    trainer.train()
+    with contextlib.ExitStack() as held:
+        error = None
+        if world.is_main:
+            try:
+                held.enter_context(RunLock(cfg.run_dir))
+                _prepare_run_dir(Path(cfg.run_dir), cfg)
+            except UsageError as failure:
+                error = str(failure)
+        error = broadcast_from_main(error, world)
+        if error:
+            raise UsageError(error)
+        trainer = SAGANTrainer(
+            netD=netD, netG=netG, optD=optD, optG=optG, dataloader=dataloader,
+            num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
+            lr_decay=train.lr_decay, device=device, print_steps=1,
+            vis_steps=train.vis_steps, log_steps=train.log_steps, save_steps=train.save_steps,
+            world=world, sampler=sampler, ema=ema, fid=fid, channels_last=train.channels_last,
+            step_context=partial(step_context, device, train.precision, train.sdpa_backend),
+            model_info={k: cfg.model[k] for k in MODEL_INFO_KEYS},
+            stop=held.enter_context(stop),
+        )
+        trainer.train()
     if world.is_main:
         grid = trainer.last_grid()
         if grid is not None:

@@ -1,12 +1,13 @@
 """Mimicry's Trainer, extended: data parallelism, bf16, EMA, crash-safe exact resume.
 
 The host's loop is kept as it is (n_dis, learning-rate decay, TensorBoard summaries, sample
-grids every vis_steps, checkpoints every save_steps, resume from the latest, save on Ctrl-C).
-What is added hooks into the places the loop calls out to:
+grids every vis_steps, checkpoints every save_steps, resume from the latest). What is added
+hooks into the places the loop calls out to:
 
 - `_fetch_data`: batches come from an EpochSampler; the trainer counts them (data position).
-- the scheduler, which the loop calls once per step after the G update: the per-step checks
-  (a NaN or inf loss stops the run, every rank agreeing) and the EMA update.
+- the scheduler, which the loop calls once per step after the G update: the per-step checks,
+  every rank agreeing (a NaN or inf loss stops the run; after SIGTERM or Ctrl-C the next
+  `_fetch_data` saves the step just logged and stops: stopping.py) and the EMA update.
 - `_save_model_checkpoints` / `_restore_models_and_step`: atomic files with optimizer, EMA,
   every rank's RNG state and the data position (see checkpoint.py); rank 0 writes.
 - the logger: rank 0 only; sample grids from the EMA generator when there is one, in eval mode
@@ -26,12 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sagan_plugin import checkpoint
-from sagan_plugin.distributed import EpochSampler, World, all_ranks_agree, gather_to_main
+from sagan_plugin.distributed import EpochSampler, World, gather_to_main, max_over_ranks
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, MetricLog, Trainer
-from sagan_plugin.runs import checkpoint_steps
+from sagan_plugin.runs import check_model_info, checkpoint_path, checkpoint_steps
+from sagan_plugin.stopping import Interrupted, StopRequests
 
 
 class NonFiniteLoss(UsageError):
@@ -106,15 +108,19 @@ class SAGANTrainer(Trainer):
     dataloader reads), `ema` (an EMA of netG or None), `step_context` (a context-manager
     factory the loop runs under: autocast, attention kernel), `channels_last`, and
     `model_info` (family, resolution, classes: stored in checkpoints and checked on resume),
-    `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0).
+    `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0),
+    `stop` (the StopRequests that SIGTERM and Ctrl-C set: the run saves and stops after the
+    step in which any rank saw one).
     """
 
     def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
                  ema: EMA | None = None, step_context=contextlib.nullcontext,
                  channels_last: bool = False, model_info: dict | None = None,
                  fid: Callable[[torch.nn.Module, int], dict | None] | None = None,
-                 **kwargs) -> None:
+                 stop: StopRequests | None = None, **kwargs) -> None:
         self.world, self.sampler, self.ema, self.fid = world or World(), sampler, ema, fid
+        self.stop, self.stopped_at_once = stop, False
+        self.stop_after: tuple[int, int] | None = None  # (signal, step) all ranks agreed on
         self.step_context, self.channels_last = step_context, channels_last
         self.model_info = model_info or {}
         self.data_position = {"epoch": 0, "batches": 0}
@@ -135,6 +141,10 @@ class SAGANTrainer(Trainer):
     # ---- data ----------------------------------------------------------------------------
 
     def _fetch_data(self, iter_dataloader):
+        if self.stop_after is not None:  # the first fetch of the next step: save, then stop
+            signum, step = self.stop_after
+            self._save_model_checkpoints(step)
+            raise Interrupted(signum, step, str(Path(self.log_dir) / "checkpoints"))
         try:
             images, labels = next(iter_dataloader)
         except StopIteration:
@@ -153,7 +163,9 @@ class SAGANTrainer(Trainer):
     def _after_step(self, log_data: MetricLog, global_step: int) -> None:
         bad = sorted(name for name in log_data.keys() if log_data.get_group_name(name) == "loss"
                      and not math.isfinite(log_data.metrics_dict[name]["value"]))
-        if not all_ranks_agree(not bad, self.device):
+        signum = self.stop.signum if self.stop is not None else None
+        bad_anywhere, signum = max_over_ranks([int(bool(bad)), signum or 0], self.device)
+        if bad_anywhere:
             steps = checkpoint.complete_steps(Path(self.log_dir))
             kept = f"the last good checkpoint is step {steps[-1]}" if steps else "no checkpoint"
             where = f" ({', '.join(f'{n}={log_data[n]}' for n in bad)})" if bad else \
@@ -167,12 +179,16 @@ class SAGANTrainer(Trainer):
             scores = self.fid(self.ema.model if self.ema is not None else self.netG, global_step)
             for name, value in (scores or {}).items():
                 self.logger.write_scalar(f"eval/{name}", value, global_step)
+        if signum:  # every rank stops after this step, once the loop has logged it
+            self.stop_after = (signum, global_step)
 
     def train(self) -> None:
         quiet = contextlib.redirect_stdout(io.StringIO()) if not self.world.is_main \
             else contextlib.nullcontext()
         with quiet, self.step_context():
             super().train()
+        if self.stopped_at_once:  # the host swallows KeyboardInterrupt: pass it on
+            raise KeyboardInterrupt
         steps = checkpoint_steps(self.log_dir)
         if self.world.is_main and steps and steps[-1] % self.vis_steps:
             # The host draws grids every vis_steps only: always leave one of the last step.
@@ -182,10 +198,13 @@ class SAGANTrainer(Trainer):
     # ---- checkpoints ----------------------------------------------------------------------
 
     def _save_model_checkpoints(self, global_step: int) -> None:
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
-        if interrupted and self.world.distributed:
-            # Ranks stop at different points on Ctrl-C: a collective save could hang.
-            print("INFO: interrupted; a resume continues from the last periodic checkpoint")
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            # The host saves on Ctrl-C, but this one came mid-step (stopping.py: a second
+            # Ctrl-C, or no handler installed): the state is half a step, and under torchrun
+            # ranks stop at different points, where a collective save could hang.
+            self.stopped_at_once = True
+            print("INFO: stopped at once, mid-step: nothing saved; a resume continues from "
+                  "the last checkpoint")
             return
         rng_states = gather_to_main(checkpoint.rng_state(), self.world)
         if not self.world.is_main:
@@ -215,15 +234,12 @@ class SAGANTrainer(Trainer):
 
     def _restore_models_and_step(self) -> int:
         run_dir = Path(self.log_dir)
-        try:
-            found = checkpoint.load_latest(run_dir)
-        except checkpoint.CorruptCheckpoint as error:
-            raise UsageError(str(error)) from None
+        found = checkpoint.load_latest(run_dir)  # every step unreadable: a UsageError
         if found is None:
             return 0
         step, ckpts = found
         print(f"INFO: Restoring checkpoint of step {step}...")
-        self._check_model(ckpts["netG"], run_dir, step)
+        check_model_info(ckpts["netG"], self.model_info, checkpoint_path(run_dir, step))
         for net, opt, ckpt in ((self.netG, self.optG, ckpts["netG"]),
                                (self.netD, self.optD, ckpts["netD"])):
             try:
@@ -231,18 +247,14 @@ class SAGANTrainer(Trainer):
             except RuntimeError as error:
                 raise UsageError(f"the checkpoint of step {step} in {run_dir} does not fit "
                                  f"this model: {str(error).splitlines()[0]}") from None
-            opt.load_state_dict(ckpt["optimizer_state_dict"])
+            if ckpt["optimizer_state_dict"] is None:  # the host lets a checkpoint omit it
+                print(f"INFO: the checkpoint of step {step} has no optimizer state; Adam "
+                      "starts afresh")
+            else:
+                opt.load_state_dict(ckpt["optimizer_state_dict"])
         self._restore_ema(ckpts["netG"], step)
         self._restore_training_state(ckpts["netG"].get("training_state"))
         return step
-
-    def _check_model(self, ckpt: dict, run_dir: Path, step: int) -> None:
-        saved = ckpt.get("model")
-        if saved and self.model_info and saved != self.model_info:
-            describe = ", ".join(f"{k}={saved.get(k)!r}" for k in self.model_info)
-            expected = ", ".join(f"{k}={v!r}" for k, v in self.model_info.items())
-            raise UsageError(f"the checkpoint of step {step} in {run_dir} is of another model "
-                             f"({describe}); this run is {expected}")
 
     def _restore_ema(self, ckpt: dict, step: int) -> None:
         if self.ema is None:

@@ -25,9 +25,17 @@ from torch import Tensor, nn
 
 from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import write_json, write_npz
+from sagan_plugin.files import check_writable, write_json, write_npz
+from sagan_plugin.machine import require_memory
 from sagan_plugin.registry import generate
-from sagan_plugin.sample import parse_classes, sample, save_png, to_uint8
+from sagan_plugin.sample import (
+    GRID_PADDING,
+    parse_classes,
+    sample,
+    save_png,
+    to_uint8,
+)
+from sagan_plugin.schema import SEED, at_least, option
 
 PAD = 2
 QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
@@ -35,18 +43,20 @@ QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 2
 
 @dataclass
 class VizConfig:
-    run: str = MISSING  # a run folder or a netG checkpoint file
-    out: str = "viz"  # folder for grid.png, attention.png and attention.npz
-    what: str = "grid,attention"
-    step: int | None = None  # null: the latest checkpoint
-    ema: bool = True
-    seed: int = 0
-    per_class: int = 8  # grid columns
-    classes: Any = None  # grid rows: a comma list of classes; null: every class (at most 20)
-    images: int = 3  # attention: generated images, one row each
-    queries: str = "0.25,0.25;0.25,0.75;0.75,0.25;0.75,0.75"  # y,x in [0, 1] per query
-    scale: int = 4  # attention.png upsampling of each image
-    device: str = "cpu"
+    run: str = option(MISSING, "a run folder or a netG checkpoint file")
+    out: str = option("viz", "folder for grid.png, attention.png and attention.npz")
+    what: str = option("grid,attention", "grid, attention or both")
+    step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
+    ema: bool = option(True, "the EMA weights when the checkpoint has them")
+    seed: int = option(0, "seed of the noise", SEED)
+    per_class: int = option(8, "grid columns", at_least(1))
+    classes: Any = option(None, "grid rows: a comma list of classes; null: every class (at "
+                          "most 20)")
+    images: int = option(3, "attention: generated images, one row each", at_least(1))
+    queries: str = option("0.25,0.25;0.25,0.75;0.75,0.25;0.75,0.75",
+                          "attention: query points, y,x in [0, 1], separated by ;")
+    scale: int = option(4, "attention.png upsampling of each image", at_least(1))
+    device: str = option("cpu", "cpu, cuda or cuda:N")
 
 
 def class_grid(netG: nn.Module, per_class: int, classes: list[int], seed: int = 0,
@@ -142,20 +152,25 @@ def _marked(rgb: np.ndarray, index: list[int], size: int, side: int,
 
 
 def main(argv: list[str]) -> None:
-    from sagan_plugin.runs import load_generator
+    from sagan_plugin.runs import load_generator, split_run_tokens
 
+    argv, run_tokens = split_run_tokens(argv)
     cfg = parse_overrides(VizConfig, argv, "viz")
     what = {w.strip() for w in cfg.what.split(",") if w.strip()}
     if not what or what - {"grid", "attention"}:
         raise UsageError(f"what={cfg.what}: expected grid, attention or grid,attention")
-    if min(cfg.per_class, cfg.images, cfg.scale) < 1:
-        raise UsageError("per_class, images and scale must be at least 1")
     queries = parse_queries(cfg.queries)
     device = resolve_device(cfg.device)
-    loaded = load_generator(cfg.run, step=cfg.step, prefer_ema=cfg.ema, device=device)
-    netG = loaded.netG
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
+    loaded = load_generator(cfg.run, step=cfg.step, prefer_ema=cfg.ema, device=device,
+                            run_tokens=run_tokens)
+    netG = loaded.netG
+    pixels = 3 * (netG.resolution + GRID_PADDING) ** 2
+    require_memory(cfg.per_class * 20 * pixels * 6, f"a grid of per_class={cfg.per_class}")
+    # attention maps are (H*W) x (H*W/4) float32 per image, with H at most half of R
+    require_memory(cfg.images * ((netG.resolution // 2) ** 4 + pixels * cfg.scale**2 * 6),
+                   f"attention maps of images={cfg.images}")
     if "grid" in what:
         classes = parse_classes(cfg.classes) or list(range(min(netG.num_classes, 20)))
         if classes and not netG.num_classes:

@@ -151,8 +151,8 @@ def test_checkpoint_of_another_model_is_refused(tiny: list[str]) -> None:
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"]["resolution"] = 64
     torch.save(ckpt, path)
-    with pytest.raises(UsageError, match=r"is of another model \(name='sagan', "
-                                         r"resolution=64, num_classes=10\); this run is "
+    with pytest.raises(UsageError, match=r"is a checkpoint of another model \(name='sagan', "
+                                         r"resolution=64, num_classes=10\); expected "
                                          r"name='sagan', resolution=32"):
         run(compose(tiny + ["train.steps=4"]))
 

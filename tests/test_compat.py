@@ -1,6 +1,7 @@
 """The host-compatibility shim: it acts only where its cause is present. Each case runs in a
 fresh interpreter, since the shim changes process-wide state."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -62,3 +63,42 @@ def test_shim_is_applied_once() -> None:
         print("ok")
     """)
     assert out == "ok"
+
+
+def test_a_missing_host_or_torchvision_is_reported_with_the_command_that_installs_it() -> None:
+    """This distribution does not declare them (pip would replace torch, or pull TensorFlow)."""
+    out = _python("""
+        import sys
+        from sagan_plugin import compat
+        for module in ("torchvision", "torch_mimicry"):
+            sys.modules[module] = None  # how importlib.util.find_spec sees a missing module
+            try:
+                compat.ensure_host_importable()
+            except ModuleNotFoundError as error:
+                print(error.name, "|", error)
+            del sys.modules[module]
+    """)
+    assert out.splitlines() == [
+        "torchvision | torchvision is not installed: run "
+        "`pip install --no-deps torchvision==0.28.0`",
+        "torch_mimicry | torch_mimicry is not installed: run "
+        "`pip install --no-deps torch-mimicry==0.1.16 pytorch-fid==0.3.0`",
+    ]
+
+
+def test_the_install_commands_agree_with_the_makefile_and_readme() -> None:
+    from sagan_plugin import compat
+
+    assert compat.torchvision_install("2.13.0+cpu").endswith(" torchvision==0.28.0")
+    assert compat.torchvision_install("2.11.0+cu130").endswith(" torchvision==0.26.0")
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    torch_pin = re.search(r"^TORCH_PIN := torch==(.*)$", makefile, re.M)[1]
+    pins = re.search(r"^NO_DEPS_PINS := (.*)$", makefile, re.M)[1].split()
+    torchvision = compat.torchvision_install(torch_pin)
+    assert torchvision.split()[-1] in pins
+    assert set(compat.HOST_INSTALL.split()[3:]) <= set(pins)
+    readme = (repo / "README.md").read_text()
+    assert f"pip install torch=={torch_pin}" in readme
+    assert torchvision in readme and compat.HOST_INSTALL in readme
+

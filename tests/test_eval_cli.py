@@ -103,14 +103,14 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["n=1"], "n=1: FID, KID and IS need at least 2 images"),
+    (["n=1"], "n must be at least 2, got 1"),
     (["metrics=fid,precision"], "metrics=fid,precision is not a list of fid, kid, is"),
-    (["data.resolution=64"], "makes 32x32 images but data procedural has 64x64"),
-    (["data.num_classes=5"], "has 10 classes but data procedural has 5"),
+    (["data.resolution=64"], "model.resolution=32 does not match data procedural (64x64)"),
+    (["data.num_classes=5"], "model.num_classes=10 does not match data procedural (5 classes)"),
     (["steps=100-200"], "steps=100-200 selects no saved checkpoint"),
     (["inception_weights=/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
     (["colour=blue"], "bad override for colour"),
-    (["data.colour=blue"], "bad override data.colour"),
+    (["data.colour=blue"], "unknown key 'data.colour'"),
 ])
 def test_bad_input_is_a_one_line_error(run, capsys, args, message):
     code, _, err = _eval(capsys, f"run={run}", *FAST, *args)

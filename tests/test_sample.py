@@ -91,7 +91,7 @@ def test_sample_main_writes_a_grid(run, netG, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["n=4"], "run=... is required"),
-    (["run={run}", "n=0"], "n must be a positive"),
+    (["run={run}", "n=0"], "n must be at least 1"),
     (["run={run}", "n=many"], "bad override for n"),
     (["run={run}", "class=10"], "class 10 is out of range"),
     (["run={run}", "class=1", "classes=2"], "not both"),
@@ -101,7 +101,7 @@ def test_sample_main_writes_a_grid(run, netG, tmp_path):
     (["run={run}", "out=/proc/x.png"], "cannot write"),
     (["run={run}", "device=cuda:7"] if not torch.cuda.is_available() else ["run={run}", "n=-1"],
      "no usable GPU|n must be"),
-    (["run={run}", "batch=0"], "batch must be a positive"),
+    (["run={run}", "batch=0"], "batch must be at least 1"),
 ])
 def test_bad_sample_input_is_a_usage_error(run, tmp_path, argv, message):
     argv = [a.format(run=run, tmp=tmp_path) for a in argv]

@@ -111,8 +111,8 @@ def test_readme_tables_match_the_committed_results() -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["study=nope"], "unknown study 'nope'"),
-    (["study=smoke", "steps=0"], "steps and seeds must be at least 1"),
-    (["study=smoke", "seeds=0"], "steps and seeds must be at least 1"),
+    (["study=smoke", "steps=0"], "compare: steps must be at least 1, got 0"),
+    (["study=smoke", "seeds=0"], "compare: seeds must be at least 1, got 0"),
     (["study=smoke", "parallel=0"], "parallel must be at least 1"),
     (["study=smoke", "out=/proc/no"], "cannot write to output directory /proc/no"),
     (["study={bad_family}"], "unknown model 'nogan'"),

@@ -1,6 +1,8 @@
 """Real training steps through the host's Trainer, checkpoints, and resuming."""
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,15 +10,16 @@ import torch
 
 from sagan_plugin.config import compose
 from sagan_plugin.runs import checkpoint_steps, load_generator, read_checkpoint
+from sagan_plugin.stopping import Interrupted
 from sagan_plugin.train import run
 
 
-class _InterruptAfter:
-    """A data loader that raises KeyboardInterrupt (as Ctrl-C would) after n batches."""
+class _CtrlCAfter:
+    """A data loader during whose batch n a Ctrl-C (SIGINT) reaches the process."""
 
     def __init__(self, loader, n: int) -> None:
         self.loader, self.n = loader, n
-        self.batch_size = loader.batch_size
+        self.batch_size, self.worker_init_fn = loader.batch_size, None
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -24,7 +27,7 @@ class _InterruptAfter:
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == self.n:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
 
@@ -36,19 +39,22 @@ def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
     cfg = compose(overrides)
     run_dir = Path(cfg.run_dir)
 
-    # First run: Ctrl-C arrives while step 7 fetches its batch; the host saves step 6.
+    # First run: Ctrl-C arrives while step 7 fetches its batch; step 7 ends, is saved, and
+    # the run stops with exit code 130.
     build = train.build_dataloader
     monkeypatch.setattr(train, "build_dataloader",
-                        lambda *a, **k: _InterruptAfter(build(*a, **k), 6))
-    run(cfg)
-    assert checkpoint_steps(run_dir) == [5, 6]
+                        lambda *a, **k: _CtrlCAfter(build(*a, **k), 6))
+    with pytest.raises(Interrupted, match="stopped by SIGINT after step 7") as stopped:
+        run(cfg)
+    assert stopped.value.exit_code == 130
+    assert checkpoint_steps(run_dir) == [5, 7]
     monkeypatch.setattr(train, "build_dataloader", build)
 
-    # Second run, same configuration: resumes at step 6 and finishes the remaining 4 steps.
+    # Second run, same configuration: resumes at step 7 and finishes the remaining 3 steps.
     capsys.readouterr()
     trainer = run(compose(overrides))
-    assert "Starting training from global step 6" in capsys.readouterr().out
-    assert checkpoint_steps(run_dir) == [5, 6, 10]
+    assert "Starting training from global step 7" in capsys.readouterr().out
+    assert checkpoint_steps(run_dir) == [5, 7, 10]
     assert read_checkpoint(run_dir / "checkpoints/netD/netD_10_steps.pth")["global_step"] == 10
 
     # Losses of every step were finite (TensorBoard scalars, log_steps=1).

@@ -27,5 +27,5 @@ def test_fid_every_k_steps_is_logged(tiny_overrides: list[str], tmp_path: Path,
 
 
 def test_negative_fid_interval_is_refused(tiny_overrides: list[str]) -> None:
-    with pytest.raises(UsageError, match="train.fid_every must be 0"):
+    with pytest.raises(UsageError, match="train.fid_every must be at least 0"):
         compose(tiny_overrides + ["train.fid_every=-1"])

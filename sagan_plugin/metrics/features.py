@@ -22,8 +22,7 @@ from sagan_plugin.config import resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.inception import load_inception
 from sagan_plugin.metrics.weights import InceptionWeights, resolve_weights
-from sagan_plugin.registry import generate
-from sagan_plugin.sample import class_labels, to_uint8
+from sagan_plugin.sample import sample_batches, to_uint8
 
 # pytorch-fid's list: the files its CLI picks up from a folder.
 IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
@@ -75,13 +74,10 @@ class FeatureExtractor:
 def generated_batches(netG: nn.Module, n: int, batch_size: int,
                       seed: int = 0) -> Iterator[torch.Tensor]:
     """uint8 samples by `sagan-plugin sample`'s recipe (same noise; labels i % num_classes, so
-    classes are balanced), streamed batch by batch on netG's device."""
+    classes are balanced), streamed batch by batch."""
     device = next(netG.parameters()).device
-    labels = class_labels(n, None, netG.num_classes)
-    z = torch.randn(n, netG.nz, generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        for z_chunk, y_chunk in zip(z.split(batch_size), labels.split(batch_size), strict=True):
-            yield to_uint8(generate(netG, z_chunk.to(device), y_chunk.to(device)))
+    for images in sample_batches(netG, n, seed, batch=batch_size, device=device):
+        yield to_uint8(images)
 
 
 def dataset_batches(dataset: torch.utils.data.Dataset, indices: list[int], batch_size: int,

@@ -2,7 +2,8 @@
 
 The cache key names the data set, split, resolution, sample count and the Inception weights'
 hash, plus a short hash of the whole data config (a root folder or a generator seed changes the
-images too): change any of them and the features are recomputed.
+images too) and, for a data set of files that says which (an image folder's `fingerprint()`:
+its file names and sizes), of those: change any of them and the features are recomputed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from sagan_plugin.metrics.weights import cache_dir
 SUBSET_SEED = 0  # which n images of the data set: a fixed random subset, the same every time
 
 
-def cache_key(data_cfg: DictConfig, resolution: int, n: int, weights_sha256: str) -> str:
+def cache_key(data_cfg: DictConfig, resolution: int, n: int, weights_sha256: str,
+              content: str | None = None) -> str:
+    """content: what identifies the data set's files beyond its config (a folder's files)."""
     config = json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True)
+    if content is not None:
+        config += f"\n{content}"
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:8]
     name = data_cfg.get("name", "data")
     split = data_cfg.get("split", "train")
@@ -41,7 +46,10 @@ def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: in
                          f"{data_cfg.get('name', '?')}; use n_real<={len(dataset)}")
     resolution = int(dataset[0][0].shape[-1])
     folder = Path(cache_root) if cache_root else cache_dir() / "real_stats"
-    path = folder / f"{cache_key(data_cfg, resolution, n, extractor.weights.sha256)}.npz"
+    fingerprint = getattr(dataset, "fingerprint", None)
+    key = cache_key(data_cfg, resolution, n, extractor.weights.sha256,
+                    fingerprint() if callable(fingerprint) else None)
+    path = folder / f"{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as cached:

@@ -40,6 +40,13 @@ def _attention_index(sizes: list[int], attention: int, net: str) -> int:
     return sizes.index(attention)
 
 
+def check_labels(y: Tensor | None, batch: int) -> None:
+    """Labels are one per image: a single label would silently broadcast over the batch."""
+    if y is not None and (y.dim() != 1 or y.shape[0] != batch):
+        raise ValueError(f"labels must have shape ({batch},), one per image of the batch, got "
+                         f"{tuple(y.shape)}")
+
+
 class SAGANGenerator(cgan.BaseConditionalGenerator):
     """ResNet generator: SN-linear to 4x4, up-sampling blocks with conditional BN, attention."""
 
@@ -73,6 +80,7 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         """
         if self.num_classes and y is None:
             y = torch.randint(self.num_classes, (x.shape[0],), device=x.device)
+        check_labels(y if self.num_classes else None, x.shape[0])
         h = self.linear(x).view(x.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
         for i, block in enumerate(self.blocks):
             h = block(h, y)
@@ -170,6 +178,7 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         if self.embedding is not None:
             if y is None:
                 raise ValueError("a class-conditional discriminator needs labels y")
+            check_labels(y, x.shape[0])
             out = out + (self.embedding(y) * h).sum(dim=1, keepdim=True)
         return out
 

@@ -1,0 +1,77 @@
+"""SAGAN trained by Mimicry's own Trainer, then scored by sagan-plugin's offline FID and KID.
+
+    python examples/mimicry_trainer.py --data folder --root path/to/images --steps 20000
+    python examples/mimicry_trainer.py --data cifar10 --root ./datasets --steps 100000
+
+What a Mimicry user writes: the nets come from the model registry, the data from Mimicry's
+loaders (`load_dataset`) or from a folder of images, the training loop is `mmc.training.Trainer`.
+The run folder it leaves (Mimicry's checkpoints and params.json) is one that every
+`sagan-plugin` command reads when told the model and data, e.g.
+
+    sagan-plugin sample run=runs/mimicry_sagan model=sagan data=folder data.root=DIR
+    sagan-plugin train run_dir=runs/mimicry_sagan model=sagan data=folder data.root=DIR  # on
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch_mimicry as mmc  # importable on current PyTorch through sagan-plugin's start-up hook
+
+from sagan_plugin.config import compose
+from sagan_plugin.data import build_dataset
+from sagan_plugin.evaluate import main as evaluate
+from sagan_plugin.registry import get_model
+
+MIMICRY_DATA = ("cifar10", "cifar100", "stl10_48", "imagenet_32", "imagenet_128", "celeba_64",
+                "celeba_128", "lsun_bedroom_128")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="folder", help="folder, or one of Mimicry's: "
+                        + ", ".join(MIMICRY_DATA))
+    parser.add_argument("--root", required=True, help="the image folder, or Mimicry's data root")
+    parser.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128),
+                        help="of a folder's images (Mimicry's data sets have their own)")
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64, help="ngf = ndf")
+    parser.add_argument("--log-dir", default="runs/mimicry_sagan")
+    parser.add_argument("--fid-n", type=int, default=10000, help="images for FID and KID")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # The data: Mimicry's loader for its data sets, sagan-plugin's for a folder of images. The
+    # data tokens also tell sagan-plugin's commands, later, what this run was trained on.
+    data_tokens = [f"data={args.data}", f"data.root={args.root}"]
+    if args.data == "folder":
+        data_tokens.append(f"data.resolution={args.resolution}")
+    data = compose(["model=sagan", *data_tokens]).data  # resolution, classes (a folder's too)
+    if args.data in MIMICRY_DATA:
+        dataset = mmc.datasets.load_dataset(root=args.root, name=args.data, download=False)
+    else:
+        dataset = build_dataset(data)
+    dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
+                                             drop_last=True, num_workers=2)
+
+    # The nets through the registry; the paper's two-time-scale Adam.
+    netG, netD = get_model("sagan").build(data.resolution, data.num_classes, ngf=args.width,
+                                          ndf=args.width)
+    optD = torch.optim.Adam(netD.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    optG = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    trainer = mmc.training.Trainer(netD=netD, netG=netG, optD=optD, optG=optG,
+                                   dataloader=dataloader, num_steps=args.steps,
+                                   log_dir=args.log_dir, device=device,
+                                   save_steps=min(5000, args.steps), vis_steps=1000)
+    trainer.train()
+
+    # sagan-plugin's evaluator on Mimicry's run folder: FID and KID, offline.
+    evaluate([f"run={args.log_dir}", "model=sagan", f"model.ngf={args.width}",
+              f"model.ndf={args.width}", *data_tokens, "metrics=fid,kid", f"n={args.fid_n}",
+              f"device={device.type}"])
+
+
+if __name__ == "__main__":
+    main()

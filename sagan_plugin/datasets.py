@@ -1,0 +1,76 @@
+"""The data-set registry: `data=NAME` names a :class:`DataSet`, built in or from another package.
+
+A distribution adds a data set by naming a DataSet object in its metadata, under the entry-point
+group ``mimicry.datasets``, as model families are added under ``mimicry.models``::
+
+    [project.entry-points."mimicry.datasets"]
+    mydata = "mydata_pkg.data:MYDATA"
+
+It is then selectable as ``data=mydata`` and listed by ``sagan-plugin train --help``. The
+built-in data sets are the presets registry/data/NAME.yaml, built by sagan_plugin.data and
+sagan_plugin.image_folder; they are registered here directly, so that a checkout whose
+installed metadata predates one of them still finds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from sagan_plugin.presets import load_preset, preset_names
+from sagan_plugin.registry import Registry
+
+ENTRY_POINT_GROUP = "mimicry.datasets"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data set: its preset and how to build it from the composed data section.
+
+    build(data) returns a torch Dataset of (image, label): the image a float tensor (3, R, R)
+    in [-1, 1] with R = data.resolution, the label an int below data.num_classes (0 when that
+    is 0). data has the fields of sagan_plugin.config.DataConfig.
+    defaults: the preset's data fields (resolution, num_classes, ...: keys of DataConfig).
+    configure(data), optional: run when a command line is composed, before the class count is
+    checked against the model's; returns data fields that follow from the files (a folder's
+    classes). It must be cheap (no decoding) and raise UsageError on bad input.
+    """
+
+    name: str
+    build: Callable[[DictConfig], Dataset]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    configure: Callable[[DictConfig], Mapping[str, Any]] | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for --help: the description, else the preset's size and classes."""
+        return self.description or (f"{self.defaults.get('resolution', '?')} px, "
+                                    f"{self.defaults.get('num_classes', 0)} classes")
+
+
+def _built_ins() -> list[DataSet]:
+    from sagan_plugin import data, image_folder
+
+    builders = {**dict.fromkeys(data.HOST_FOLDERS, data.host_dataset),
+                "fashion_mnist": data.fashion_mnist, "procedural": data.procedural,
+                "folder": image_folder.build}
+    configure = {"folder": image_folder.configure}
+    built_ins = []
+    for name in preset_names("data"):
+        preset = load_preset("data", name)
+        built_ins.append(DataSet(name=name, build=builders[name], defaults=preset["data"],
+                                 description=preset.get("description", ""),
+                                 configure=configure.get(name)))
+    return built_ins
+
+
+DATASETS = Registry(DataSet, ENTRY_POINT_GROUP, "data set", built_ins=_built_ins)
+
+
+# register_dataset(dataset, replace=False), list_datasets(), get_dataset(name), as for models
+register_dataset, list_datasets, get_dataset = DATASETS.register, DATASETS.names, DATASETS.get

@@ -1,0 +1,63 @@
+"""Stopping training cleanly: SIGTERM (schedulers, torchrun) and Ctrl-C end a run at the end of
+a step, with a checkpoint of that step, so that running the same command again resumes exactly.
+
+The signal handler only records the request; the trainer looks at it after each step, all
+ranks agreeing (one small all-reduce), so that every process of a torchrun launch stops after
+the same step. A second Ctrl-C stops at once, without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from types import FrameType
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving the checkpoint of `step`."""
+
+    def __init__(self, signum: int, step: int, where: str) -> None:
+        self.exit_code = EXIT_CODES.get(signum, 128 + signum)
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: its "
+                         f"checkpoint is in {where}; run the same command again to resume")
+
+
+class StopRequests:
+    """While entered, SIGINT and SIGTERM set `signum` instead of ending the process.
+
+    `worker_init` is for the DataLoader: a Ctrl-C or SIGTERM sent to the whole process group
+    (a terminal, Slurm) reaches its workers too, and they must serve the step being finished.
+    They ignore SIGINT, and SIGTERM until training is over (multiprocessing ends them with a
+    SIGTERM at exit).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+        self._over = multiprocessing.Value("b", 0, lock=False)  # shared with the workers
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signals reach it alone
+            for signum in EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._over.value = 1
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def worker_init(self, worker_id: int) -> None:
+        over = self._over
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0) if over.value else None)

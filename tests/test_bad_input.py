@@ -1,0 +1,267 @@
+"""Bad input to every command: a one-line error naming what was wrong, exit 2, nothing written.
+
+One table, run in this process (the commands are functions), so that hundreds of cases stay
+cheap. {run} is a tiny, valid run folder; the other {names} are damaged copies of it, or paths
+that cannot be written (see `places`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_export import STEP, make_run
+
+from sagan_plugin.cli import main as cli
+from sagan_plugin.config import build_models, compose_saved
+from sagan_plugin.runs import checkpoint_path
+
+# A training run small enough to be over at once if a case were wrongly accepted.
+TRAIN = ["model=sagan", "data=procedural", "model.ngf=4", "model.ndf=4", "train.batch_size=4",
+         "data.size=16", "data.num_workers=0", "train.steps=1", "run_dir={tmp}/new_run"]
+
+TRAIN_CASES = [
+    # ranges of the schema
+    (["train.lr_g=-1"], "train.lr_g must be a positive number, got -1.0"),
+    (["train.lr_d=0"], "train.lr_d must be a positive number"),
+    (["train.lr_g=nan"], "train.lr_g must be a positive number, got nan"),
+    (["train.lr_g=inf"], "train.lr_g must be a positive number"),
+    (["train.beta1=2"], "train.beta1 must be in [0, 1), got 2.0"),
+    (["train.beta2=1"], "train.beta2 must be in [0, 1)"),
+    (["train.beta1=-0.5"], "train.beta1 must be in [0, 1)"),
+    (["model.ngf=0"], "model.ngf must be at least 1, got 0"),
+    (["model.ndf=-3"], "model.ndf must be at least 1"),
+    (["model.nz=0"], "model.nz must be at least 1"),
+    (["model.ngf=100000000"], "its weights do not fit in memory"),
+    (["train.seed=123456789012345678901"], "train.seed must be an integer in [0, 2^63 - 1]"),
+    (["train.seed=-1"], "train.seed must be an integer in [0, 2^63 - 1], got -1"),
+    (["train.ema_start=-1"], "train.ema_start must be at least 0"),
+    (["train.ema_decay=1.5"], "train.ema_decay must be in (0, 1)"),
+    (["train.ema_decay=0"], "train.ema_decay must be in (0, 1)"),
+    (["model.loss_type=bogus"], "model.loss_type must be one of gan, ns, hinge, wasserstein"),
+    (["data.split=bogus"], "data.split must be one of train, test, val"),
+    (["data.size=-1"], "data.size must be at least 1"),
+    (["data.num_workers=-1"], "data.num_workers must be at least 0"),
+    (["data.num_classes=-3"], "data.num_classes must be at least 0"),
+    (["data.resolution=0"], "data.resolution must be at least 1"),
+    (["data.fit=crop"], "data.fit must be one of pad, resize"),
+    (["data.crop=circle"], "data.crop must be one of square, mimicry"),
+    (["train.fid_n=0"], "train.fid_n must be at least 2"),
+    (["train.fid_every=-2"], "train.fid_every must be at least 0"),
+    (["train.steps=0"], "train.steps must be at least 1"),
+    (["train.batch_size=0"], "train.batch_size must be at least 1"),
+    (["train.n_dis=0"], "train.n_dis must be at least 1"),
+    (["train.log_steps=0"], "train.log_steps must be at least 1"),
+    (["train.lr_decay=cosine"], "train.lr_decay must be null or linear"),
+    (["train.precision=fp16"], "train.precision must be one of fp32, bf16"),
+    (["train.sdpa_backend=bogus"], "train.sdpa_backend must be one of auto, flash"),
+    (["train.device=tpu"], "train.device='tpu' is not a device"),
+    (["model.bn_decay=1.5"], "model.bn_decay must be in [0, 1)"),
+    (["model.bn_out_decay=1"], "model.bn_out_decay must be in [0, 1)"),
+    (["model.attention=-1"], "model.attention must be at least 0"),
+    (["model.attention=7"], "attention at 7x7 is not possible"),
+    (["model.num_classes=-1"], "model.num_classes must be at least 0"),
+    # names, keys and types
+    (["model=nope"], "unknown model 'nope'; registered models: cgan_pd, dcgan"),
+    (["data=nope"], "unknown data set 'nope'; registered data sets:"),
+    (["train.stepz=3"], "unknown key 'train.stepz'"),
+    (["train.steps=abc"], "bad value for train.steps"),
+    (["train.steps"], "expected key=value"),
+    (["data=stl10_48"], "model sagan does not support 48x48 images"),
+    (["data=fashion_mnist", "model.num_classes=5", "data.root={tmp}"],
+     "does not match data fashion_mnist"),
+    (["model=sngan", "model.num_classes=10"], "model sngan is unconditional"),
+    (["model=cgan_pd", "data=lsun_bedroom_128"], "class-conditional but data"),
+    (["train.batch_size=100000"], "fewer than one batch"),
+    (["model.g_attention=7"], "G attention at 7x7 is not possible"),
+    (["data=cifar10", "data.root=/nonexistent"], "expected /nonexistent/cifar10/"),
+    (["data=imagenet_128", "data.root=/nonexistent"], "meta.bin"),
+    (["data=fashion_mnist", "data.root=/nonexistent", "data.fit=resize", "data.resolution=24"],
+     "model sagan does not support 24x24"),
+    (["train.device=cuda:7"] if not torch.cuda.is_available() else ["train.seed=-2"],
+     "no usable GPU" if not torch.cuda.is_available() else "train.seed must be"),
+    # the run folder
+    (["run_dir=/proc/sagan_run"], "cannot write to run folder /proc/sagan_run"),
+    (["run_dir={file}"], "cannot write to run folder"),
+    (["run_dir={bad_yaml}"], "bad_yaml/config.yaml: "),
+    (["run_dir={list_yaml}"], "is not a run configuration: expected a mapping"),
+]
+
+RUN_CASES = [
+    # sample
+    ("sample", ["n=0"], "sample: n must be at least 1, got 0"),
+    ("sample", ["n=1000000000000"], "a grid of n=1000000000000 images needs about"),
+    ("sample", ["n=1000000000000", "out={tmp}/many/"], "PNG files need at least"),
+    ("sample", ["seed=-1"], "sample: seed must be an integer in [0, 2^63 - 1], got -1"),
+    ("sample", ["seed=123456789012345678901"], "seed must be an integer in [0, 2^63 - 1]"),
+    ("sample", ["batch=0"], "batch must be at least 1"),
+    ("sample", ["step=-1"], "step must be at least 0"),
+    ("sample", ["step=99"], "has no checkpoint at step 99"),
+    ("sample", ["class=99"], "class 99 is out of range"),
+    ("sample", ["out={file}/x.png"], "does not exist"),
+    ("sample", ["out=/proc/x.png"], "cannot write"),
+    ("sample", ["out={tmp}/x.jpg"], "must end in .png"),
+    # eval
+    ("eval", ["metrics="], "is not a list of fid, kid, is"),
+    ("eval", ["metrics=[]"], "is not a list of fid, kid, is"),
+    ("eval", ["metrics=bogus"], "metrics=bogus is not a list"),
+    ("eval", ["n=1"], "eval: n must be at least 2, got 1"),
+    ("eval", ["n=1000000000000"], "n=1000000000000 (Inception features) needs about"),
+    ("eval", ["n_real=0"], "eval: n_real must be at least 2"),
+    ("eval", ["seed=-4"], "eval: seed must be an integer"),
+    ("eval", ["batch_size=0"], "eval: batch_size must be at least 1"),
+    ("eval", ["kid_subsets=0"], "eval: kid_subsets must be at least 1"),
+    ("eval", ["kid_subset_size=1"], "eval: kid_subset_size must be at least 2"),
+    ("eval", ["is_splits=0"], "eval: is_splits must be at least 1"),
+    ("eval", ["steps=bogus"], "steps=bogus: expected last, all"),
+    ("eval", ["steps=5-2"], "selects no saved checkpoint"),
+    ("eval", ["device=tpu"], "device='tpu' is not a device"),
+    ("eval", ["out=/proc/x.json"], "cannot write"),
+    ("eval", ["out={file}/x.json"], "cannot write"),
+    # export
+    ("export", ["format=onnx"], "export: format must be one of torchscript, aoti"),
+    ("export", ["step=999"], "has no checkpoint at step 999"),
+    ("export", ["out=/proc/x.pt"], "cannot write"),
+    ("export", ["out={file}/g.pt"], "cannot write"),
+    ("export", ["out={tmp}/g.onnx"], "must end in .pt"),
+    # viz
+    ("viz", ["what=bogus"], "what=bogus: expected grid, attention"),
+    ("viz", ["per_class=0"], "viz: per_class must be at least 1"),
+    ("viz", ["images=0"], "viz: images must be at least 1"),
+    ("viz", ["images=100000000"], "attention maps of images=100000000 needs about"),
+    ("viz", ["scale=0"], "viz: scale must be at least 1"),
+    ("viz", ["queries=bad"], "queries='bad': expected y,x pairs"),
+    ("viz", ["queries=2,2"], "expected y,x pairs in [0, 1]"),
+    ("viz", ["seed=-1"], "viz: seed must be an integer"),
+    ("viz", ["classes=99"], "the model has 10 classes"),
+    ("viz", ["out=/proc/viz"], "cannot write to output directory /proc/viz"),
+    ("viz", ["out={file}"], "cannot write to output directory"),
+]
+
+# Damaged or foreign run folders: every command that reads one says what is wrong with it.
+FOLDER_CASES = [
+    ("bad_yaml", "bad_yaml/config.yaml: "),
+    ("list_yaml", "list_yaml/config.yaml is not a run configuration: expected a mapping"),
+    ("no_model_section", "needs a model section with a name"),
+    ("impossible_model", "unknown model 'nogan'"),
+    ("impossible_width", "config.yaml: model.ngf must be at least 1"),
+    ("unknown_key", "unknown key 'train.colour'"),
+    ("list_checkpoint", "is not a checkpoint: it holds a list"),
+    ("tensor_checkpoint", "is not a checkpoint: it holds a Tensor"),
+    ("keyless_checkpoint", "is not a checkpoint: it has no model_state_dict"),
+    ("garbage_checkpoint", "cannot read checkpoint"),
+    ("empty_checkpoints", "has no checkpoint under"),
+    ("generator_only", "without both netG and netD files"),
+    ("other_resolution", "is a checkpoint of another model"),
+    ("other_family", "does not fit the model"),
+    ("no_folder", "does not exist: expected a run folder or a netG checkpoint"),
+]
+
+
+OUT = {"sample": "grid.png", "eval": "scores.json", "export": "generator.pt", "viz": "viz"}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, Path]:
+    """A valid run, damaged copies of it, and a plain file."""
+    root = tmp_path_factory.mktemp("bad_input")
+    run = make_run(root / "run", 10)
+    _, netD = build_models(compose_saved(yaml.safe_load((run / "config.yaml").read_text()),
+                                         "config"))
+    checkpoint_path(run, STEP, "netD").parent.mkdir()
+    torch.save({"model_state_dict": netD.state_dict(), "optimizer_state_dict": {},
+                "global_step": STEP}, checkpoint_path(run, STEP, "netD"))
+    places = {"run": run, "file": root / "plain_file"}
+    places["file"].write_text("not a folder\n")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    ckpt = torch.load(checkpoint_path(run, STEP), weights_only=True)
+
+    def damaged(name: str, config_text: str | None = None, checkpoint: object = None) -> None:
+        folder = root / name
+        shutil.copytree(run, folder)
+        if config_text is not None:
+            (folder / "config.yaml").write_text(config_text)
+        if checkpoint is not None:
+            if isinstance(checkpoint, bytes):
+                checkpoint_path(folder, STEP).write_bytes(checkpoint)
+            else:
+                torch.save(checkpoint, checkpoint_path(folder, STEP))
+        places[name] = folder
+
+    def edited(**sections: dict) -> str:
+        changed = {k: dict(v) for k, v in config.items() if isinstance(v, dict)}
+        for section, values in sections.items():
+            changed.setdefault(section, {}).update(values)
+        return yaml.safe_dump(changed)
+
+    damaged("bad_yaml", "model: [unclosed\n")
+    damaged("list_yaml", "- model\n- data\n")
+    damaged("no_model_section", yaml.safe_dump({"data": config["data"]}))
+    damaged("impossible_model", edited(model={"name": "nogan"}))
+    damaged("impossible_width", edited(model={"ngf": 0}))
+    damaged("unknown_key", edited(train={"colour": "blue"}))
+    damaged("list_checkpoint", checkpoint=[1, 2, 3])
+    damaged("tensor_checkpoint", checkpoint=torch.zeros(3))
+    damaged("keyless_checkpoint", checkpoint={"weights": {}})
+    damaged("garbage_checkpoint", checkpoint=b"PK\x03\x04 not a zip at all")
+    damaged("other_resolution", checkpoint={**ckpt, "model": {
+        "name": "sagan", "resolution": 64, "num_classes": 10}})
+    damaged("other_family", edited(model={"ngf": 16}))  # a config that the weights do not fit
+    damaged("empty_checkpoints")
+    for net in ("netG", "netD"):
+        shutil.rmtree(root / "empty_checkpoints" / "checkpoints" / net)
+    damaged("generator_only")
+    checkpoint_path(root / "generator_only", STEP, "netD").unlink()
+    places["no_folder"] = root / "no_such_run"
+    return places
+
+
+def _refused(argv: list[str], message: str, places: dict[str, Path], tmp: Path,
+             capsys: pytest.CaptureFixture) -> None:
+    argv = [a.format(tmp=tmp, **places) for a in argv]
+    before = sorted(tmp.rglob("*"))
+    capsys.readouterr()
+    assert cli(argv) == 2, f"accepted: {argv}"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert message.format(tmp=tmp, **places) in err, err
+    assert sorted(tmp.rglob("*")) == before, "something was written"
+
+
+@pytest.mark.parametrize("args, message", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
+def test_bad_training_input(args: list[str], message: str, places: dict[str, Path],
+                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _refused(["train", *TRAIN, *args], message, places, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("command, args, message", RUN_CASES,
+                         ids=[f"{c} {' '.join(a)}" for c, a, _ in RUN_CASES])
+def test_bad_input_to_commands_that_read_a_run(command: str, args: list[str], message: str,
+                                               places: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path}/{OUT[command]}"]
+    if command == "eval":
+        out.append("inception_weights={file}")  # no Inception loads if a case is let through
+    _refused([command, "run={run}", *args, *out], message, places, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "export", "viz", "train"])
+@pytest.mark.parametrize("folder, message", FOLDER_CASES, ids=[f for f, _ in FOLDER_CASES])
+def test_damaged_or_foreign_run_folders(command: str, folder: str, message: str,
+                                        places: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    if command == "train":
+        if folder in ("no_folder", "empty_checkpoints", "other_family"):
+            pytest.skip("a new run, or another configuration: train's own cases")
+        argv = ["train", "model=sagan", "data=procedural", "model.ngf=8",
+                f"run_dir={places[folder]}", "train.steps=9", "data.num_workers=0"]
+    elif folder == "generator_only":
+        pytest.skip("G's checkpoint is all that sampling needs")
+    else:
+        argv = [command, f"run={places[folder]}", f"out={tmp_path}/{OUT[command]}"]
+        if command == "eval":
+            argv.append("inception_weights={file}")
+    _refused(argv, message, places, tmp_path, capsys)

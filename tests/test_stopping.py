@@ -1,0 +1,129 @@
+"""Real processes: SIGTERM and Ctrl-C save the step and exit non-zero, a resume is exact, one
+writer per run folder, and torchrun ranks agree on the step to stop at."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_checkpoint import _assert_identical, _final_state, _train_command
+
+from sagan_plugin.errors import UsageError
+from sagan_plugin.runs import LOCK_FILE, RunLock, checkpoint_path, checkpoint_steps
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STOPPED = re.compile(r"interrupted: stopped by (SIG\w+) after step (\d+): its checkpoint is in ")
+
+
+def _wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _long_run(run_dir: Path) -> list[str]:
+    # _train_command's run, made long: it is stopped by a signal well before its end.
+    return [a if not a.startswith("train.steps=") else "train.steps=100000"
+            for a in _train_command(run_dir)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_the_step_and_a_resume_equals_an_uninterrupted_run(
+        signum: int, code: int, tmp_path: Path) -> None:
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(_long_run(stopped), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for(lambda: checkpoint_path(stopped, 2).is_file())
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == code, err[-2000:]
+    last_line = err.strip().splitlines()[-1]
+    match = STOPPED.match(last_line)
+    assert match and match.group(1) == signal.Signals(signum).name, last_line
+    step = int(match.group(2))
+    assert max(checkpoint_steps(stopped)) == step >= 2
+    if signum != signal.SIGTERM:
+        return
+    # The same command, longer than the stop: it resumes at the saved step, and ends where a
+    # run that was never stopped ends, bit for bit.
+    end = step + 3
+    command = [a if not a.startswith("train.steps=") else f"train.steps={end}"
+               for a in _train_command(stopped)]
+    resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Restoring checkpoint of step {step}" in resumed.stdout
+    straight = tmp_path / "straight"
+    command = [a.replace(str(stopped), str(straight)) for a in command]
+    subprocess.run(command, check=True, capture_output=True, env=ENV, timeout=600)
+    _assert_identical(_final_state(stopped, end), _final_state(straight, end))
+
+
+@pytest.mark.slow
+def test_a_second_trainer_of_a_run_folder_is_refused_until_the_first_dies(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_long_run(run_dir), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        _wait_for(lambda: checkpoint_path(run_dir, 2).is_file())
+        second = subprocess.run(_long_run(run_dir), capture_output=True, text=True, env=ENV,
+                                timeout=300)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: run folder {run_dir} is being trained by process {first.pid} on "
+            f"{os.uname().nodename} (since "), lines
+        assert lines[0].endswith("wait for it to finish or stop it, or use another run_dir")
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the kernel drops the lock
+        first.wait()
+    assert (run_dir / LOCK_FILE).is_file()
+    with RunLock(run_dir):  # free again
+        with pytest.raises(UsageError, match="is being trained by process"):
+            RunLock(run_dir).__enter__()  # and held while entered (another open file)
+
+
+def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the workers torchrun started (its children), from their environment."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        values = dict(v.split(b"=", 1) for v in environ if b"=" in v)
+        if parent == launcher.pid and b"RANK" in values:
+            ranks[int(values[b"RANK"])] = int(entry.name)
+    return ranks
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_stop_after_the_same_step_when_one_is_signalled(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "sagan_plugin", "train", "model=sagan",
+               "data=procedural", "model.ngf=4", "model.ndf=4", "data.size=32",
+               "data.num_workers=0", "train.batch_size=8", "train.steps=100000",
+               "train.save_steps=2", f"run_dir={run_dir}"]
+    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=ENV)
+    _wait_for(lambda: checkpoint_path(run_dir, 2).is_file())
+    ranks = _rank_pids(launcher)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGTERM)  # rank 1 alone: rank 0 learns of it from the all-reduce
+    _, err = launcher.communicate(timeout=300)
+    stops = STOPPED.findall(err)  # a progress bar may precede one on its line
+    assert len(stops) == 2, err[-3000:]  # both ranks stopped ...
+    steps = {int(step) for _, step in stops}
+    assert len(steps) == 1, steps  # ... after the same step,
+    assert max(checkpoint_steps(run_dir)) == steps.pop()  # which rank 0 saved
+    assert launcher.returncode != 0

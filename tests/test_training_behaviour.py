@@ -1,0 +1,103 @@
+"""What one training step must do, whatever the code looks like: D's step separates reals from
+fakes, G's step fools D, labels enter D through the projection term alone, one label per image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sagan_plugin.host import MetricLog
+from sagan_plugin.nets import DISCRIMINATORS, GENERATORS
+from sagan_plugin.nets.layers import spectral_norm_frozen
+
+BATCH = 16
+
+
+def _nets(num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return (GENERATORS[32](num_classes=num_classes, ngf=8),
+            DISCRIMINATORS[32](num_classes=num_classes, ndf=8))
+
+
+def _d_output(netD: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float:
+    """D's mean logit without a power iteration (eval mode), in the mode D was in after."""
+    netD.eval()
+    try:
+        with torch.no_grad():
+            return netD(x, y).mean().item()
+    finally:
+        netD.train()
+
+
+def _reals(num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(BATCH, 3, 32, 32, generator=generator) * 2 - 1
+    y = torch.randint(max(num_classes, 1), (BATCH,), generator=generator)
+    return x, y if num_classes else None
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_a_d_step_raises_d_on_reals_and_lowers_it_on_fakes(num_classes: int) -> None:
+    netG, netD = _nets(num_classes)
+    netG.eval()  # its fakes are then the same for the same noise
+    x, y = _reals(num_classes)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        fakes, fake_labels = netG.generate_images_with_labels(BATCH)
+    before = _d_output(netD, x, y), _d_output(netD, fakes, fake_labels)
+    optD = torch.optim.Adam(netD.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    torch.manual_seed(2)  # D's step draws those same fakes
+    labels = y if y is not None else torch.zeros(BATCH, dtype=torch.int64)
+    netD.train_step((x, labels), netG, optD, MetricLog(), device="cpu")
+    after = _d_output(netD, x, y), _d_output(netD, fakes, fake_labels)
+    assert after[0] > before[0], "D's output on reals must rise"
+    assert after[1] < before[1], "D's output on fakes must fall"
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_a_g_step_raises_d_on_the_fakes(num_classes: int) -> None:
+    netG, netD = _nets(num_classes)
+    x, y = _reals(num_classes)
+
+    def d_on_fakes() -> float:
+        # G as it trains (batch statistics), without a power iteration of its own
+        torch.manual_seed(3)
+        with torch.no_grad(), spectral_norm_frozen(netG):
+            fakes, labels = netG.generate_images_with_labels(BATCH)
+        return _d_output(netD, fakes, labels)
+
+    before = d_on_fakes()
+    optG = torch.optim.Adam(netG.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    labels = y if y is not None else torch.zeros(BATCH, dtype=torch.int64)
+    netG.train_step((x, labels), netD, optG, MetricLog(), device="cpu")
+    assert d_on_fakes() > before, "G's step must make D rate its fakes higher"
+
+
+def test_labels_enter_d_through_the_projection_term_alone() -> None:
+    _, netD = _nets(10)
+    netD.eval()
+    x, y = _reals(10)
+    other = (y + 1 + torch.arange(BATCH) % 9) % 10  # a different class for every image
+    captured = {}
+    netD.linear.register_forward_pre_hook(lambda module, args: captured.update(h=args[0]))
+    with torch.no_grad():
+        out = netD(x, y)
+        h = captured["h"]  # pooled features (N, C): the same for any label
+        out_other = netD(x, other)
+        assert torch.equal(captured["h"], h)
+        embedding = netD.embedding.weight  # spectrally normalised, as the forward uses it
+        torch.testing.assert_close(out, netD.linear(h) + (embedding[y] * h).sum(1, keepdim=True))
+        difference = ((embedding[other] - embedding[y]) * h).sum(1, keepdim=True)
+        torch.testing.assert_close(out_other - out, difference)
+    assert difference.abs().min() > 0  # every label change moved D's output
+
+
+def test_labels_must_be_one_per_image() -> None:
+    netG, netD = _nets(10)
+    z, x = torch.randn(4, netG.nz), torch.rand(4, 3, 32, 32) * 2 - 1
+    for wrong in (torch.tensor([3]), torch.zeros(4, 1, dtype=torch.int64),
+                  torch.zeros(5, dtype=torch.int64)):
+        with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+            netG(z, wrong)
+        with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+            netD(x, wrong)
