@@ -51,12 +51,12 @@ cpp: install
 	@$(VENV)/bin/cmake --build cpp/build -j$$(nproc) -- --no-print-directory
 
 test: install data cpp
-	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
+	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks examples
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks
-	$(VENV)/bin/ruff format --check sagan_plugin registry tests benchmarks
+	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks examples
+	$(VENV)/bin/ruff format --check sagan_plugin registry tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) cpp/build runs

@@ -43,6 +43,10 @@ def _keys(command: str, argv: list[str]) -> str:
     else:
         module, name = schema.split(":")
         lines = list(field_lines(getattr(importlib.import_module(module), name)))
+    if command == "compare":
+        from sagan_plugin.presets import preset_names
+
+        lines.append(f"\nstudies (study=NAME): {', '.join(preset_names('studies'))}")
     return "keys (key=default  what it is):\n" + "\n".join(lines)
 
 

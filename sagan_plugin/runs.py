@@ -157,6 +157,12 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The first difference that load_state_dict reports, on one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2])
+
+
 def check_model_info(ckpt: dict, expected: dict, path: Path) -> None:
     """A checkpoint that records its model (family, resolution, classes) must be `expected`."""
     saved = ckpt.get("model")
@@ -185,7 +191,7 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
         model = config.model
         raise UsageError(f"checkpoint {ckpt_file} does not fit model={model.name} at "
                          f"{model.resolution}x{model.resolution} with {model.num_classes} "
-                         f"classes: {str(error).splitlines()[0]}") from None
+                         f"classes: {state_dict_mismatch(error)}") from None
     if use_ema:  # the EMA weights normalised by their own sigma, converged once more
         refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
     return LoadedGenerator(netG.to(device).eval(), config, int(ckpt["global_step"]), use_ema)

@@ -32,7 +32,12 @@ from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, MetricLog, Trainer
-from sagan_plugin.runs import check_model_info, checkpoint_path, checkpoint_steps
+from sagan_plugin.runs import (
+    check_model_info,
+    checkpoint_path,
+    checkpoint_steps,
+    state_dict_mismatch,
+)
 from sagan_plugin.stopping import Interrupted, StopRequests
 
 
@@ -246,7 +251,7 @@ class SAGANTrainer(Trainer):
                 net.load_state_dict(ckpt["model_state_dict"])
             except RuntimeError as error:
                 raise UsageError(f"the checkpoint of step {step} in {run_dir} does not fit "
-                                 f"this model: {str(error).splitlines()[0]}") from None
+                                 f"this model: {state_dict_mismatch(error)}") from None
             if ckpt["optimizer_state_dict"] is None:  # the host lets a checkpoint omit it
                 print(f"INFO: the checkpoint of step {step} has no optimizer state; Adam "
                       "starts afresh")

@@ -156,7 +156,8 @@ FOLDER_CASES = [
     ("empty_checkpoints", "has no checkpoint under"),
     ("generator_only", "without both netG and netD files"),
     ("other_resolution", "is a checkpoint of another model"),
-    ("other_family", "does not fit the model"),
+    ("other_family", "does not fit model=sagan at 32x32 with 10 classes: Error(s) in loading "
+                     "state_dict for SAGANGenerator32: size mismatch for"),
     ("no_folder", "does not exist: expected a run folder or a netG checkpoint"),
 ]
 

@@ -35,6 +35,7 @@ def test_help_lists_each_commands_keys_from_its_schema() -> None:
     assert "model.* of family sngan" in train and "model.bn_decay" not in train
     assert "  train.lr_g=0.0002" in train  # sngan's preset, not the schema's default
     assert "train.beta1=0.0" in train and "(in [0, 1))" in train
+    assert "studies (study=NAME): " in run_cli("compare", "--help").stdout
     sample = run_cli("sample", "--help").stdout
     assert "  seed=0" in sample and "an integer in [0, 2^63 - 1]" in sample
 
