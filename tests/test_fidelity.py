@@ -23,14 +23,14 @@ def test_batch_norm_decay_is_the_reference_one() -> None:
 
 
 def test_running_statistics_average_then_decay() -> None:
-    """Batch k is weighted 1/k until 1/k falls below 1 - decay, then by 1 - decay."""
+    """Batch k is weighted 10 / (k + 9) until that falls below 1 - decay, then by 1 - decay."""
     torch.manual_seed(0)
-    bn = BatchNorm2d(3, decay=0.75)  # averages over the first 4 batches, then decays
-    batches = [torch.randn(8, 3, 2, 2) * (k + 1) + k for k in range(7)]
+    bn = BatchNorm2d(3, decay=0.5)  # the decay takes over at batch 12
+    batches = [torch.randn(8, 3, 2, 2) * (k + 1) + k for k in range(15)]
     mean, var = torch.zeros(3), torch.ones(3)
     for k, x in enumerate(batches, start=1):
         bn(x)
-        weight = max(1 / k, 1 - 0.75)
+        weight = max(10 / (k + 9), 1 - 0.5)
         mean = (1 - weight) * mean + weight * x.mean(dim=(0, 2, 3))
         var = (1 - weight) * var + weight * x.var(dim=(0, 2, 3), unbiased=True)
         torch.testing.assert_close(bn.running_mean, mean)

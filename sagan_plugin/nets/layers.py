@@ -16,6 +16,8 @@ from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 # Running-statistics decay of the reference's batch norms: the conditional ones, and G's last.
 BN_DECAY = 0.999
 BN_OUT_DECAY = 0.9999
+# How the running statistics open before that decay takes over (see BatchNorm2d).
+OPENING_ETA = 9
 
 
 def sn(layer: nn.Module) -> nn.Module:
@@ -68,9 +70,11 @@ def sn_conv1x1(in_channels: int, out_channels: int, bias: bool = False) -> nn.Mo
 class BatchNorm2d(nn.BatchNorm2d):
     """Batch norm whose running statistics decay as the reference's (e.g. 0.999 per batch).
 
-    Over the first 1/(1 - decay) batches they are the plain average of the batches seen instead
-    (weight 1/k for batch k): a pure decay of 0.999 would keep a short run's statistics near
-    their initial mean 0 and variance 1. The weight is a tensor: no host sync, one graph.
+    Until then batch k is weighted (eta + 1) / (k + eta) instead (polynomial-decay averaging,
+    Shamir and Zhang 2013, with eta = OPENING_ETA): the first batch replaces the initial mean 0
+    and variance 1, and the statistics stay an average over roughly the last tenth of the run,
+    so the weights of a short run's first steps do not linger in them. The weight is a tensor:
+    no host sync, one graph.
     """
 
     def __init__(self, channels: int, decay: float = BN_DECAY, affine: bool = True) -> None:
@@ -88,7 +92,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         out = F.batch_norm(x, batch_mean, batch_var, self.weight, self.bias, True, 1.0, self.eps)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            weight = self.num_batches_tracked.reciprocal().clamp(min=1.0 - self.decay)
+            opening = (OPENING_ETA + 1.0) / (self.num_batches_tracked + OPENING_ETA)
+            weight = opening.clamp(min=1.0 - self.decay)
             self.running_mean.lerp_(batch_mean, weight)
             self.running_var.lerp_(batch_var, weight)
         return out
