@@ -84,20 +84,28 @@ def results_table(payload: dict) -> str:
              "G steps/s | G / D params |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in payload["summary"]:
         speed = f"{row['g_steps_per_s']:.2f}" if row["g_steps_per_s"] else "-"
+        fid = _mean_and_spread(row["fid_mean"], row["fid_std"], row["seeds"], digits=2)
+        kid = _mean_and_spread(1e3 * row["kid_mean"], 1e3 * row["kid_std"], row["seeds"], digits=1)
         lines.append(
-            f"| {row['group']} | {row['configuration']} | {row['fid_mean']:.2f} ± "
-            f"{row['fid_std']:.2f} | {1e3 * row['kid_mean']:.1f} ± {1e3 * row['kid_std']:.1f} | "
+            f"| {row['group']} | {row['configuration']} | {fid} | {kid} | "
             f"{row['generator_steps']} | {row['d_real_images']:,} | {speed} | "
             f"{row['params_G'] / 1e6:.2f}M / {row['params_D'] / 1e6:.2f}M |")
     machine = payload["machine"]
     where = machine.get("gpu") or f"{machine['cpu']} ({machine['cores']} cores)"
     settings = payload["settings"]
     lines.append("")
-    lines.append(f"{payload['study']}: {settings['data']}, mean ± standard deviation over "
-                 f"{settings['seeds']} seeds, FID/KID of n={settings['n']} images; {where}, "
+    over = (f"mean ± standard deviation over {settings['seeds']} seeds"
+            if settings["seeds"] > 1 else "one seed")
+    lines.append(f"{payload['study']}: {settings['data']}, {over}, "
+                 f"FID/KID of n={settings['n']} images; {where}, "
                  f"torch {machine['torch']}, commit {_short(payload['commit'])}, "
                  f"{payload['date']}.")
     return "\n".join(lines)
+
+
+def _mean_and_spread(mean: float, std: float, seeds: int, digits: int) -> str:
+    """`mean ± std`; one seed has no spread to show."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
 
 
 def _short(commit: str | None) -> str:

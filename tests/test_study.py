@@ -15,6 +15,7 @@ from sagan_plugin.study_report import (
     SAMPLE_ROW_HEIGHT,
     SAMPLES_WIDTH,
     readme_block,
+    results_table,
     update_readme,
 )
 
@@ -101,6 +102,20 @@ def test_readme_blocks_are_rendered_from_the_json(smoke: Path) -> None:
     assert "| conditional | sagan |" in updated and "old table" not in updated
     with pytest.raises(ValueError, match="no <!-- study:smoke -->"):
         update_readme("no block", [payload])
+
+
+def test_table_shows_the_seed_spread_only_when_there_is_one(smoke: Path) -> None:
+    payload = json.loads((smoke / "results" / "smoke" / "study.json").read_text())
+    row = payload["summary"][0]
+    two_seeds = results_table(payload)
+    assert f"| {row['fid_mean']:.2f} ± {row['fid_std']:.2f} |" in two_seeds
+    assert "standard deviation over 2 seeds" in two_seeds
+    payload["settings"]["seeds"] = 1
+    for summary in payload["summary"]:
+        summary["seeds"] = 1
+    one_seed = results_table(payload)
+    assert "±" not in one_seed.splitlines()[2] and f"| {row['fid_mean']:.2f} |" in one_seed
+    assert ", one seed," in one_seed
 
 
 def test_readme_tables_match_the_committed_results() -> None:
