@@ -39,6 +39,7 @@ from sagan_plugin.metrics.features import (
 from sagan_plugin.metrics.inception import FEATURE_DIM, NUM_LOGITS
 from sagan_plugin.metrics.real_stats import real_features
 from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance
+from sagan_plugin.metrics.weights import resolve_weights
 from sagan_plugin.schema import SEED, at_least, option
 
 METRICS = ("fid", "kid", "is")
@@ -246,10 +247,12 @@ def main(argv: list[str]) -> None:
     if cfg.run:  # bad input fails before the Inception network loads
         load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
                        run_tokens=run_tokens)
+    weights = resolve_weights(cfg.inception_weights)  # before the small-n warning: errors alone
+    if cfg.run:
         check_sample_count(cfg.n)
         if {"fid", "kid"} & set(metrics):
             check_sample_count(cfg.n_real or cfg.n, "n_real")
-    extractor = FeatureExtractor(cfg.inception_weights, cfg.device, cfg.batch_size)
+    extractor = FeatureExtractor(weights, cfg.device, cfg.batch_size)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
     evaluate = _evaluate_folders if cfg.images else _evaluate_run

@@ -287,7 +287,7 @@ def execute(jobs: list[Job], parallel: int) -> list[dict]:
 def _report(i: int, jobs: list[Job], result: dict) -> None:
     print(f"[{i + 1}/{len(jobs)}] {result['configuration']} seed {result['seed']}: FID "
           f"{result['fid']:.2f}, KID {result['kid']:.4f}, {result['train_seconds']:.0f} s "
-          "training", flush=True)
+          "to train", flush=True)
 
 
 def main(argv: list[str]) -> None:

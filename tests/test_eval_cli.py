@@ -119,6 +119,13 @@ def test_bad_input_is_a_one_line_error(run, capsys, args, message):
     assert message in err
 
 
+def test_missing_weights_fail_before_the_small_n_warning(run, recwarn, capsys):
+    """Outside pytest a warning is printed to stderr: the error must come alone."""
+    code, _, err = _eval(capsys, f"run={run}", *FAST, "inception_weights=/nonexistent/w.pth")
+    assert code == 2 and "does not exist" in err
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_bad_weights_and_empty_runs_are_one_line_errors(run, tmp_path, capsys):
     corrupt = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     corrupt.write_bytes(b"truncated")

@@ -111,3 +111,13 @@ def test_large_covariances_take_the_eigenvalue_route_to_the_same_value(monkeypat
     accurate = frechet_distance(a, b)
     monkeypatch.setattr(scores, "SVD_MAX_SIZE", 0)
     assert frechet_distance(a, b) == pytest.approx(accurate, rel=1e-9)
+
+
+def test_kid_has_no_spread_when_every_subset_is_the_whole_set():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(25, 8)), rng.normal(0.3, 1.0, size=(25, 8))
+    mean, spread = kernel_inception_distance(x, y, subsets=50, subset_size=1000)
+    assert spread is None  # one distinct subset: a standard deviation of ~1e-16 would mislead
+    assert mean == pytest.approx(kernel_inception_distance(x, y, subsets=1, subset_size=25)[0])
+    mean, spread = kernel_inception_distance(x, y, subsets=50, subset_size=10)
+    assert spread is not None and spread > 0

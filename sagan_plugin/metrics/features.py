@@ -37,9 +37,11 @@ class Features:
 class FeatureExtractor:
     """The FID Inception on the chosen device, run in batches under inference_mode."""
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 50):
-        self.weights: InceptionWeights = resolve_weights(weights)
+    def __init__(self, weights: InceptionWeights | str | os.PathLike | None = None,
+                 device: str = "auto", batch_size: int = 50):
+        if not isinstance(weights, InceptionWeights):
+            weights = resolve_weights(weights)
+        self.weights = weights
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.net = load_inception(self.weights, self.device)

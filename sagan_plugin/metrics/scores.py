@@ -49,12 +49,15 @@ def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray,
                               subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+                              seed: int = 0) -> tuple[float, float | None]:
     """KID (Binkowski et al., 2018): the unbiased MMD^2 estimate with the cubic polynomial
-    kernel, averaged over random subsets; returns (mean, standard deviation over subsets)."""
+    kernel, averaged over random subsets; returns (mean, standard deviation over subsets),
+    the deviation None when there is one distinct subset."""
     m = min(subset_size, len(features_a), len(features_b))
     if m < 2:
         raise ValueError("KID needs at least 2 samples per set")
+    if m == len(features_a) == len(features_b):
+        subsets = 1  # every subset would hold all samples: the same estimate each time
     rng = np.random.default_rng(seed)
     estimates = np.empty(subsets)
     for i in range(subsets):
@@ -65,7 +68,7 @@ def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray,
         # Off-diagonal means: dropping k(x_i, x_i) is what makes the estimate unbiased.
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         estimates[i] = within - 2 * k_xy.mean()
-    return float(estimates.mean()), float(estimates.std())
+    return float(estimates.mean()), float(estimates.std()) if subsets > 1 else None
 
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
