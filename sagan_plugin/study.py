@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sagan_plugin.config import build_models, compose, parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
+from sagan_plugin.machine import git_commit
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.runs import checkpoint_steps
 from sagan_plugin.schema import at_least, option
@@ -90,6 +91,7 @@ class Job:
     argv: list[str]  # model=, data= and overrides for config.compose
     n: int
     device: str
+    commit: str | None = None  # of the code that trains and scores it (read at the start)
 
 
 def study_name(spec: str) -> str:
@@ -204,7 +206,7 @@ def _train_and_score(job: Job) -> dict:
     result = {
         "configuration": job.configuration, "group": job.group, "seed": job.seed,
         "model": cfg.model.name, "num_classes": cfg.model.num_classes, "argv": job.argv,
-        "n": job.n, "step": scores["step"], "ema": scores["ema"],
+        "n": job.n, "commit": job.commit, "step": scores["step"], "ema": scores["ema"],
         "fid": scores["fid"], "kid": scores["kid"], "kid_std": scores["kid_std"],
         "batch_size": train.batch_size, "n_dis": train.n_dis,
         "generator_steps": train.steps, "d_real_images": train.steps * train.n_dis *
@@ -296,7 +298,10 @@ def main(argv: list[str]) -> None:
     from sagan_plugin.study_report import write_report
 
     options = parse_overrides(CompareOptions, argv, "compare")
+    # Now, not when the report is written: the code that runs is what this process loaded.
+    commit = git_commit(Path(__file__).parent)
     study, jobs = plan(options)
+    jobs = [replace(job, commit=commit) for job in jobs]
     build_dataset(compose(jobs[0].argv).data)  # a missing data set says how to get it, now
     name = study_name(options.study)
     out = Path(options.out) / name
@@ -308,7 +313,7 @@ def main(argv: list[str]) -> None:
           f"{study.steps} generator steps each, {parallel} at a time on {device}")
     results = execute(jobs, parallel)
     write_report(name, study, results, out, device,
-                 command=" ".join(["sagan-plugin compare", *argv]))
+                 command=" ".join(["sagan-plugin compare", *argv]), commit=commit)
 
 
 if __name__ == "__main__":

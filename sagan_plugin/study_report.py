@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.files import write_atomically, write_json
-from sagan_plugin.machine import describe, git_commit
+from sagan_plugin.machine import describe
 
 FIGURE_DPI = 100
 CURVE_SIZE = (8.0, 5.0)  # inches: 800 x 500 pixels
@@ -216,14 +216,15 @@ def _run_dir(run: dict) -> str:
 
 
 def write_report(name: str, study: DictConfig, runs: list[dict], out: Path,
-                 device: torch.device, command: str) -> dict:
-    """study.json and the three pictures in out/; returns the JSON's content."""
+                 device: torch.device, command: str, commit: str | None) -> dict:
+    """study.json and the three pictures in out/; returns the JSON's content. `commit` is the
+    code of this invocation; each run records the one that trained it."""
     plot_curves(runs, out / "fid_curve.png")
     plot_gamma(runs, out / "gamma.png")
     plot_samples(runs, out / "samples.png", device)
     payload = {
         "study": name, "settings": OmegaConf.to_container(study), "command": command,
-        "machine": describe(device), "commit": git_commit(Path(__file__).parent),
+        "machine": describe(device), "commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "budget": "every configuration trains the same number of generator steps; "
                   "d_real_images = steps x n_dis x batch size (the real images D sees)",

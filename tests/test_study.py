@@ -20,7 +20,8 @@ from sagan_plugin.study_report import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_FIELDS = {"configuration", "group", "seed", "model", "num_classes", "argv", "n", "step",
+RUN_FIELDS = {"configuration", "group", "seed", "model", "num_classes", "argv", "n", "commit",
+              "step",
               "ema", "fid", "kid", "kid_std", "batch_size", "n_dis", "generator_steps",
               "d_real_images", "train_seconds", "g_steps_per_s", "d_images_per_s", "params_G",
               "params_D", "curve", "gamma"}
@@ -53,6 +54,7 @@ def test_results_have_every_field_and_seeds_differ(smoke: Path) -> None:
         assert run["generator_steps"] == 2 and run["step"] == 2
         assert [step for step, _ in run["curve"]] == [1, 2]
         assert run["d_real_images"] == 2 * run["n_dis"] * 4
+        assert run["commit"] == payload["commit"]  # one invocation trained them all
     by_name = {(r["configuration"], r["seed"]): r for r in payload["runs"]}
     assert by_name[("sagan", 0)]["fid"] != by_name[("sagan", 1)]["fid"]
     assert len(by_name[("sagan", 0)]["gamma"]["G"]) == 2
