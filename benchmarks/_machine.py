@@ -7,14 +7,16 @@ on sys.path).
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from sagan_plugin.machine import cpu_model, describe  # noqa: F401  (benchmarks use both)
+from sagan_plugin.machine import cpu_model, describe, git_commit  # noqa: F401  (benchmarks use both)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,7 +69,10 @@ def _numeric(cell: str) -> bool:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
+    """payload plus what reproduces it: the commit, the command line and the date."""
     path = Path(path)
+    payload = {**payload, "commit": git_commit(Path(__file__).parent),
+               "command": shlex.join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")

@@ -131,7 +131,7 @@ def count_flops(step) -> int:
 def _scaling_worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
     import torch.distributed as dist
 
-    from sagan_plugin.distributed import wrap
+    from sagan_plugin.distributed import destroy_process_group, wrap
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = torch.device(args["device"], rank) if args["device"] == "cuda" \
@@ -149,7 +149,7 @@ def _scaling_worker(rank: int, world: int, port: int, args: dict, out: str) -> N
     seconds = median_seconds(step, device, args["repeats"], args["warmup"])
     if rank == 0:
         torch.save(seconds, out)
-    dist.destroy_process_group()
+    destroy_process_group()
 
 
 def scaling(args: dict, processes: int, tmp: Path) -> list[dict]:

@@ -13,7 +13,8 @@
 #               on a warm machine it only re-exports the environment.
 #   bench  4.5  bench_attention (host / ours / ours+pad, 32x32 and 64x64, batch 64, fp32 and
 #               bf16, every SDPA kernel; ~1.5), bench_train (128 px, batch 256, fp32, bf16,
-#               channels_last, compile, MFU, a profiler trace of the fastest; ~3)
+#               channels_last, compile, MFU, a profiler trace of the fastest; ~3), ddp_estimate
+#               (4 and 8 GPUs on paper from that step time; seconds)
 #   cpp    4    cmake build against the machine's CUDA torch (~1), cpp_check.py: a tiny run,
 #               both exports for cuda, sagan_sample --device cuda, parity with Python (~1.5),
 #               bench_sample --device cuda: batch 1/16/64/256, bf16, CUDA graph (~1.5)
@@ -23,10 +24,12 @@
 #               throughput of every configuration, not a ranking); it resumes on a warm machine.
 #
 # Plan for 15 minutes of device time (a fresh machine takes 1-2 minutes to start):
-#   call 1: benchmarks/gpu_suite.sh bench cpp                           timeout_s 590  ~1.5 + 9 min
+#   call 1: SAGAN_COMMIT=<sha> benchmarks/gpu_suite.sh bench cpp        timeout_s 590  ~1.5 + 9 min
 #   call 2, at once (warm: no restart, setup skipped), with the minutes status says are left:
-#           SUITE_CALL_MINUTES=4.5 benchmarks/gpu_suite.sh eval study   timeout_s 290  ~4.5 min
-# both with carry [".whl"]. That leaves the study about 2.5 minutes. The full study (5 configurations x 3 seeds x 20k
+#           SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=4.5 benchmarks/gpu_suite.sh eval study
+#                                                                       timeout_s 290  ~4.5 min
+# both with carry [".whl"]; <sha> is `git rev-parse HEAD` here (the copy there has no .git, and
+# every JSON records the commit it measured). That leaves the study about 2.5 minutes. The full study (5 configurations x 3 seeds x 20k
 # steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
 # folders cannot come back (checkpoints exceed the 16 MiB a returned file may have).
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
@@ -337,6 +340,9 @@ stage_bench() {
     --json "$R/bench_attention_cuda.json"
   run_step bench_train 5 "$PY" benchmarks/bench_train.py --device cuda \
     --json "$R/bench_train_cuda.json" --trace "$R/trace/bench_train_trace.json.gz"
+  # 4 and 8 GPUs on paper, from this GPU's step time (seconds: it counts, on the CPU).
+  run_step ddp_estimate 1 "$PY" benchmarks/ddp_estimate.py --train-json "$R/bench_train_cuda.json" \
+    --json "$R/ddp_estimate_cuda.json"
 }
 
 cmake_configure() {
@@ -453,7 +459,7 @@ if ((DRY)); then
     [[ $stage == setup ]] || total=$(awk -v a="$total" -v b="${EXPECTED_MINUTES[$stage]}" 'BEGIN{print a + b}')
   done
   echo "== expected: $total min of this call's $CALL_MINUTES; device call: command" \
-       "\"SUITE_CALL_MINUTES=$CALL_MINUTES benchmarks/gpu_suite.sh ${REQUESTED[*]}\"," \
+       "\"SAGAN_COMMIT=$(git rev-parse HEAD 2>/dev/null) SUITE_CALL_MINUTES=$CALL_MINUTES benchmarks/gpu_suite.sh ${REQUESTED[*]}\"," \
        "carry [\"$WHL\"], timeout_s $(awk -v c="$CALL_MINUTES" 'BEGIN{printf "%d", c * 60 + 20}')"
   awk -v t="$total" -v c="$CALL_MINUTES" 'BEGIN { exit !(t > c) }' &&
     echo "WARNING: these stages are expected to take longer than one call; the last ones" \
@@ -463,6 +469,8 @@ if ((DRY)); then
 fi
 command -v nvidia-smi >/dev/null ||
   die_usage "no GPU here (nvidia-smi missing); on a CPU machine use --dry-run"
+git rev-parse HEAD >/dev/null 2>&1 || [[ -n ${SAGAN_COMMIT:-} ]] ||
+  echo "WARNING: no .git and no SAGAN_COMMIT: the JSONs will not say which commit they measured"
 rm -rf "$R" && mkdir -p "$R/logs" "$OUT_DIR"
 # Everything printed also goes to suite.log, which comes back even when output_tail is cut.
 run_stages 2>&1 | tee -a "$OUT_DIR/suite.log"

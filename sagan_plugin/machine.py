@@ -36,7 +36,8 @@ def describe(device: torch.device) -> dict:
 
 
 def git_commit(folder: str | Path = ".") -> str | None:
-    """The checkout's commit, with "-dirty" when tracked files differ from it; None outside git."""
+    """The checkout's commit, with "-dirty" when tracked files differ from it. Outside git (a
+    copy of the tree, as on a lent GPU machine) it is $SAGAN_COMMIT, else None."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -46,7 +47,7 @@ def git_commit(folder: str | Path = ".") -> str | None:
         return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no")
                          else "")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("SAGAN_COMMIT") or None
 
 
 def available_memory() -> int:

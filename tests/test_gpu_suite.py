@@ -3,6 +3,7 @@ and the "ours+pad" attention of bench_attention.py is exact."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,8 @@ from conftest import REPO
 SCRIPT = REPO / "benchmarks" / "gpu_suite.sh"
 STAGE_COMMANDS = {
     "setup": ["pip install -q --no-index --no-deps", "-e .", "compact_inception.py unpack"],
-    "bench": ["bench_attention.py --device cuda", "bench_train.py --device cuda", "--trace"],
+    "bench": ["bench_attention.py --device cuda", "bench_train.py --device cuda", "--trace",
+              "ddp_estimate.py --train-json"],
     "cpp": ["cmake -S cpp", "cpp_check.py --build cpp/build-cuda --device cuda",
             "bench_sample.py --device cuda --cpp-build"],
     "eval": ["bench_eval.py --device cuda"],
@@ -150,3 +152,52 @@ def test_padded_attention_equals_unpadded(monkeypatch, dtype, tol):
     q, k, v = (torch.randn(1, 1, n, d, dtype=dtype) for n, d in ((16, 4), (4, 4), (4, 16)))
     reference = bench_attention._SDPA(q, k, v)
     torch.testing.assert_close(bench_attention.padded_sdpa(q, k, v), reference, rtol=0, atol=tol)
+
+
+def _ddp_estimate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "ddp_estimate.py"),
+                           "--resolution", "32", "--width", "4", "--num-classes", "10", *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_ddp_estimate_scales_a_measured_step_and_refuses_a_foreign_file(tmp_path):
+    """4 and 8 GPUs on paper from bench_train's JSON: the fastest of *our* rows sets the step."""
+    train = tmp_path / "bench_train_cuda.json"
+    train.write_text(json.dumps({"batch": 64, "width": 4, "machine": "test GPU", "rows": [
+        {"variant": "host fp32", "ms": 5.0, "images_per_s": 12800.0, "flops_per_step": 1e9},
+        {"variant": "ours bf16", "ms": 20.0, "images_per_s": 3200.0, "flops_per_step": 64e9}]}))
+    out = tmp_path / "estimate.json"
+    result = _ddp_estimate("--train-json", str(train), "--gpus", "1", "4", "--bus-gbps", "1",
+                           "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    one, four = report["rows"]
+    gradients = report["bytes_per_step"]["all_reduce"]
+    assert report["step"]["variant"] == "ours bf16" and report["flops_per_image"] == 1e9
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO, check=True).stdout.strip()
+    assert report["commit"].removesuffix("-dirty") == head
+    assert "ddp_estimate.py" in report["command"] and "--train-json" in report["command"]
+    assert one["comm_ms"] == 0 and one["weak_efficiency"] == 1
+    assert four["comm_ms"] == pytest.approx(
+        1e3 * (gradients * 1.5 + report["bytes_per_step"]["broadcast"]) / 1e9)
+    assert four["weak_images_per_s"] == pytest.approx(4 * 64 / (20.0 + four["comm_ms"]) * 1e3)
+    # The paper's global batch 256 over 4 GPUs: 64 each, the measured step plus communication.
+    assert four["strong_ms"] == pytest.approx(20.0 + four["comm_ms"])
+    assert four["strong_speedup"] == pytest.approx(4 * 20.0 / four["strong_ms"])
+
+    train.write_text("{}")
+    result = _ddp_estimate("--train-json", str(train), "--json", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "is not a bench_train JSON" in lines[0]
+
+
+def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch):
+    """A GPU machine gets a copy of the tree without .git: SAGAN_COMMIT names the commit."""
+    from sagan_plugin.machine import git_commit
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.delenv("SAGAN_COMMIT", raising=False)
+    assert git_commit(tmp_path) is None
+    monkeypatch.setenv("SAGAN_COMMIT", "0123abc")
+    assert git_commit(tmp_path) == "0123abc"
