@@ -13,9 +13,10 @@ S * 2(p-1)/p / busbw seconds (nccl-tests' definition of bus bandwidth); a broadc
 
 The default bus bandwidth, 370 GB/s, is what NCCL's maintainers give for H100 NVLink with the
 ring algorithm (NVIDIA/nccl-tests issue 212; H200 has the same NVLink 4); DDP's 25 MB buckets
-reach less than that, so the times here are a lower bound on communication. Without
---train-json the step time is not known and only volumes, FLOPs and communication times print.
-With it, the fastest row of bench_train's table (the step at its per-GPU batch) gives:
+reach less than that, so the times here are a lower bound on communication. The step time
+comes from --train-json, the fastest of this project's rows in bench_train's table (a step at
+its per-GPU batch), or else is assumed: the counted FLOPs at --assume-mfu of --peak-tflops
+(the 30% MFU goal, an H200's 989 dense bf16 TFLOP/s), a global-batch step on one GPU. Then:
 weak scaling (that batch on every GPU; communication not overlapped with the backward pass,
 a worst case) and strong scaling of the paper's global batch 256 (compute shrinking in
 proportion to the per-GPU batch, a best case: small batches use a GPU less well).
@@ -114,11 +115,18 @@ def main() -> None:
                         help="NCCL bus bandwidth, GB/s (H100/H200 NVLink, ring: 370)")
     parser.add_argument("--global-batch", type=int, default=256, help="strong scaling's batch")
     parser.add_argument("--train-json", type=Path, help="bench_train.py's JSON (a GPU run)")
-    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    parser.add_argument("--assume-mfu", type=float, default=0.3,
+                        help="without --train-json: the MFU the step time assumes")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="without --train-json: the GPU's dense bf16 rate (H100/H200: 989)")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the FLOP count (and so the assumed step time)")
     parser.add_argument("--json", default=str(RESULTS / "ddp_estimate.json"))
     args = parser.parse_args()
-    if min(args.gpus) < 1 or args.bus_gbps <= 0 or args.n_dis < 1:
-        parser.error("--gpus, --n-dis must be >= 1 and --bus-gbps > 0")
+    if min(args.gpus) < 1 or args.n_dis < 1 or min(args.bus_gbps, args.peak_tflops) <= 0 \
+            or not 0 < args.assume_mfu <= 1:
+        parser.error("--gpus and --n-dis must be >= 1, --bus-gbps and --peak-tflops > 0, "
+                     "--assume-mfu in (0, 1]")
 
     step = measured_step(args.train_json) if args.train_json else None
     if step is not None and step["width"] != args.width:
@@ -131,6 +139,11 @@ def main() -> None:
     else:
         flops = None if args.no_flops else flops_per_image(args.resolution, args.width,
                                                            args.num_classes)
+    if step is None and flops is not None:
+        step = {"variant": f"assumed: {100 * args.assume_mfu:g}% MFU of {args.peak_tflops:g} "
+                           "TFLOP/s", "batch": args.global_batch, "width": args.width,
+                "ms": 1e3 * flops * args.global_batch / (args.assume_mfu * 1e12 * args.peak_tflops),
+                "machine": "none (not measured)", "flops_per_image": flops}
     rows = scaling_rows(volume, args.gpus, 1e9 * args.bus_gbps, step, args.global_batch)
 
     print(f"SAGAN {args.resolution} px, ngf=ndf={args.width}, {args.num_classes} classes, "
@@ -144,8 +157,10 @@ def main() -> None:
     cells = [[r["gpus"], f"{r['all_reduce_mb']:.1f}", f"{r['ring_mb_per_gpu']:.1f}",
               f"{r['comm_ms']:.2f}"] for r in rows]
     if step is not None:
+        source = f"on {step['machine']} (from {args.train_json})" if args.train_json else \
+            "(on paper: no GPU measured it)"
         print(f"step: {step['variant']}, {step['ms']:.1f} ms at batch {step['batch']} per GPU "
-              f"on {step['machine']} (from {args.train_json})")
+              f"{source}")
         headers += ["weak ms", "weak eff.", "weak images/s",
                     f"strong ms (batch {args.global_batch})", "strong speedup"]
         for cell, r in zip(cells, rows, strict=True):
@@ -153,7 +168,7 @@ def main() -> None:
                      f"{r['weak_images_per_s']:.0f}", f"{r['strong_ms']:.1f}",
                      f"{r['strong_speedup']:.2f}x"]
     else:
-        print("step time: not measured (pass --train-json with a GPU bench_train JSON)")
+        print("step time: unknown (pass --train-json with a GPU bench_train JSON)")
     print_table(headers, cells)
     write_json(args.json, {"benchmark": "ddp_estimate", "machine": describe(torch.device("cpu")),
                            "settings": {k: str(v) if isinstance(v, Path) else v

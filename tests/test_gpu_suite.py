@@ -201,3 +201,14 @@ def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch
     assert git_commit(tmp_path) is None
     monkeypatch.setenv("SAGAN_COMMIT", "0123abc")
     assert git_commit(tmp_path) == "0123abc"
+
+
+def test_ddp_estimate_without_a_measurement_assumes_the_mfu_goal(tmp_path):
+    out = tmp_path / "estimate.json"
+    result = _ddp_estimate("--assume-mfu", "0.5", "--peak-tflops", "100", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    step = report["step"]
+    assert "assumed" in step["variant"] and step["batch"] == 256
+    assert step["ms"] == pytest.approx(1e3 * report["flops_per_image"] * 256 / (0.5 * 100e12))
+    assert "on paper" in result.stdout
