@@ -152,6 +152,7 @@ def test_fid_callback_scores_every_k_steps_and_restores_training_mode(run, tmp_p
                                 stats_cache=str(tmp_path))
     assert callback(netG, 1) is None
     scores = callback(netG, 2)
-    assert set(scores) == {"fid", "kid", "kid_std"} and scores["fid"] > 0
+    # n=3 is one KID subset: its spread is undefined and not logged (no kid_std of ~1e-16)
+    assert set(scores) == {"fid", "kid"} and scores["fid"] > 0
     assert netG.training
     assert len(list(tmp_path.glob("*.npz"))) == 1  # real features cached for the next calls
