@@ -87,8 +87,9 @@ def destroy_process_group() -> None:
     """Leave the launch, DDP wrappers first: a wrapper still alive at interpreter exit has its
     gloo group torn down then, which aborted about one CPU process in four on torch 2.13
     ("terminate called without an active exception", SIGABRT after the work was done)."""
-    _wrappers.clear()
-    gc.collect()
+    if _wrappers:
+        _wrappers.clear()
+        gc.collect()  # DDP objects sit in reference cycles: collect them now, not at exit
     if dist.is_initialized():
         dist.destroy_process_group()
 
