@@ -1,7 +1,7 @@
 """Multi-GPU training on paper: what DistributedDataParallel moves per SAGAN step, and what 4 and
 8 GPUs would give with a measured single-GPU step time.
 
-    python benchmarks/ddp_estimate.py                                   # volumes, FLOPs, no times
+    python benchmarks/ddp_estimate.py                                   # step time assumed
     python benchmarks/ddp_estimate.py --train-json benchmarks/results/bench_train_cuda.json
 
 One GPU cannot measure DDP, so this counts instead. Per training step (n_dis D steps, one G
@@ -54,12 +54,16 @@ def bytes_per_step(counts: dict[str, int], n_dis: int) -> dict[str, int]:
             "broadcast": BYTES_FP32 * (counts["buffers_G"] + 2 * n_dis * counts["buffers_D"])}
 
 
+def ring_factor(gpus: int) -> float:
+    """The share of an all-reduced buffer each GPU sends in a ring: 2(p-1)/p."""
+    return 2 * (gpus - 1) / gpus
+
+
 def communication_seconds(volume: dict[str, int], gpus: int, bus_bytes_per_s: float) -> float:
     """Ring all-reduce plus broadcasts at the given bus bandwidth; 0 on one GPU."""
     if gpus == 1:
         return 0.0
-    ring = 2 * (gpus - 1) / gpus
-    return (volume["all_reduce"] * ring + volume["broadcast"]) / bus_bytes_per_s
+    return (volume["all_reduce"] * ring_factor(gpus) + volume["broadcast"]) / bus_bytes_per_s
 
 
 def flops_per_image(resolution: int, width: int, num_classes: int, batch: int = 2) -> float:
@@ -85,13 +89,20 @@ def measured_step(path: Path) -> dict:
                          "file `bench_train.py --json` writes") from None
 
 
+def assumed_step(flops: float, batch: int, mfu: float, peak_tflops: float) -> dict:
+    """A step of `batch` images on one GPU running at `mfu` of its peak: no measurement."""
+    return {"variant": f"assumed: {100 * mfu:g}% MFU of {peak_tflops:g} TFLOP/s", "batch": batch,
+            "ms": 1e3 * flops * batch / (mfu * 1e12 * peak_tflops),
+            "machine": "none (not measured)", "flops_per_image": flops}
+
+
 def scaling_rows(volume: dict[str, int], gpus: list[int], bus: float, step: dict | None,
                  global_batch: int) -> list[dict]:
     rows = []
     for p in gpus:
         comm_ms = 1000 * communication_seconds(volume, p, bus)
         row = {"gpus": p, "all_reduce_mb": volume["all_reduce"] / 1e6 if p > 1 else 0.0,
-               "ring_mb_per_gpu": volume["all_reduce"] * 2 * (p - 1) / p / 1e6,
+               "ring_mb_per_gpu": volume["all_reduce"] * ring_factor(p) / 1e6,
                "comm_ms": comm_ms}
         if step is not None:
             weak = step["ms"] + comm_ms
@@ -128,22 +139,19 @@ def main() -> None:
         parser.error("--gpus and --n-dis must be >= 1, --bus-gbps and --peak-tflops > 0, "
                      "--assume-mfu in (0, 1]")
 
-    step = measured_step(args.train_json) if args.train_json else None
-    if step is not None and step["width"] != args.width:
-        parser.error(f"{args.train_json} measured width {step['width']}, not --width "
-                     f"{args.width}: the volumes would not match the step")
-    counts = count_tensors(*build_nets(args.resolution, args.width, args.num_classes))
-    volume = bytes_per_step(counts, args.n_dis)
-    if step is not None:
+    if args.train_json:
+        step = measured_step(args.train_json)
+        if step["width"] != args.width:
+            parser.error(f"{args.train_json} measured width {step['width']}, not --width "
+                         f"{args.width}: the volumes would not match the step")
         flops = step["flops_per_image"]
     else:
         flops = None if args.no_flops else flops_per_image(args.resolution, args.width,
                                                            args.num_classes)
-    if step is None and flops is not None:
-        step = {"variant": f"assumed: {100 * args.assume_mfu:g}% MFU of {args.peak_tflops:g} "
-                           "TFLOP/s", "batch": args.global_batch, "width": args.width,
-                "ms": 1e3 * flops * args.global_batch / (args.assume_mfu * 1e12 * args.peak_tflops),
-                "machine": "none (not measured)", "flops_per_image": flops}
+        step = None if flops is None else assumed_step(flops, args.global_batch,
+                                                       args.assume_mfu, args.peak_tflops)
+    counts = count_tensors(*build_nets(args.resolution, args.width, args.num_classes))
+    volume = bytes_per_step(counts, args.n_dis)
     rows = scaling_rows(volume, args.gpus, 1e9 * args.bus_gbps, step, args.global_batch)
 
     print(f"SAGAN {args.resolution} px, ngf=ndf={args.width}, {args.num_classes} classes, "
