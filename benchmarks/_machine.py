@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sagan_plugin.machine import cpu_model, describe, git_commit  # noqa: F401  (benchmarks use both)
+from sagan_plugin.machine import cpu_model, describe, git_commit  # noqa: F401  (benchmarks use them)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -29,8 +29,8 @@
 #           SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=4.5 benchmarks/gpu_suite.sh eval study
 #                                                                       timeout_s 290  ~4.5 min
 # both with carry [".whl"]; <sha> is `git rev-parse HEAD` here (the copy there has no .git, and
-# every JSON records the commit it measured). That leaves the study about 2.5 minutes. The full study (5 configurations x 3 seeds x 20k
-# steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
+# every JSON records the commit it measured). That leaves the study about 2.5 minutes. The full
+# study (5 configurations x 3 seeds x 20k steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
 # folders cannot come back (checkpoints exceed the 16 MiB a returned file may have).
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
 # so; results are packed after every step, so a call stopped early still returns what it did.

@@ -21,8 +21,7 @@ from sagan_plugin.study_report import (
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FIELDS = {"configuration", "group", "seed", "model", "num_classes", "argv", "n", "commit",
-              "step",
-              "ema", "fid", "kid", "kid_std", "batch_size", "n_dis", "generator_steps",
+              "step", "ema", "fid", "kid", "kid_std", "batch_size", "n_dis", "generator_steps",
               "d_real_images", "train_seconds", "g_steps_per_s", "d_images_per_s", "params_G",
               "params_D", "curve", "gamma"}
 SUMMARY_FIELDS = {"configuration", "group", "model", "num_classes", "seeds", "fid_mean",
