@@ -23,20 +23,26 @@
 #               SUITE_STUDY_ARGS (default steps=500 seeds=1 n=2000, a smoke-scale look: GPU
 #               throughput of every configuration, not a ranking); it resumes on a warm machine.
 #
-# Plan for 15 minutes of device time (a fresh machine takes 1-2 minutes to start):
-#   call 1: SAGAN_COMMIT=<sha> benchmarks/gpu_suite.sh bench cpp        timeout_s 590  ~1.5 + 9 min
-#   call 2, at once (warm: no restart, setup skipped), with the minutes status says are left:
-#           SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=4.5 benchmarks/gpu_suite.sh eval study
-#                                                                       timeout_s 290  ~4.5 min
+# Plan for 15 minutes of device time, the machine's start (1-2 minutes) and idle waits included:
+#   call 1: SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=9.3 benchmarks/gpu_suite.sh bench cpp
+#                                                                timeout_s 580   ~1.5 + 9.3 min
+#   call 2, at once (warm: no restart, setup skipped), SUITE_CALL_MINUTES = what status's
+#           budget_left_s leaves less a minute (about 3): ... benchmarks/gpu_suite.sh eval study
+#           (eval first; the study gets what remains, else it is skipped and says so)
 # both with carry [".whl"]; <sha> is `git rev-parse HEAD` here (the copy there has no .git, and
-# every JSON records the commit it measured). That leaves the study about 2.5 minutes. The full
-# study (5 configurations x 3 seeds x 20k steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
+# every JSON records the commit it measured). The full study (5 configurations x 3 seeds x 20k
+# steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
 # folders cannot come back (checkpoints exceed the 16 MiB a returned file may have).
+# Rehearsed on a CPU machine (2026-12-02) with SUITE_DEVICE=cpu, SUITE_PYTHON a venv of the
+# device's torch 2.11.0+cu130 from PyPI: setup 5 s, cpp_build 23 s (the CUDA CMake configure),
+# cpp_check 43 s, bench_sample 107 s; each stage's commands and files work, CUDA untested.
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
 # so; results are packed after every step, so a call stopped early still returns what it did.
 #
 # Output ($OUT, else $SUITE_WORK/out): suite.log (everything printed), results.tar.gz (every
 # JSON, log and PNG, study included), bench_train_trace.json.gz (torch.profiler, Perfetto).
+# SUITE_DEVICE=cpu runs the stages for real on a CPU machine, SUITE_PYTHON a venv with torch and
+# the device's packages: a rehearsal of setup, the build and every script; no figure to keep.
 # --dry-run prints the commands and checks what a CPU can: the carried files, the scripts, the
 # flags each command passes, the size of what travels; it exits 1 if a check fails.
 # Exit codes: 0 done, 1 a step or check failed, 2 bad usage (one line on stderr).
@@ -59,7 +65,8 @@ OUT_DIR=${OUT:-$WORK/out}
 CALL_MINUTES=${SUITE_CALL_MINUTES:-9.5}
 STUDY_MINUTES=${SUITE_STUDY_MINUTES:-2.5}
 STUDY_ARGS=${SUITE_STUDY_ARGS-steps=500 seeds=1 n=2000}
-CPP_BUILD=cpp/build-cuda
+DEVICE=${SUITE_DEVICE:-cuda}
+CPP_BUILD=cpp/build-$DEVICE
 CARRY_LIMIT_MIB=64
 
 # What the device lacks, pinned (KINDS.md lists the rest: torchvision, tensorboard, scikit-*,
@@ -261,6 +268,10 @@ export_env() {
   export SAGAN_CACHE_DIR=$CACHE/sagan XDG_CACHE_HOME=$CACHE/xdg TORCH_HOME=$CACHE/torch
   export SAGAN_INCEPTION_WEIGHTS=$CACHE/inception_10bit_restored.pth
   export TORCH_CUDA_ARCH_LIST=9.0
+  # For AOTInductor's CUDA compiles: torch guesses the root from nvcc's folder, which a wrapper
+  # script on the PATH gets wrong (see cuda_root).
+  local cuda
+  cuda=$(cuda_root) && export CUDA_HOME=$cuda
 }
 
 stage_setup() {
@@ -320,12 +331,14 @@ with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
       fi
       ln -sfn "$raw/$name" datasets/FashionMNIST/raw/
     done
-    "$PY" - "$SITE" <<'EOF'
+    "$PY" - "$SITE" "$DEVICE" <<'EOF'
 import sys, torch, torch_mimicry, pytorch_fid, omegaconf, sagan_plugin
 from sagan_plugin.registry import list_models
 assert not torch.__file__.startswith(sys.argv[1]), "torch came from the carried wheels"
-assert torch.cuda.is_available(), "no GPU visible to torch"
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}),"
+gpu = sys.argv[2] == "cuda"
+assert torch.cuda.is_available() or not gpu, "no GPU visible to torch"
+where = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}" if gpu else sys.argv[2]
+print(f"torch {torch.__version__} ({where}),"
       f" torch_mimicry {torch_mimicry.__version__}, omegaconf {omegaconf.__version__}, "
       f"models {', '.join(list_models())}")
 EOF
@@ -336,13 +349,26 @@ EOF
 }
 
 stage_bench() {
-  run_step bench_attention 3 "$PY" benchmarks/bench_attention.py --device cuda \
-    --json "$R/bench_attention_cuda.json"
-  run_step bench_train 5 "$PY" benchmarks/bench_train.py --device cuda \
-    --json "$R/bench_train_cuda.json" --trace "$R/trace/bench_train_trace.json.gz"
+  run_step bench_attention 3 "$PY" benchmarks/bench_attention.py --device "$DEVICE" \
+    --json "$R/bench_attention_$DEVICE.json"
+  run_step bench_train 5 "$PY" benchmarks/bench_train.py --device "$DEVICE" \
+    --json "$R/bench_train_$DEVICE.json" --trace "$R/trace/bench_train_trace.json.gz"
   # 4 and 8 GPUs on paper, from this GPU's step time (seconds: it counts, on the CPU).
-  run_step ddp_estimate 1 "$PY" benchmarks/ddp_estimate.py --train-json "$R/bench_train_cuda.json" \
-    --json "$R/ddp_estimate_cuda.json"
+  run_step ddp_estimate 1 "$PY" benchmarks/ddp_estimate.py --train-json "$R/bench_train_$DEVICE.json" \
+    --json "$R/ddp_estimate_$DEVICE.json"
+}
+
+# The CUDA toolkit's root: the first of $CUDA_HOME, /usr/local/cuda and nvcc's own folder that
+# has the runtime's headers. nvcc's folder alone can mislead: on some images nvcc on the PATH is
+# a wrapper script (/usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc).
+cuda_root() {
+  local nvcc root
+  nvcc=$(command -v nvcc) && nvcc=$(readlink -f "$nvcc")
+  for root in "${CUDA_HOME:-}" /usr/local/cuda "${nvcc:+$(dirname "$(dirname "$nvcc")")}"; do
+    [[ -n $root && -f $root/include/cuda_runtime.h && -x $root/bin/nvcc ]] &&
+      { echo "$root"; return 0; }
+  done
+  return 1
 }
 
 cmake_configure() {
@@ -350,11 +376,21 @@ cmake_configure() {
               "-DPython_EXECUTABLE=$(command -v "$PY" || echo "$PY")"
               "-DCMAKE_PREFIX_PATH=$DEBROOT/usr")
   command -v ninja >/dev/null && args+=(-G Ninja)
-  # torch's CMake config finds the CUDA toolkit itself; name it where nvcc is off the PATH, and
-  # build for the H200 alone (sm_90) rather than every architecture torch knows.
-  local nvcc
-  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  [[ -x $nvcc ]] && args+=("-DCMAKE_CUDA_COMPILER=$nvcc" "-DCUDAToolkit_ROOT=$(dirname "$(dirname "$nvcc")")")
+  # Name the CUDA toolkit to both of the finders torch's CMake config uses (the old FindCUDA
+  # ignores CUDAToolkit_ROOT), and build for the H200 alone (sm_90), not every architecture.
+  local cuda
+  if cuda=$(cuda_root); then
+    args+=("-DCMAKE_CUDA_COMPILER=$cuda/bin/nvcc" "-DCUDAToolkit_ROOT=$cuda"
+           "-DCUDA_TOOLKIT_ROOT_DIR=$cuda")
+    # A toolkit without NVRTC (a compiler-only image; the CPU machines' is one): take the
+    # library that torch's own wheels bring, which torch loads at run time anyway.
+    local nvrtc
+    if [[ ! -e $cuda/lib64/libnvrtc.so ]] && nvrtc=$("$PY" -c 'import glob, nvidia
+print(sorted(f for p in nvidia.__path__ for f in glob.glob(p + "/*/lib/libnvrtc.so.[0-9]*"))[0])'
+    ); then
+      args+=("-DCUDA_nvrtc_LIBRARY=$nvrtc")
+    fi
+  fi
   args+=(-DCMAKE_CUDA_ARCHITECTURES=90)
   # Carried OpenSSL and pkgconf only where the machine has none (SUITE_FORCE_CARRIED=1: always,
   # to try this path on a machine that has both).
@@ -380,19 +416,19 @@ stage_cpp() {
     [[ -f cpp/CMakeLists.txt ]] || problem "missing cpp/CMakeLists.txt"
   else
     # timeout runs programs, not shell functions: hand the function to a child bash.
-    export -f cmake_configure
+    export -f cmake_configure cuda_root
     export DEBROOT CPP_BUILD PY
     run_step cpp_build 3 bash -c cmake_configure || return 1
   fi
-  run_step cpp_check 3 "$PY" benchmarks/cpp_check.py --build "$CPP_BUILD" --device cuda \
+  run_step cpp_check 3 "$PY" benchmarks/cpp_check.py --build "$CPP_BUILD" --device "$DEVICE" \
     --work "$R/cpp"
-  run_step bench_sample 3 "$PY" benchmarks/bench_sample.py --device cuda --cpp-build "$CPP_BUILD" \
-    --json "$R/bench_sample_cuda.json"
+  run_step bench_sample 3 "$PY" benchmarks/bench_sample.py --device "$DEVICE" --cpp-build "$CPP_BUILD" \
+    --json "$R/bench_sample_$DEVICE.json"
 }
 
 stage_eval() {
-  run_step bench_eval 3 "$PY" benchmarks/bench_eval.py --device cuda --n 2000 --batch-size 200 \
-    --json "$R/bench_eval_cuda.json"
+  run_step bench_eval 3 "$PY" benchmarks/bench_eval.py --device "$DEVICE" --n 2000 --batch-size 200 \
+    --json "$R/bench_eval_$DEVICE.json"
 }
 
 stage_study() {
@@ -405,7 +441,7 @@ stage_study() {
   # Results into the archive, not results/: a reduced study must not pass for the full one.
   # shellcheck disable=SC2086  # STUDY_ARGS is a list of words
   run_step study "$STUDY_MINUTES" "$PY" benchmarks/compare.py study=fashion_mnist_32 \
-    $STUDY_ARGS device=cuda runs=runs/studies "out=$R/study"
+    $STUDY_ARGS "device=$DEVICE" runs=runs/studies "out=$R/study"
   ((DRY)) && return 0
   # Each run's log, scores and sample grids (no checkpoints: too large to come back).
   local runs=runs/studies/fashion_mnist_32
@@ -467,7 +503,7 @@ if ((DRY)); then
   run_stages
   exit $?
 fi
-command -v nvidia-smi >/dev/null ||
+[[ $DEVICE != cuda ]] || command -v nvidia-smi >/dev/null ||
   die_usage "no GPU here (nvidia-smi missing); on a CPU machine use --dry-run"
 git rev-parse HEAD >/dev/null 2>&1 || [[ -n ${SAGAN_COMMIT:-} ]] ||
   echo "WARNING: no .git and no SAGAN_COMMIT: the JSONs will not say which commit they measured"

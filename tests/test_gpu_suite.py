@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,14 @@ def test_dry_run_of_one_stage_plans_setup_and_it(carried, stage):
     assert not [c for c in others if c in result.stdout and c != "--trace"]
 
 
+def test_a_rehearsal_on_cpu_runs_every_command_there(carried):
+    result = suite("--dry-run", "bench", "cpp", "eval", "study", whl=carried, SUITE_DEVICE="cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = [line for line in result.stdout.splitlines() if line.startswith("+ [")]
+    assert planned and "cuda" not in "".join(planned)
+    assert "--build cpp/build-cpu --device cpu" in result.stdout and "device=cpu" in result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["benchh"], "unknown stage 'benchh'"),
     (["--dry-run", "bench", "studdy"], "unknown stage 'studdy'"),
@@ -127,6 +136,41 @@ def test_wheels_dry_run_downloads_for_the_device_python(tmp_path):
     assert "apt-get download" in result.stdout and "compact_inception.py pack" in result.stdout
     assert not re.search(r"\btorch==", result.stdout)
     assert not (tmp_path / "whl").exists()  # a dry run writes nothing
+
+
+def _cuda_root(**env: str) -> str:
+    """The script's cuda_root function alone, run under `env`."""
+    body = re.search(r"^cuda_root\(\) \{.*?^\}", SCRIPT.read_text(), re.MULTILINE | re.DOTALL)
+    result = subprocess.run(["bash", "-c", f"{body.group(0)}\ncuda_root"], capture_output=True,
+                            text=True, env={k: v for k, v in {**os.environ, **env}.items() if v})
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _fake_toolkit(root):
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime.h").touch()
+    (root / "bin").mkdir()
+    (root / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (root / "bin" / "nvcc").chmod(0o755)
+    return root
+
+
+def test_cuda_root_is_the_toolkit_not_the_folder_of_a_wrapper(tmp_path):
+    """CMake and AOTInductor need the toolkit's root; a wrapper script named nvcc on the PATH
+    (/usr/local/bin/nvcc on these images) must not make /usr/local pass for it."""
+    toolkit = _fake_toolkit(tmp_path / "cuda-13.0")
+    assert _cuda_root(CUDA_HOME=str(toolkit)) == str(toolkit)
+    wrapper = tmp_path / "local" / "bin"
+    wrapper.mkdir(parents=True)
+    (wrapper / "nvcc").write_text(f"#!/bin/sh\nexec {toolkit}/bin/nvcc \"$@\"\n")
+    (wrapper / "nvcc").chmod(0o755)
+    found = _cuda_root(CUDA_HOME="", PATH=f"{wrapper}:/usr/bin:/bin")
+    assert found != str(tmp_path / "local")
+    assert found == "" or (Path(found) / "include" / "cuda_runtime.h").is_file()
+    # A link to the real nvcc leads to its toolkit (where no standard one is installed).
+    os.symlink(toolkit / "bin" / "nvcc", tmp_path / "nvcc")
+    linked = _cuda_root(CUDA_HOME="", PATH=f"{tmp_path}:/usr/bin:/bin")
+    assert linked in (str(toolkit), "/usr/local/cuda")
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
