@@ -48,15 +48,14 @@ cpp: install
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CPP_DEBS) >/dev/null; }
 	@test -f cpp/build/CMakeCache.txt || \
 	  $(VENV)/bin/cmake -S cpp -B cpp/build -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
-	@$(VENV)/bin/cmake --build cpp/build -j$$(nproc) -- --no-print-directory
+	@GNUMAKEFLAGS=--no-print-directory $(VENV)/bin/cmake --build cpp/build -j$$(nproc)
 
-test: install data cpp
-	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks examples
+test: install data cpp lint
 	$(PY) -m pytest -q
 
+# ruff's linter only: the code keeps its hand-made line breaks, which `ruff format` would undo.
 lint: install
 	$(VENV)/bin/ruff check sagan_plugin registry tests benchmarks examples
-	$(VENV)/bin/ruff format --check sagan_plugin registry tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) cpp/build runs

@@ -263,7 +263,7 @@ def main() -> None:
     print("goals (H100/H200): ours >= 2x host images/s, MFU >= 30%")
     write_json(args.json, {"benchmark": "train", "machine": describe(device),
                            "bf16_matmul_flops": peak, "batch": batch, "width": width,
-                           "rows": rows, "scaling": scale_rows})
+                           "num_classes": args.num_classes, "rows": rows, "scaling": scale_rows})
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def measured_step(path: Path) -> dict:
         best = max(ours, key=lambda row: row["images_per_s"])
         return {"variant": best["variant"], "ms": float(best["ms"]), "batch": int(report["batch"]),
                 "width": int(report["width"]), "machine": report["machine"],
+                # bench_train's default, which JSONs before 2026-12-03 did not record
+                "num_classes": int(report.get("num_classes", 1000)),
                 "flops_per_image": best["flops_per_step"] / int(report["batch"])}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"error: {path} is not a bench_train JSON ({error}); expected the "
@@ -118,8 +120,10 @@ def scaling_rows(volume: dict[str, int], gpus: list[int], bus: float, step: dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=128, choices=(32, 64, 128))
-    parser.add_argument("--width", type=int, default=64, help="ngf=ndf (the paper's: 64)")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--width", type=int,
+                        help="ngf=ndf (default: the measured run's with --train-json, else 64)")
+    parser.add_argument("--num-classes", type=int,
+                        help="default: the measured run's with --train-json, else 1000")
     parser.add_argument("--n-dis", type=int, default=1, help="D steps per G step")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--bus-gbps", type=float, default=370.0,
@@ -141,11 +145,17 @@ def main() -> None:
 
     if args.train_json:
         step = measured_step(args.train_json)
-        if step["width"] != args.width:
-            parser.error(f"{args.train_json} measured width {step['width']}, not --width "
-                         f"{args.width}: the volumes would not match the step")
+        for key in ("width", "num_classes"):
+            given = getattr(args, key)
+            if given is not None and given != step[key]:
+                parser.error(f"{args.train_json} measured {key} {step[key]}, not --"
+                             f"{key.replace('_', '-')} {given}: the volumes would not match "
+                             "the step")
+            setattr(args, key, step[key])
         flops = step["flops_per_image"]
     else:
+        args.width = args.width or 64
+        args.num_classes = args.num_classes or 1000
         flops = None if args.no_flops else flops_per_image(args.resolution, args.width,
                                                            args.num_classes)
         step = None if flops is None else assumed_step(flops, args.global_batch,

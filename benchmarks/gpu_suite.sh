@@ -120,7 +120,7 @@ run_step() {
     check_flags "$@"
     return 0
   fi
-  local left limit status t0=$SECONDS
+  local left limit status why="" t0=$SECONDS
   left=$(minutes_left)
   limit=$(awk -v a="$cap" -v b="$left" 'BEGIN{m = (a < b - 0.3 ? a : b - 0.3); printf "%d", m * 60}')
   mkdir -p "$R/logs"
@@ -135,7 +135,8 @@ run_step() {
   timeout -s INT -k 30 "$limit" "$@" 2>&1 | tee -a "$R/logs/$name.log"
   status=${PIPESTATUS[0]}
   printf '%s\t%s\t%s\n' "$name" "$status" $((SECONDS - t0)) >>"$R/status.tsv"
-  ((status == 0)) || { echo "FAILED $name: exit $status (124: out of time)"; FAILED=1; }
+  ((status == 124 || status == 137)) && why=" (out of time)"
+  ((status == 0)) || { echo "FAILED $name: exit $status$why"; FAILED=1; }
   pack
   return "$status"
 }

@@ -200,21 +200,24 @@ def test_padded_attention_equals_unpadded(monkeypatch, dtype, tol):
 
 def _ddp_estimate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "ddp_estimate.py"),
-                           "--resolution", "32", "--width", "4", "--num-classes", "10", *args],
+                           "--resolution", "32", *args],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
 def test_ddp_estimate_scales_a_measured_step_and_refuses_a_foreign_file(tmp_path):
     """4 and 8 GPUs on paper from bench_train's JSON: the fastest of *our* rows sets the step."""
     train = tmp_path / "bench_train_cuda.json"
-    train.write_text(json.dumps({"batch": 64, "width": 4, "machine": "test GPU", "rows": [
+    train.write_text(json.dumps({"batch": 64, "width": 4, "num_classes": 10,
+                                 "machine": "test GPU", "rows": [
         {"variant": "host fp32", "ms": 5.0, "images_per_s": 12800.0, "flops_per_step": 1e9},
         {"variant": "ours bf16", "ms": 20.0, "images_per_s": 3200.0, "flops_per_step": 64e9}]}))
     out = tmp_path / "estimate.json"
+    # The nets whose gradients travel are the measured run's: no --width or --num-classes.
     result = _ddp_estimate("--train-json", str(train), "--gpus", "1", "4", "--bus-gbps", "1",
                            "--json", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
+    assert "ngf=ndf=4, 10 classes" in result.stdout
     one, four = report["rows"]
     gradients = report["bytes_per_step"]["all_reduce"]
     assert report["step"]["variant"] == "ours bf16" and report["flops_per_image"] == 1e9
@@ -229,6 +232,10 @@ def test_ddp_estimate_scales_a_measured_step_and_refuses_a_foreign_file(tmp_path
     # The paper's global batch 256 over 4 GPUs: 64 each, the measured step plus communication.
     assert four["strong_ms"] == pytest.approx(20.0 + four["comm_ms"])
     assert four["strong_speedup"] == pytest.approx(4 * 20.0 / four["strong_ms"])
+
+    result = _ddp_estimate("--train-json", str(train), "--width", "8", "--json", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "measured width 4, not --width 8" in lines[-1]
 
     train.write_text("{}")
     result = _ddp_estimate("--train-json", str(train), "--json", str(out))
@@ -249,7 +256,8 @@ def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch
 
 def test_ddp_estimate_without_a_measurement_assumes_the_mfu_goal(tmp_path):
     out = tmp_path / "estimate.json"
-    result = _ddp_estimate("--assume-mfu", "0.5", "--peak-tflops", "100", "--json", str(out))
+    result = _ddp_estimate("--width", "4", "--num-classes", "10", "--assume-mfu", "0.5",
+                           "--peak-tflops", "100", "--json", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     step = report["step"]
