@@ -76,3 +76,14 @@ def write_json(path: str | Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a benchmark's main; an interrupt (Ctrl-C, or the GPU suite's `timeout -s INT`) ends it
+    with one line and exit 130 instead of a traceback that buries the log's last lines."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"stopped: {Path(sys.argv[0]).name} was interrupted before it finished; "
+              "it wrote no JSON", file=sys.stderr)
+        sys.exit(130)

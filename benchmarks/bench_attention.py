@@ -30,7 +30,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _machine import RESULTS, describe, median_seconds, print_table, synchronize, write_json
+from _machine import (
+    RESULTS,
+    describe,
+    median_seconds,
+    print_table,
+    run_main,
+    synchronize,
+    write_json,
+)
 
 CASES = [(256, 32), (128, 64)]  # (channels, feature-map side)
 BACKENDS = ("flash", "efficient", "cudnn", "math")
@@ -204,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

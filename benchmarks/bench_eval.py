@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import RESULTS, describe, print_table, write_json
+from _machine import RESULTS, describe, print_table, run_main, write_json
 
 from sagan_plugin.compat import ensure_host_importable
 from sagan_plugin.data import ProceduralShapes
@@ -153,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

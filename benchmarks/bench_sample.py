@@ -32,6 +32,7 @@ from _machine import (
     cpu_model,
     describe,
     print_table,
+    run_main,
     synchronize,
     write_json,
 )
@@ -193,4 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

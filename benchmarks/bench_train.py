@@ -37,6 +37,7 @@ from _machine import (
     describe,
     median_seconds,
     print_table,
+    run_main,
     synchronize,
     write_json,
 )
@@ -267,4 +268,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import run_main
 
 from sagan_plugin.export import CHECK_TOLERANCE
 from sagan_plugin.runs import load_generator
@@ -98,4 +99,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

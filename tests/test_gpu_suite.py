@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,24 @@ def test_ddp_estimate_without_a_measurement_assumes_the_mfu_goal(tmp_path):
     assert "assumed" in step["variant"] and step["batch"] == 256
     assert step["ms"] == pytest.approx(1e3 * report["flops_per_image"] * 256 / (0.5 * 100e12))
     assert "on paper" in result.stdout
+
+
+def test_an_interrupted_benchmark_ends_with_one_line_and_writes_no_json(tmp_path):
+    """The suite stops an overlong stage with SIGINT: the log must end with what happened."""
+    out = tmp_path / "attention.json"
+    process = subprocess.Popen([sys.executable, "benchmarks/bench_attention.py", "--device", "cpu",
+                                "--json", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().strip():  # its first case runs: main() has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == \
+        "stopped: bench_attention.py was interrupted before it finished; it wrote no JSON"
+    assert not out.exists()
+
