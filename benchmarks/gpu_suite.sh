@@ -33,9 +33,6 @@
 # every JSON records the commit it measured). The full study (5 configurations x 3 seeds x 20k
 # steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
 # folders cannot come back (checkpoints exceed the 16 MiB a returned file may have).
-# Rehearsed on a CPU machine (2026-12-02) with SUITE_DEVICE=cpu, SUITE_PYTHON a venv of the
-# device's torch 2.11.0+cu130 from PyPI: setup 5 s, cpp_build 23 s (the CUDA CMake configure),
-# cpp_check 43 s, bench_sample 107 s; each stage's commands and files work, CUDA untested.
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
 # so; results are packed after every step, so a call stopped early still returns what it did.
 #
