@@ -161,16 +161,21 @@ def _print_row(row: dict[str, Any], metrics: list[str]) -> None:
     print("  ".join(f"{'n/a':>12}" if v is None else f"{v:>12.6g}" for v in cells), flush=True)
 
 
-def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
-                      run_tokens: list[str]) -> dict:
+def _image_folders(cfg: Any, metrics: list[str]) -> tuple[list[Path], list[Path] | None]:
+    """The files of images= and (for FID/KID) ref=, or a one-line error naming what is wrong."""
     files = folder_files(cfg.images)
-    check_sample_count(len(files), "images")
+    if not {"fid", "kid"} & set(metrics):
+        return files, None
+    if cfg.ref is None:
+        raise UsageError("FID and KID of images=DIR need ref=DIR (reference images)")
+    return files, folder_files(cfg.ref)
+
+
+def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
+                      files: list[Path], ref_files: list[Path] | None) -> dict:
     fake = extractor.extract(folder_batches(files, cfg.batch_size), len(files), "images")
     real = None
-    if {"fid", "kid"} & set(metrics):
-        if cfg.ref is None:
-            raise UsageError("FID and KID of images=DIR need ref=DIR (reference images)")
-        ref_files = folder_files(cfg.ref)
+    if ref_files is not None:
         real = extractor.extract(folder_batches(ref_files, cfg.batch_size), len(ref_files),
                                  "reference").features
     row = {"step": None, **score(fake, real, metrics, extractor.has_logits, cfg.kid_subsets,
@@ -244,19 +249,26 @@ def main(argv: list[str]) -> None:
     check_writable(out.parent)
     if cfg.images and run_tokens:
         raise UsageError(f"eval: images=DIR takes no {' '.join(run_tokens)}")
-    if cfg.run:  # bad input fails before the Inception network loads
+    # bad input fails before the Inception network loads
+    if cfg.run:
         load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
                        run_tokens=run_tokens)
-    weights = resolve_weights(cfg.inception_weights)  # before the small-n warning: errors alone
-    if cfg.run:
-        check_sample_count(cfg.n)
+        counts = {"n": cfg.n}
         if {"fid", "kid"} & set(metrics):
-            check_sample_count(cfg.n_real or cfg.n, "n_real")
+            counts["n_real"] = cfg.n_real or cfg.n
+    else:
+        files, ref_files = _image_folders(cfg, metrics)
+        counts = {"images": len(files), **({"ref": len(ref_files)} if ref_files else {})}
+    weights = resolve_weights(cfg.inception_weights)  # before the small-n warning: errors alone
+    for what, count in counts.items():
+        check_sample_count(count, what)
     extractor = FeatureExtractor(weights, cfg.device, cfg.batch_size)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
-    evaluate = _evaluate_folders if cfg.images else _evaluate_run
-    result = evaluate(cfg, metrics, extractor, run_tokens)
+    if cfg.run:
+        result = _evaluate_run(cfg, metrics, extractor, run_tokens)
+    else:
+        result = _evaluate_folders(cfg, metrics, extractor, files, ref_files)
     payload = {
         **result, "metrics": metrics, "settings": OmegaConf.to_container(cfg),
         "inception": {"source": extractor.weights.source, "path": str(extractor.weights.path),

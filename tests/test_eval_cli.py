@@ -102,6 +102,29 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
     assert report["rows"][0]["fid"] > 0
 
 
+@pytest.mark.parametrize("images, ref, message", [
+    ("missing", "b", "image folder {tmp}/missing does not exist"),
+    ("empty", "b", "no images (bmp, jpg, "),
+    ("a", None, "FID and KID of images=DIR need ref=DIR"),
+    ("a", "one", "ref=1: FID, KID and IS need at least 2 images"),
+])
+def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images, ref, message):
+    """Corrupt weights: had they been read first, the error would name them, not the folder."""
+    from sagan_plugin.sample import write_images
+
+    pictures = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    write_images(pictures[:3], f"{tmp_path / 'a'}/")
+    write_images(pictures[:3], f"{tmp_path / 'b'}/")
+    write_images(pictures[3:], f"{tmp_path / 'one'}/")
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "weights.pth"
+    corrupt.write_bytes(b"truncated")
+    args = [f"images={tmp_path / images}", f"inception_weights={corrupt}", "device=cpu"]
+    code, out, err = _eval(capsys, *args, *([f"ref={tmp_path / ref}"] if ref else []))
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert message.format(tmp=tmp_path) in err, err
+
+
 @pytest.mark.parametrize("args, message", [
     (["n=1"], "n must be at least 2, got 1"),
     (["metrics=fid,precision"], "metrics=fid,precision is not a list of fid, kid, is"),
