@@ -154,8 +154,10 @@ def main() -> None:
             setattr(args, key, step[key])
         flops = step["flops_per_image"]
     else:
-        args.width = args.width or 64
-        args.num_classes = args.num_classes or 1000
+        if args.width is None:
+            args.width = 64
+        if args.num_classes is None:  # not `or`: 0 classes is an unconditional model
+            args.num_classes = 1000
         flops = None if args.no_flops else flops_per_image(args.resolution, args.width,
                                                            args.num_classes)
         step = None if flops is None else assumed_step(flops, args.global_batch,

@@ -267,6 +267,9 @@ def test_ddp_estimate_without_a_measurement_assumes_the_mfu_goal(tmp_path):
     assert step["ms"] == pytest.approx(1e3 * report["flops_per_image"] * 256 / (0.5 * 100e12))
     assert "on paper" in result.stdout
 
+    result = _ddp_estimate("--width", "4", "--num-classes", "0", "--no-flops", "--json", str(out))
+    assert result.returncode == 0 and "ngf=ndf=4, 0 classes" in result.stdout, result.stderr
+
 
 def test_an_interrupted_benchmark_ends_with_one_line_and_writes_no_json(tmp_path):
     """The suite stops an overlong stage with SIGINT: the log must end with what happened."""
