@@ -161,10 +161,15 @@ def _print_row(row: dict[str, Any], metrics: list[str]) -> None:
     print("  ".join(f"{'n/a':>12}" if v is None else f"{v:>12.6g}" for v in cells), flush=True)
 
 
+def _needs_reference(metrics: list[str]) -> bool:
+    """FID and KID compare with real images; IS does not."""
+    return bool({"fid", "kid"} & set(metrics))
+
+
 def _image_folders(cfg: Any, metrics: list[str]) -> tuple[list[Path], list[Path] | None]:
     """The files of images= and (for FID/KID) ref=, or a one-line error naming what is wrong."""
     files = folder_files(cfg.images)
-    if not {"fid", "kid"} & set(metrics):
+    if not _needs_reference(metrics):
         return files, None
     if cfg.ref is None:
         raise UsageError("FID and KID of images=DIR need ref=DIR (reference images)")
@@ -206,7 +211,7 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
             data_cfg = loaded.config.data
             dataset = build_dataset(data_cfg)
         check_generator_fits(loaded.netG, data_cfg, dataset[0][0].shape)
-        if real is None and {"fid", "kid"} & set(metrics):
+        if real is None and _needs_reference(metrics):
             n_real = cfg.n_real or cfg.n
             check_sample_count(n_real, "n_real")
             real, real_path = real_features(data_cfg, dataset, n_real, extractor,
@@ -254,11 +259,13 @@ def main(argv: list[str]) -> None:
         load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
                        run_tokens=run_tokens)
         counts = {"n": cfg.n}
-        if {"fid", "kid"} & set(metrics):
+        if _needs_reference(metrics):
             counts["n_real"] = cfg.n_real or cfg.n
     else:
         files, ref_files = _image_folders(cfg, metrics)
-        counts = {"images": len(files), **({"ref": len(ref_files)} if ref_files else {})}
+        counts = {"images": len(files)}
+        if ref_files is not None:
+            counts["ref"] = len(ref_files)
     weights = resolve_weights(cfg.inception_weights)  # before the small-n warning: errors alone
     for what, count in counts.items():
         check_sample_count(count, what)
