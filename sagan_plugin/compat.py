@@ -8,6 +8,8 @@ The host was last released in 2022. On torch >= 2.0 its import fails, in this or
    schemas its Python code registers fakes for, and the pure-Python parts then import.
 3. ``import tensorflow`` in its TF1 metrics: when TensorFlow is not installed we put a stand-in
    module in ``sys.modules`` that raises a clear error on use. Our evaluators replace those metrics.
+   Each of them downloads the Inception graph before it touches TensorFlow, so their first step
+   (``inception_utils.create_inception_graph``) raises that error instead, once the module loads.
 4. ``from torch._six import PY3`` (removed in torch 2.0): a stand-in with the two names it uses.
 
 Each step acts only when its cause is present, so a machine with a real TensorFlow or a working
@@ -29,6 +31,7 @@ import importlib.util
 import re
 import sys
 import types
+from collections.abc import Callable
 
 import torch
 
@@ -102,6 +105,14 @@ def declared_torchvision_schemas() -> bool:
     return _torchvision_library is not None
 
 
+TF_METRICS_UNAVAILABLE = (
+    "TensorFlow is not installed: torch-mimicry's TF metrics are unavailable; use "
+    "sagan_plugin.metrics.evaluate (the same arguments) or `sagan-plugin eval` (pytorch-fid's "
+    "Inception, offline) for FID/KID/IS")
+# Where every TF metric of the host starts: it downloads the Inception graph, then uses TF.
+INCEPTION_GRAPH_MODULE = "torch_mimicry.metrics.inception_model.inception_utils"
+
+
 class TensorFlowUnavailable(AttributeError):
     """An attribute of the TensorFlow stand-in was used.
 
@@ -116,10 +127,33 @@ class _MissingTensorFlow(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        raise TensorFlowUnavailable(
-            "TensorFlow is not installed: torch-mimicry's TF metrics are unavailable; "
-            "use `sagan-plugin eval` (pytorch-fid Inception, offline) for FID/KID/IS"
-        )
+        raise TensorFlowUnavailable(TF_METRICS_UNAVAILABLE)
+
+
+def _no_inception_graph(inception_path: str | None = None) -> None:
+    raise TensorFlowUnavailable(TF_METRICS_UNAVAILABLE)
+
+
+class _PatchOnLoad:
+    """A meta-path finder that lets one module load as usual, then applies a patch to it."""
+
+    def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, name: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_then_patch(module: types.ModuleType) -> None:
+                exec_module(module)
+                self.patch(module)
+
+            spec.loader.exec_module = exec_then_patch
+        return spec
 
 
 def _stand_in_for_missing_tensorflow() -> None:
@@ -132,6 +166,9 @@ def _stand_in_for_missing_tensorflow() -> None:
     module.__spec__ = importlib.machinery.ModuleSpec("tensorflow", loader=None)
     module.__file__ = None
     sys.modules["tensorflow"] = module
+    # Without TF the host's metrics would download the Inception graph only to fail on it.
+    sys.meta_path.insert(0, _PatchOnLoad(INCEPTION_GRAPH_MODULE, lambda m: setattr(
+        m, "create_inception_graph", _no_inception_graph)))
 
 
 def _stand_in_for_torch_six() -> None:

@@ -31,7 +31,7 @@ def test_host_imports_with_stand_ins_on_this_machine() -> None:
         try:
             sys.modules["tensorflow"].compat
         except AttributeError as error:
-            print("sagan-plugin eval" in str(error))
+            print("sagan_plugin.metrics.evaluate" in str(error))
         print(hasattr(sys.modules["tensorflow"], "is_tensor"))  # how matplotlib probes
     """)
     # This machine has no TensorFlow. Its torchvision's compiled ops may not load (PyPI's beside
@@ -39,6 +39,29 @@ def test_host_imports_with_stand_ins_on_this_machine() -> None:
     ops_broken = subprocess.run([sys.executable, "-c", "import torchvision"],
                                 capture_output=True, env={"PATH": "/usr/bin:/bin"}).returncode != 0
     assert out.splitlines() == [f"True {ops_broken} True", "True", "False"]
+
+
+def test_mimicrys_tf_metrics_fail_at_once_without_a_download(tmp_path: Path) -> None:
+    """Without TF each of the host's metrics downloaded the Inception graph only to fail on it; now
+    its first step says what to use instead, and nothing is fetched or written."""
+    out = _python(f"""
+        import urllib.request
+        def download(*args, **kwargs):
+            raise AssertionError("the host tried to download")
+        urllib.request.urlretrieve = download
+        import torch_mimicry as mmc  # the start-up hook applies the shim
+        netG = mmc.nets.sngan.SNGANGenerator32()
+        calls = [lambda: mmc.metrics.fid_score(2, 2, netG, "cifar10", log_dir=r"{tmp_path}"),
+                 lambda: mmc.metrics.kid_score(2, netG, "cifar10", log_dir=r"{tmp_path}"),
+                 lambda: mmc.metrics.inception_score(2, netG, log_dir=r"{tmp_path}")]
+        for call in calls:
+            try:
+                call()
+            except AttributeError as error:
+                print(type(error).__name__, "sagan_plugin.metrics.evaluate" in str(error))
+    """)
+    assert out.splitlines() == ["TensorFlowUnavailable True"] * 3
+    assert not any(tmp_path.iterdir())
 
 
 def test_real_tensorflow_and_working_torchvision_are_left_alone(tmp_path: Path) -> None:
