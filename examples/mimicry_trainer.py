@@ -5,8 +5,10 @@
 
 What a Mimicry user writes: the nets come from the model registry, the data from Mimicry's
 loaders (`load_dataset`) or from a folder of images, the training loop is `mmc.training.Trainer`.
-The run folder it leaves (Mimicry's checkpoints and params.json) is one that every
-`sagan-plugin` command reads when told the model and data, e.g.
+FID and KID come from `sagan_plugin.metrics.evaluate`, which takes `mmc.metrics.evaluate`'s
+arguments and needs no TensorFlow or download. The run folder it leaves (Mimicry's checkpoints
+and params.json) is one that every `sagan-plugin` command reads when told the model and data,
+e.g.
 
     sagan-plugin sample run=runs/mimicry_sagan model=sagan data=folder data.root=DIR
     sagan-plugin train run_dir=runs/mimicry_sagan model=sagan data=folder data.root=DIR  # on
@@ -19,9 +21,9 @@ import argparse
 import torch
 import torch_mimicry as mmc  # importable on current PyTorch through sagan-plugin's start-up hook
 
+from sagan_plugin import metrics
 from sagan_plugin.config import compose
 from sagan_plugin.data import build_dataset
-from sagan_plugin.evaluate import main as evaluate
 from sagan_plugin.registry import get_model
 
 MIMICRY_DATA = ("cifar10", "cifar100", "stl10_48", "imagenet_32", "imagenet_128", "celeba_64",
@@ -67,10 +69,13 @@ def main() -> None:
                                    save_steps=min(5000, args.steps), vis_steps=1000)
     trainer.train()
 
-    # sagan-plugin's evaluator on Mimicry's run folder: FID and KID, offline.
-    evaluate([f"run={args.log_dir}", "model=sagan", f"model.ngf={args.width}",
-              f"model.ndf={args.width}", *data_tokens, "metrics=fid,kid", f"n={args.fid_n}",
-              f"device={device.type}"])
+    # Scored as a Mimicry user scores a run, with mmc.metrics.evaluate's arguments, offline.
+    fields = {"root": args.root, "resolution": data.resolution}
+    for metric, counts in (("fid", {"num_real_samples": args.fid_n,
+                                    "num_fake_samples": args.fid_n}),
+                           ("kid", {"num_samples": args.fid_n})):
+        metrics.evaluate(metric, netG, args.log_dir, evaluate_step=args.steps, num_runs=1,
+                         dataset=args.data, data=fields, device=device, **counts)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from the chosen family's preset: a null default there means an optional integer.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,11 +151,29 @@ def compose(argv: list[str]) -> DictConfig:
     except OmegaConfBaseException as error:
         raise UsageError(f"cannot parse overrides {' '.join(overrides)!r}: {error.msg}") from None
     _merge(cfg, cli, "override")
-    configure = get_dataset(cfg.data.name).configure
-    if configure is not None:  # fields that follow from the data's files (a folder's classes)
-        _merge(cfg, {"data": configure(cfg.data)}, f"data {cfg.data.name}")
+    _configure_data(cfg)
     _derive(cfg, family)
     return cfg
+
+
+def compose_data(name: str, fields: Mapping[str, Any] | None = None) -> DictConfig:
+    """The data section alone, as `compose` makes it from data=NAME and data.KEY=VALUE (for
+    scoring real images with no model). fields: {"root": "/data", ...}."""
+    dataset = get_dataset(name)
+    cfg = OmegaConf.create({"data": OmegaConf.structured(DataConfig(name=name))})
+    OmegaConf.set_struct(cfg, True)
+    _merge(cfg, {"data": dict(dataset.defaults)}, f"preset of data {name}")
+    _merge(cfg, {"data": dict(fields or {})}, "data fields")
+    _configure_data(cfg)
+    validate(cfg.data, DataConfig, "data.")
+    return cfg.data
+
+
+def _configure_data(cfg: DictConfig) -> None:
+    """The data fields that follow from the data's files (a folder's classes)."""
+    configure = get_dataset(cfg.data.name).configure
+    if configure is not None:
+        _merge(cfg, {"data": configure(cfg.data)}, f"data {cfg.data.name}")
 
 
 def run_key_lines(selectors: list[str]) -> list[str]:

@@ -49,7 +49,12 @@ def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor
 
     Mimicry's unconditional generators take z alone; this package's take (z, y=None).
     """
-    return netG(z, labels) if netG.num_classes else netG(z)
+    return netG(z, labels) if class_count(netG) else netG(z)
+
+
+def class_count(netG: nn.Module) -> int:
+    """netG's classes; 0 for an unconditional net, whose Mimicry class may not say so."""
+    return int(getattr(netG, "num_classes", 0) or 0)
 
 
 class Registry(Generic[T]):

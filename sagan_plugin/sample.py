@@ -37,7 +37,7 @@ from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_atomically
 from sagan_plugin.machine import require_memory
-from sagan_plugin.registry import generate
+from sagan_plugin.registry import class_count, generate
 from sagan_plugin.schema import SEED, at_least, option
 
 GRID_PADDING = 2
@@ -92,11 +92,12 @@ def sample_batches(netG: nn.Module, n: int, seed: int = 0,
     """The recipe's images in consecutive batches (CPU tensors in [-1, 1]), streamed."""
     if batch <= 0:
         raise UsageError(f"batch must be a positive number of images, got {batch}")
-    class_labels(n, classes, netG.num_classes)  # checks before any work
+    classes_of_netG = class_count(netG)
+    class_labels(n, classes, classes_of_netG)  # checks before any work
     done = 0
     with torch.inference_mode():
         for z in noise_batches(n, netG.nz, seed, batch):
-            labels = class_labels(len(z), classes, netG.num_classes, start=done)
+            labels = class_labels(len(z), classes, classes_of_netG, start=done)
             yield generate(netG, z.to(device), labels.to(device)).cpu()
             done += len(z)
 

@@ -26,14 +26,14 @@ def mimicry_run(tmp_path_factory) -> tuple[Path, list[str]]:
     images = root / "images"
     for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
         (images / label).mkdir(parents=True)
-        for i in range(8):
+        for i in range(10):
             Image.new("RGB", (40, 36), tuple(c + 5 * i for c in colour)).save(
                 images / label / f"{i}.png")
     log_dir = root / "log"
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "mimicry_trainer.py"), "--data", "folder",
          "--root", str(images), "--steps", "2", "--batch-size", "4", "--width", "4",
-         "--log-dir", str(log_dir), "--fid-n", "8"],
+         "--log-dir", str(log_dir), "--fid-n", "20"],
         capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     return log_dir, ["model=sagan", "model.ngf=4", "model.ndf=4", "data=folder",
@@ -47,8 +47,9 @@ def test_the_example_trains_with_mimicrys_trainer_and_scores_with_ours(
     assert checkpoint_steps(log_dir) == [2]
     ckpt = torch.load(checkpoint_path(log_dir, 2), weights_only=True)
     assert "training_state" not in ckpt  # written by the host's Trainer, not ours
-    scores = json.loads((log_dir / "eval" / "ema_n8.json").read_text())
-    assert scores["rows"][0]["step"] == 2 and scores["rows"][0]["fid"] > 0
+    for name in ("fid_0k_0k.json", "kid_0k.json"):  # mmc.metrics.evaluate's {step: [score]}
+        scores = json.loads((log_dir / "eval" / name).read_text())
+        assert list(scores) == ["2"] and len(scores["2"]) == 1 and scores["2"][0] > 0
 
 
 def test_sample_export_and_viz_read_a_mimicry_run_given_its_model(

@@ -2,5 +2,15 @@
 
 weights.py finds and checks the weights (never downloading), inception.py builds the network,
 features.py runs it in batches, scores.py holds the formulas, real_stats.py caches real-image
-features, files.py writes outputs atomically. The commands are in sagan_plugin/evaluate.py.
+features, files.py writes outputs atomically. The commands are in sagan_plugin/evaluate.py;
+mimicry.py is Mimicry's `mmc.metrics.evaluate` call on them (`sagan_plugin.metrics.evaluate`).
 """
+
+
+def __getattr__(name: str):
+    # `metrics.evaluate`, Mimicry's API, imported on first use: it needs the whole evaluator.
+    if name == "evaluate":
+        from sagan_plugin.metrics.mimicry import evaluate
+
+        return evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

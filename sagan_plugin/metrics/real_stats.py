@@ -56,9 +56,15 @@ def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: in
                 return cached["features"].astype(np.float64), path
         except (OSError, ValueError, KeyError):
             path.unlink()  # a damaged cache entry is recomputed
+    features = subset_features(dataset, n, extractor)
+    write_npz(path, features=features)
+    return features.astype(np.float64), path
+
+
+def subset_features(dataset: torch.utils.data.Dataset, n: int,
+                    extractor: FeatureExtractor) -> np.ndarray:
+    """float32 pool3 features of the seeded random subset of n images (the cached precision)."""
     generator = torch.Generator().manual_seed(SUBSET_SEED)
     indices = torch.randperm(len(dataset), generator=generator)[:n].sort().values.tolist()
-    features = extractor.extract(dataset_batches(dataset, indices, extractor.batch_size),
-                                 total=n, desc="real images").features
-    write_npz(path, features=features.astype(np.float32))
-    return features.astype(np.float32).astype(np.float64), path
+    return extractor.extract(dataset_batches(dataset, indices, extractor.batch_size),
+                             total=n, desc="real images").features.astype(np.float32)

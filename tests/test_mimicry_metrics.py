@@ -1,0 +1,216 @@
+"""`sagan_plugin.metrics.evaluate`, Mimicry's `mmc.metrics.evaluate` call: the scores of
+`sagan-plugin eval` for every step and seed, Mimicry's JSON, its skip-what-is-done rule, and
+bad arguments refused before any work."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch_mimicry as mmc
+from inception_helpers import converted_weights, with_classifier
+from test_export import STEP, make_run
+
+from sagan_plugin import cli, metrics
+from sagan_plugin.errors import UsageError
+from sagan_plugin.metrics import mimicry
+from sagan_plugin.metrics.features import FeatureExtractor
+from sagan_plugin.metrics.real_stats import subset_features
+from sagan_plugin.metrics.scores import frechet_distance
+from sagan_plugin.registry import get_model
+from sagan_plugin.runs import checkpoint_path
+from sagan_plugin.sample import sample, to_uint8
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*Inception features")]
+N = 4
+FAST = {"batch_size": 8, "device": "cpu", "verbose": False}
+
+
+@pytest.fixture(autouse=True)
+def caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """make_run's tiny SAGAN with a second checkpoint, at 2 * STEP, of other weights."""
+    run = make_run(tmp_path_factory.mktemp("mimicry") / "run")
+    ckpt = torch.load(checkpoint_path(run, STEP), weights_only=True)
+    ckpt["model_state_dict"] = {k: v * 0.8 if v.is_floating_point() else v
+                                for k, v in ckpt["model_state_dict"].items()}
+    ckpt["global_step"] = 2 * STEP
+    torch.save(ckpt, checkpoint_path(run, 2 * STEP))
+    return run
+
+
+def sagan_netG():
+    """What a Mimicry user builds by hand: make_run's architecture, fresh weights."""
+    return get_model("sagan").build(32, 10, ngf=8)[0]
+
+
+@pytest.fixture(scope="module")
+def full_weights(tmp_path_factory):
+    """Weights with a (random) 1008-way classifier, so that IS can be computed."""
+    path = tmp_path_factory.mktemp("weights") / "full.pth"
+    state = with_classifier(torch.load(converted_weights(), weights_only=True))
+    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0))
+    torch.save(state, path)
+    return path
+
+
+def cli_scores(run, tmp_path, seed, metric, weights):
+    out = tmp_path / f"cli_{seed}.json"
+    ours = {"inception_score": "is"}.get(metric, metric)
+    assert cli.main(["eval", f"run={run}", "steps=all", "ema=false", f"seed={seed}", f"n={N}",
+                     f"n_real={N}", f"metrics={ours}", "kid_subsets=2", "kid_subset_size=2",
+                     "is_splits=2", "batch_size=8", "device=cpu", f"inception_weights={weights}",
+                     f"out={out}"]) == 0
+    return {row["step"]: row[ours] for row in json.loads(out.read_text())["rows"]}
+
+
+COUNTS = {"fid": {"num_real_samples": N, "num_fake_samples": N},
+          "kid": {"num_samples": N, "num_subsets": 2},
+          "inception_score": {"num_samples": N, "splits": 2}}
+FILES = {"fid": "fid_0k_0k.json", "kid": "kid_0k.json",  # Mimicry's names
+         "inception_score": "inception_score_0k.json"}
+
+
+@pytest.mark.parametrize("metric", COUNTS)
+def test_every_step_and_seed_scores_as_sagan_plugin_eval(run, tmp_path, metric, full_weights):
+    scores = metrics.evaluate(metric, sagan_netG(), run, evaluate_range=(STEP, 2 * STEP, STEP),
+                              num_runs=2, start_seed=3, dataset="procedural",
+                              inception_weights=full_weights, **COUNTS[metric], **FAST)
+    by_seed = [cli_scores(run, tmp_path, seed, metric, full_weights) for seed in (3, 4)]
+    expected = {step: [by_seed[0][step], by_seed[1][step]] for step in (STEP, 2 * STEP)}
+    assert scores == expected
+    assert len({v for values in scores.values() for v in values}) == 4  # steps, seeds differ
+    saved = json.loads((run / "eval" / FILES[metric]).read_text())  # Mimicry's layout
+    assert saved == {str(step): values for step, values in expected.items()}
+
+
+def test_a_mimicry_generator_scores_as_a_direct_computation(tmp_path):
+    # Mimicry's own unconditional net (no num_classes attribute), its own checkpoint.
+    torch.manual_seed(1)
+    netG = mmc.nets.sngan.SNGANGenerator32(ngf=16)
+    netG.save_checkpoint(str(tmp_path / "log" / "checkpoints" / "netG"), 500)
+    scores = metrics.evaluate("fid", mmc.nets.sngan.SNGANGenerator32(ngf=16), tmp_path / "log",
+                              evaluate_step=500, num_runs=1, dataset="procedural",
+                              num_real_samples=N, num_fake_samples=N, **FAST)
+    extractor = FeatureExtractor(device="cpu", batch_size=8)
+    fake = extractor.extract([to_uint8(sample(netG.eval(), N, seed=0))]).features
+    real = subset_features(get_dataset_images("procedural"), N, extractor)
+    assert scores[500] == [pytest.approx(frechet_distance(fake, real.astype(np.float64)),
+                                         rel=1e-9)]
+
+
+def get_dataset_images(name):
+    from sagan_plugin.config import compose_data
+    from sagan_plugin.data import build_dataset
+
+    return build_dataset(compose_data(name))
+
+
+def test_saved_steps_are_skipped_and_overwrite_scores_them_again(run, tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    shutil.copytree(run, log, ignore=shutil.ignore_patterns("eval"))  # no scores yet
+    calls = []
+    real_generator_features = mimicry.generator_features
+    monkeypatch.setattr(mimicry, "generator_features",
+                        lambda *a, **k: calls.append(1) or real_generator_features(*a, **k))
+    args = dict(evaluate_step=STEP, num_runs=1, dataset="procedural", num_samples=N,
+                num_subsets=2, **FAST)
+    first = metrics.evaluate("kid", sagan_netG(), log, **args)
+    assert metrics.evaluate("kid", sagan_netG(), log, **args) == first and len(calls) == 1
+    assert metrics.evaluate("kid", sagan_netG(), log, overwrite=True, **args) == first
+    assert len(calls) == 2
+
+
+class Images(torch.utils.data.Dataset):
+    """A user's own data set, as Mimicry takes one: (image in [-1, 1], label) items."""
+
+    def __init__(self, n=16):
+        self.images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+
+def test_a_dataset_object_keeps_its_features_in_stats_file(run, tmp_path, monkeypatch):
+    args = dict(evaluate_step=STEP, num_runs=1, dataset=Images(), num_real_samples=N,
+                num_fake_samples=N, write_to_json=False, **FAST)
+    first = metrics.evaluate("fid", sagan_netG(), run, stats_file=str(tmp_path / "fid_stats"),
+                             **args)
+    assert (tmp_path / "fid_stats.npz").is_file()  # Mimicry's rule: .npz is added
+    monkeypatch.setattr(mimicry, "subset_features", lambda *a: pytest.fail("not from the file"))
+    again = metrics.evaluate("fid", sagan_netG(), run, stats_file=str(tmp_path / "fid_stats.npz"),
+                             **args)
+    assert again == first
+
+
+def foreign_stats(folder):
+    path = folder / "tf_stats.npz"  # what Mimicry's TF FID keeps: another network's mu, sigma
+    np.savez(path, mu=np.zeros(2048), sigma=np.eye(2))
+    return str(path)
+
+
+def without_ema(run, folder):
+    """A copy of run whose checkpoints have no EMA weights (as Mimicry's Trainer writes)."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("eval"))
+    for ckpt in (folder / "checkpoints" / "netG").iterdir():
+        saved = torch.load(ckpt, weights_only=True)
+        del saved["ema_state_dict"]
+        torch.save(saved, ckpt)
+    return folder
+
+
+# Each case: what to change in a good call, given the run and a scratch folder.
+BAD = {
+    "step and range": (lambda r, t: {"evaluate_range": (STEP, STEP, 1)}, "one of evaluate_step"),
+    "no step": (lambda r, t: {"evaluate_step": None}, "one of evaluate_step"),
+    "short range": (lambda r, t: {"evaluate_step": None, "evaluate_range": (1, 9)},
+                    "tuple of ints"),
+    "fid counts": (lambda r, t: {"num_fake_samples": None},
+                   "FID needs num_real_samples= and num_fake_samples="),
+    "metric": (lambda r, t: {"metric": "fids"},
+               "metric='fids': expected one of fid, kid, inception_score"),
+    "kid count": (lambda r, t: {"metric": "kid"}, "KID needs num_samples="),
+    "log_dir": (lambda r, t: {"log_dir": t / "nowhere"}, "has no checkpoint folder"),
+    "data set name": (lambda r, t: {"dataset": "imagenet"}, "unknown data set 'imagenet'"),
+    "no data set": (lambda r, t: {"dataset": None}, "FID and KID need dataset="),
+    "no stats_file": (lambda r, t: {"dataset": Images()}, "a Dataset object needs stats_file="),
+    "TF stats_file": (lambda r, t: {"dataset": Images(), "stats_file": foreign_stats(t)},
+                      "not a sagan-plugin features file"),
+    "data field": (lambda r, t: {"data": {"sizee": 3}}, "unknown key 'data.sizee'"),
+    "resolution": (lambda r, t: {"netG": get_model("sagan").build(64, 10, ngf=8)[0]},
+                   r"makes \(3, 64, 64\) images but data set procedural has \(3, 32, 32\)"),
+    "classes": (lambda r, t: {"netG": get_model("sagan").build(32, 3, ngf=8)[0]},
+                "the generator has 3 classes but data set procedural has 10"),
+    "width": (lambda r, t: {"netG": get_model("sagan").build(32, 10, ngf=16)[0],
+                            "write_to_json": False}, "does not fit SAGANGenerator32"),
+    "no IS logits": (lambda r, t: {"metric": "inception_score", "num_samples": N,
+                                   "write_to_json": False}, "Inception Score is unavailable"),
+    "no EMA": (lambda r, t: {"ema": True, "log_dir": without_ema(r, t / "mimicry_run")},
+               "holds no EMA weights"),
+}
+
+
+def files_under(*folders):
+    return sorted(p for folder in folders for p in folder.rglob("*") if "cache" not in p.parts)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_arguments_are_one_line_errors_and_write_nothing(run, tmp_path, case):
+    change, message = BAD[case]
+    args = dict(metric="fid", netG=sagan_netG(), log_dir=run, evaluate_step=STEP,
+                dataset="procedural", num_real_samples=N, num_fake_samples=N, **FAST)
+    args.update(change(run, tmp_path))
+    before = files_under(tmp_path, run)
+    with pytest.raises(UsageError, match=message) as error:
+        metrics.evaluate(**args)
+    assert "\n" not in str(error.value)
+    assert files_under(tmp_path, run) == before
