@@ -210,7 +210,12 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(run, tmp_path, case
                 dataset="procedural", num_real_samples=N, num_fake_samples=N, **FAST)
     args.update(change(run, tmp_path))
     before = files_under(tmp_path, run)
+    state = {k: v.clone() for k, v in args["netG"].state_dict().items()}
     with pytest.raises(UsageError, match=message) as error:
         metrics.evaluate(**args)
     assert "\n" not in str(error.value)
     assert files_under(tmp_path, run) == before
+    if case not in ("width", "no IS logits"):  # refused before any checkpoint was loaded:
+        assert args["netG"].training  # the caller's net is as it was
+        for key, value in args["netG"].state_dict().items():
+            assert torch.equal(value, state[key]), key

@@ -270,8 +270,12 @@ def _check_fit(netG: nn.Module, images: Dataset, classes: int | None, what: str)
                          f"{classes}")
     z = torch.zeros(1, netG.nz, device=next(netG.parameters()).device)
     labels = torch.zeros(1, dtype=torch.int64, device=z.device)
-    with torch.inference_mode():
-        fake = generate(netG, z, labels)
+    was_training = netG.training
+    try:  # in eval mode: a training-mode pass would move BN statistics and spectral-norm vectors
+        with torch.inference_mode():
+            fake = generate(netG.eval(), z, labels)
+    finally:
+        netG.train(was_training)
     if fake.shape[1:] != real.shape:
         raise UsageError(f"the generator makes {tuple(fake.shape[1:])} images but {what} has "
                          f"{tuple(real.shape)}")
