@@ -93,6 +93,23 @@ def test_frechet_distance_equals_pytorch_fid():
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
 
 
+def test_fid_and_kid_equal_mimicrys_own_formulas():
+    # The host's numpy code behind its TF metrics: the same features give the same scores.
+    ensure_host_importable()
+    from torch_mimicry.metrics.fid import fid_utils
+    from torch_mimicry.metrics.kid import kid_utils
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(200, 32))
+    b = rng.normal(size=(200, 32)) @ rng.normal(size=(32, 32)) * 0.4 + 0.1
+    mimicry_fid = fid_utils.calculate_frechet_distance(*statistics(a), *statistics(b))
+    assert frechet_distance(a, b) == pytest.approx(mimicry_fid, rel=1e-9)
+    # On one subset of every image no random draw is involved; Mimicry's estimate is unbiased.
+    ours = kernel_inception_distance(a, b, subsets=1, subset_size=len(a))[0]
+    assert ours == pytest.approx(kid_utils.polynomial_mmd(a, b), rel=1e-9)
+    assert ours > 0.01
+
+
 def test_frechet_distance_with_fewer_samples_than_dimensions():
     # pytorch-fid's sqrtm gives up here (imaginary part); the symmetric form does not.
     rng = np.random.default_rng(4)
