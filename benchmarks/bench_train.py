@@ -16,6 +16,9 @@ at the same widths (ours ngf=ndf=W is the host's ngf=ndf=16W). FLOPs per step ar
 torch.utils.flop_counter; MFU divides the achieved FLOP/s by the bf16 matmul rate measured in
 the same run. Then the same step on 1 and on N processes (DDP, weak scaling: batch per process
 fixed) gives the scaling efficiency. Goals on H100/H200: >= 2x the host's images/s, MFU >= 30%.
+`--scan-batches` (on a GPU by default 64 and 32, the paper's 256 split over 4 and 8 GPUs) times
+the fastest eager variant at those batches too: what strong scaling in ddp_estimate.py needs
+(a compiled step would compile again for every batch).
 `--trace FILE.json.gz` profiles a few steps of the fastest variant with torch.profiler (a Chrome
 trace, for chrome://tracing or Perfetto) and prints its ten costliest operators.
 """
@@ -172,6 +175,33 @@ def scaling(args: dict, processes: int, tmp: Path) -> list[dict]:
     return rows
 
 
+def batch_scan(rows: list[dict], variants: list[tuple], batches: list[int], batch: int,
+               width: int, num_classes: int, device: torch.device, repeats: int,
+               warmup: int) -> dict | None:
+    """The fastest eager variant of ours at other batches: {variant, rows: [{batch, ms,
+    images_per_s}]}, its row of the main table included; None with no batches."""
+    batches = sorted({b for b in batches if b != batch}, reverse=True)
+    if not batches:
+        return None
+    eager = [(row, variant) for row, variant in zip(rows, variants, strict=True)
+             if variant[1] == "ours" and not variant[4]]
+    best, (name, impl, precision, channels_last, _) = max(
+        eager, key=lambda pair: pair[0]["images_per_s"])
+    scanned = [{"batch": batch, "ms": best["ms"], "images_per_s": best["images_per_s"]}]
+    for b in batches:
+        step, _ = make_step(impl, width, b, num_classes, device, precision, channels_last)
+        seconds = median_seconds(step, device, repeats, warmup)
+        scanned.append({"batch": b, "ms": 1000 * seconds, "images_per_s": b / seconds})
+        del step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"\n{name} at other batches (strong scaling's per-GPU batches):")
+    print_table(["batch", "ms/step", "images/s", "vs batch " + str(batch)],
+                [[r["batch"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
+                  f"{r['images_per_s'] / best['images_per_s']:.2f}x"] for r in scanned])
+    return {"variant": name, "rows": scanned}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -187,6 +217,9 @@ def main() -> None:
     parser.add_argument("--json", help="default: benchmarks/results/bench_train_<device>.json")
     parser.add_argument("--trace", type=Path,
                         help="write a torch.profiler trace of the fastest variant here")
+    parser.add_argument("--scan-batches", type=int, nargs="*",
+                        help="time the fastest eager variant at these batches too "
+                             "(default: 64 32 on GPU, none on CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,6 +273,10 @@ def main() -> None:
         if gpu:
             torch.cuda.empty_cache()
 
+    scan = batch_scan(rows, variants, args.scan_batches if args.scan_batches is not None
+                      else ([64, 32] if gpu else []), batch, width, args.num_classes, device,
+                      repeats, warmup)
+
     processes = args.processes or (torch.cuda.device_count() if gpu else 2)
     best = rows[-1] if gpu else rows[1]  # CPU: fp32 (bf16 is emulated on many CPUs)
     settings = {"device": args.device, "width": width, "batch": batch,
@@ -264,7 +301,8 @@ def main() -> None:
     print("goals (H100/H200): ours >= 2x host images/s, MFU >= 30%")
     write_json(args.json, {"benchmark": "train", "machine": describe(device),
                            "bf16_matmul_flops": peak, "batch": batch, "width": width,
-                           "num_classes": args.num_classes, "rows": rows, "scaling": scale_rows})
+                           "num_classes": args.num_classes, "rows": rows, "scaling": scale_rows,
+                           "batch_scan": scan})
 
 
 if __name__ == "__main__":

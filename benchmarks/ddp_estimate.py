@@ -18,8 +18,10 @@ comes from --train-json, the fastest of this project's rows in bench_train's tab
 its per-GPU batch), or else is assumed: the counted FLOPs at --assume-mfu of --peak-tflops
 (the 30% MFU goal, an H200's 989 dense bf16 TFLOP/s), a global-batch step on one GPU. Then:
 weak scaling (that batch on every GPU; communication not overlapped with the backward pass,
-a worst case) and strong scaling of the paper's global batch 256 (compute shrinking in
-proportion to the per-GPU batch, a best case: small batches use a GPU less well).
+a worst case) and strong scaling of the paper's global batch 256: at the per-GPU batch that
+bench_train's batch scan measured (its fastest eager variant, also the single-GPU reference),
+else with compute assumed to shrink in proportion to the batch (a best case: small batches use a
+GPU less well). The table's last column says which.
 """
 
 from __future__ import annotations
@@ -81,14 +83,24 @@ def measured_step(path: Path) -> dict:
         report = json.loads(path.read_text())
         ours = [row for row in report["rows"] if row["variant"].startswith("ours")]
         best = max(ours, key=lambda row: row["images_per_s"])
+        scan = report.get("batch_scan")  # absent before 2026-12-03, None when not run
         return {"variant": best["variant"], "ms": float(best["ms"]), "batch": int(report["batch"]),
                 "width": int(report["width"]), "machine": report["machine"],
                 # bench_train's default, which JSONs before 2026-12-03 did not record
                 "num_classes": int(report.get("num_classes", 1000)),
-                "flops_per_image": best["flops_per_step"] / int(report["batch"])}
+                "flops_per_image": best["flops_per_step"] / int(report["batch"]),
+                "scan": scan and {"variant": scan["variant"],
+                                  "ms": {int(r["batch"]): float(r["ms"]) for r in scan["rows"]}}}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"error: {path} is not a bench_train JSON ({error}); expected the "
                          "file `bench_train.py --json` writes") from None
+
+
+def machine_name(machine: dict | str) -> str:
+    """The GPU (or CPU) of a benchmark JSON's machine description, with its torch."""
+    if not isinstance(machine, dict):
+        return str(machine)
+    return f"{machine.get('gpu') or machine.get('cpu', '?')}, torch {machine.get('torch', '?')}"
 
 
 def assumed_step(flops: float, batch: int, mfu: float, peak_tflops: float) -> dict:
@@ -108,13 +120,25 @@ def scaling_rows(volume: dict[str, int], gpus: list[int], bus: float, step: dict
                "comm_ms": comm_ms}
         if step is not None:
             weak = step["ms"] + comm_ms
-            strong = step["ms"] * global_batch / (p * step["batch"]) + comm_ms
-            single = step["ms"] * global_batch / step["batch"]
+            compute, single, basis = strong_compute_ms(step, global_batch, p)
+            strong = compute + comm_ms
             row.update(weak_ms=weak, weak_efficiency=step["ms"] / weak,
                        weak_images_per_s=1000 * p * step["batch"] / weak,
-                       strong_ms=strong, strong_speedup=single / strong)
+                       strong_ms=strong, strong_speedup=single / strong, strong_basis=basis)
         rows.append(row)
     return rows
+
+
+def strong_compute_ms(step: dict, global_batch: int, gpus: int) -> tuple[float, float, str]:
+    """(ms of one GPU's share of a global-batch step, ms of the whole step on one GPU, where
+    they come from): bench_train's batch scan when it timed that share, else linear in batch."""
+    scan = step.get("scan")
+    share = global_batch / gpus
+    if scan and share in scan["ms"] and step["batch"] in scan["ms"]:
+        single = scan["ms"][step["batch"]] * global_batch / step["batch"]
+        return scan["ms"][int(share)], single, f"measured: {scan['variant']}, batch {share:g}"
+    return (step["ms"] * share / step["batch"], step["ms"] * global_batch / step["batch"],
+            "assumed: linear in batch")
 
 
 def main() -> None:
@@ -177,16 +201,16 @@ def main() -> None:
     cells = [[r["gpus"], f"{r['all_reduce_mb']:.1f}", f"{r['ring_mb_per_gpu']:.1f}",
               f"{r['comm_ms']:.2f}"] for r in rows]
     if step is not None:
-        source = f"on {step['machine']} (from {args.train_json})" if args.train_json else \
-            "(on paper: no GPU measured it)"
+        source = f"on {machine_name(step['machine'])} (from {args.train_json})" \
+            if args.train_json else "(on paper: no GPU measured it)"
         print(f"step: {step['variant']}, {step['ms']:.1f} ms at batch {step['batch']} per GPU "
               f"{source}")
         headers += ["weak ms", "weak eff.", "weak images/s",
-                    f"strong ms (batch {args.global_batch})", "strong speedup"]
+                    f"strong ms (batch {args.global_batch})", "strong speedup", "strong from"]
         for cell, r in zip(cells, rows, strict=True):
             cell += [f"{r['weak_ms']:.1f}", f"{100 * r['weak_efficiency']:.1f}%",
                      f"{r['weak_images_per_s']:.0f}", f"{r['strong_ms']:.1f}",
-                     f"{r['strong_speedup']:.2f}x"]
+                     f"{r['strong_speedup']:.2f}x", r["strong_basis"]]
     else:
         print("step time: unknown (pass --train-json with a GPU bench_train JSON)")
     print_table(headers, cells)

@@ -234,6 +234,7 @@ def test_ddp_estimate_scales_a_measured_step_and_refuses_a_foreign_file(tmp_path
     # The paper's global batch 256 over 4 GPUs: 64 each, the measured step plus communication.
     assert four["strong_ms"] == pytest.approx(20.0 + four["comm_ms"])
     assert four["strong_speedup"] == pytest.approx(4 * 20.0 / four["strong_ms"])
+    assert four["strong_basis"] == "assumed: linear in batch"  # the JSON has no batch scan
 
     result = _ddp_estimate("--train-json", str(train), "--width", "8", "--json", str(out))
     lines = result.stderr.strip().splitlines()
@@ -243,6 +244,32 @@ def test_ddp_estimate_scales_a_measured_step_and_refuses_a_foreign_file(tmp_path
     result = _ddp_estimate("--train-json", str(train), "--json", str(out))
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "is not a bench_train JSON" in lines[0]
+
+
+def test_strong_scaling_uses_the_batch_scan_where_it_measured_the_per_gpu_batch(tmp_path):
+    """The paper's 256 on 4 and 8 GPUs is 64 and 32 per GPU: bench_train's scan timed those."""
+    train = tmp_path / "bench_train_cuda.json"
+    train.write_text(json.dumps({"batch": 256, "width": 4, "num_classes": 10, "machine": {
+        "gpu": "test GPU", "torch": "2.11"}, "rows": [
+            {"variant": "ours bf16 channels_last", "ms": 120.0, "images_per_s": 2133.0,
+             "flops_per_step": 1e9},
+            {"variant": "ours bf16 cl compile", "ms": 100.0, "images_per_s": 2560.0,
+             "flops_per_step": 1e9}],
+        "batch_scan": {"variant": "ours bf16 channels_last", "rows": [
+            {"batch": 256, "ms": 120.0}, {"batch": 64, "ms": 40.0}]}}))
+    out = tmp_path / "estimate.json"
+    result = _ddp_estimate("--train-json", str(train), "--gpus", "1", "4", "8", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "on test GPU, torch 2.11" in result.stdout
+    one, four, eight = json.loads(out.read_text())["rows"]
+    assert one["weak_ms"] == 100.0 and one["strong_ms"] == 120.0  # weak: the fastest variant
+    assert one["strong_basis"] == "measured: ours bf16 channels_last, batch 256"
+    assert four["strong_ms"] == pytest.approx(40.0 + four["comm_ms"])
+    assert four["strong_speedup"] == pytest.approx(120.0 / four["strong_ms"])
+    assert four["strong_basis"] == "measured: ours bf16 channels_last, batch 64"
+    # batch 32 was not scanned: the fastest variant's 256-batch step, shrunk in proportion
+    assert eight["strong_ms"] == pytest.approx(100.0 * 32 / 256 + eight["comm_ms"])
+    assert eight["strong_basis"] == "assumed: linear in batch"
 
 
 def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch):
