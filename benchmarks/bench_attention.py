@@ -12,8 +12,10 @@ set is dominated by lazily loaded kernels and the allocator's caching. Times are
 On GPU the table also runs our layer under each SDPA kernel alone (flash, efficient, cudnn,
 math) and names the one PyTorch's dispatcher picks (auto).
 
-Rows "ours+pad" measure a proposal for nets/attention.py: query and key zero-padded to the
-value's width (q.k unchanged) so that FlashAttention, which needs equal widths, can run.
+Rows "ours+pad" are our layer with query and key zero-padded to the value's width (q.k
+unchanged; SelfAttention(pad_query_key=True), what train.sdpa_backend=flash trains with) so
+that FlashAttention, which needs equal widths, can run. If it wins under auto, it should become
+the layer's default.
 
 Goals: at 64x64 on GPU, ours (bf16) >= 2x faster and >= 4x less peak memory than the host's
 (fp32, its own precision); on CPU ours not slower than the host's.
@@ -29,7 +31,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _machine import (
     RESULTS,
     describe,
@@ -44,56 +45,28 @@ CASES = [(256, 32), (128, 64)]  # (channels, feature-map side)
 BACKENDS = ("flash", "efficient", "cudnn", "math")
 
 
-_SDPA = F.scaled_dot_product_attention  # the real one, before any row replaces it
-
-
-def padded_sdpa(query, key, value, **kwargs):
-    """scaled_dot_product_attention with query and key zero-padded to the value's width.
-
-    Zero columns add nothing to q.k, so the result is the same (tests/test_gpu_suite.py checks
-    it); with equal widths FlashAttention can run. The default scale 1/sqrt(width) would see
-    the padded width, so it is fixed to the original one (our layer passes scale=1 anyway)."""
-    extra = value.shape[-1] - query.shape[-1]
-    if extra <= 0:
-        return _SDPA(query, key, value, **kwargs)
-    if kwargs.get("scale") is None:
-        kwargs["scale"] = query.shape[-1] ** -0.5
-    return _SDPA(F.pad(query, (0, extra)), F.pad(key, (0, extra)), value, **kwargs)
-
-
-def _pad_query_key_to_value_width() -> None:
-    """The "ours+pad" rows (a proposal, this subprocess only): our layer calls padded_sdpa."""
-    F.scaled_dot_product_attention = padded_sdpa
-
-
 def _layer(impl: str, channels: int) -> torch.nn.Module:
-    if impl == "ours+pad":
-        _pad_query_key_to_value_width()
+    torch.manual_seed(0)
     if impl == "host":
         from sagan_plugin.host import torch_mimicry  # the host, after its compatibility shim
 
-        layer_class = importlib.import_module(
-            f"{torch_mimicry.__name__}.modules.layers").SelfAttention
+        layer = importlib.import_module(
+            f"{torch_mimicry.__name__}.modules.layers").SelfAttention(channels)
     else:
-        from sagan_plugin.nets import SelfAttention as layer_class
-    torch.manual_seed(0)
-    layer = layer_class(channels)
+        from sagan_plugin.nets import SelfAttention
+
+        layer = SelfAttention(channels, pad_query_key=impl == "ours+pad")
     with torch.no_grad():
         layer.gamma.fill_(0.5)
     return layer
 
 
-def _auto_backend(qk_width: int, v_width: int, side: int, batch: int, device: torch.device,
-                  dtype: torch.dtype) -> str:
-    """The kernel PyTorch's dispatcher picks for our attention's shapes."""
+def _kernel_choice(query, key, value) -> str:
+    """The kernel PyTorch's dispatcher picks for these inputs."""
     from torch.nn.attention import SDPBackend
 
-    n = side * side
-    q = torch.zeros(batch, 1, n, qk_width, device=device, dtype=dtype)
-    k = torch.zeros(batch, 1, n // 4, qk_width, device=device, dtype=dtype)
-    v = torch.zeros(batch, 1, n // 4, v_width, device=device, dtype=dtype)
     try:
-        return SDPBackend(torch._fused_sdp_choice(q, k, v, scale=1.0)).name.lower()
+        return SDPBackend(torch._fused_sdp_choice(query, key, value, scale=1.0)).name.lower()
     except Exception as error:  # a private API: report rather than fail
         return f"unknown ({type(error).__name__})"
 
@@ -130,11 +103,9 @@ def run_case(spec: dict) -> dict:
         result["ms"] = 1000 * median_seconds(step, device, spec["repeats"])
     except RuntimeError as error:  # a kernel that does not take these shapes
         result["error"] = str(error).splitlines()[0][:80]
-    if spec["impl"] != "host" and backend == "auto":
-        dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
-        v_width = channels // 2
-        qk_width = v_width if spec["impl"] == "ours+pad" else channels // 8
-        result["kernel"] = _auto_backend(qk_width, v_width, side, batch, device, dtype)
+    if spec["impl"] != "host" and backend == "auto":  # the layer's own inputs, strides and all
+        with torch.no_grad(), step_context(device, spec["precision"]):
+            result["kernel"] = _kernel_choice(*layer.attention_inputs(x))
     return result
 
 
@@ -175,8 +146,9 @@ def main() -> None:
         specs = [{"impl": impl, "precision": precision, **common}
                  for precision in ("fp32", "bf16") for impl in ("host", "ours", "ours+pad")]
         if gpu:
-            specs += [{"impl": "ours", "precision": "bf16", "backend": b, **common}
-                      for b in BACKENDS]
+            # flash as train.sdpa_backend=flash runs it: on the padded layer
+            specs += [{"impl": "ours+pad" if b == "flash" else "ours", "precision": "bf16",
+                       "backend": b, **common} for b in BACKENDS]
         rows += [_in_subprocess(spec) for spec in specs]
 
     table = []

@@ -12,7 +12,9 @@ losses in fp32.
 
 Attention: the query/key width (C/8) differs from the value width (C/2), which FlashAttention
 does not take; `auto` lets PyTorch's dispatcher pick among the rest (memory-efficient or cuDNN
-on GPUs, math on CPU). benchmarks/bench_attention.py reports which kernels run, and how fast.
+on GPUs, math on CPU). `flash` zero-pads query and key to the value's width (exact: zero
+columns add nothing to q.k), so that it can run. benchmarks/bench_attention.py reports which
+kernels run, and how fast ("ours+pad" is the padded layer).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import warnings
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils.parametrizations import _SpectralNorm
@@ -48,23 +49,41 @@ def check_options(precision: str, sdpa_backend: str, device: torch.device) -> No
     if sdpa_backend not in SDPA_BACKENDS:
         raise UsageError(f"train.sdpa_backend must be auto or one of "
                          f"{', '.join(SDPA_BACKENDS)}, got {sdpa_backend!r}")
-    if not attention_kernel_runs(sdpa_backend, device, precision):
+    if not attention_kernel_runs(sdpa_backend, device, precision,
+                                 padded=pads_query_key(sdpa_backend)):
         raise UsageError(f"train.sdpa_backend={sdpa_backend} cannot run SAGAN's attention "
-                         f"(query/key width C/8, value width C/2) on {device} in {precision}; "
-                         "use auto")
+                         f"(query/key width C/{2 if pads_query_key(sdpa_backend) else 8}, value "
+                         f"width C/2) on {device} in {precision}; use auto")
+
+
+def pads_query_key(sdpa_backend: str) -> bool:
+    """Whether SAGAN's attention pads query and key to the value's width for this kernel."""
+    return sdpa_backend == "flash"
+
+
+def use_attention_kernel(net: nn.Module, sdpa_backend: str) -> nn.Module:
+    """Set net's attention layers to the shapes the chosen kernel takes (in place)."""
+    from sagan_plugin.nets.attention import SelfAttention
+
+    for module in net.modules():
+        if isinstance(module, SelfAttention):
+            module.pad_query_key = pads_query_key(sdpa_backend)
+    return net
 
 
 def attention_kernel_runs(backend: str, device: torch.device, precision: str = "fp32",
-                          channels: int = 256) -> bool:
-    """Whether one SDPA kernel takes SAGAN's attention shapes (probed on a small input)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    query = torch.zeros(2, 1, 64, channels // 8, device=device, dtype=dtype)
-    key = torch.zeros(2, 1, 16, channels // 8, device=device, dtype=dtype)
-    value = torch.zeros(2, 1, 16, channels // 2, device=device, dtype=dtype)
+                          channels: int = 256, padded: bool = False) -> bool:
+    """Whether one SDPA kernel runs SAGAN's attention layer (probed on a small input: the
+    layer itself, so that widths and strides are the ones training gives the kernel)."""
+    from sagan_plugin.nets.attention import SelfAttention
+
+    layer = SelfAttention(channels, pad_query_key=padded).to(device).eval()
+    x = torch.zeros(2, channels, 8, 8, device=device)
     try:
-        with sdpa_kernel([SDPA_BACKENDS[backend]]), warnings.catch_warnings():
+        with torch.no_grad(), step_context(device, precision, backend), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")  # each refusing kernel warns why
-            F.scaled_dot_product_attention(query, key, value, scale=1.0)
+            layer(x)
     except RuntimeError:
         return False
     return True

@@ -37,6 +37,7 @@ from sagan_plugin.precision import (
     keep_spectral_norm_fp32,
     step_context,
     to_memory_format,
+    use_attention_kernel,
 )
 from sagan_plugin.runs import (
     CONFIG_FILE,
@@ -162,6 +163,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
     for net in (netG, netD):
         net.to(device)
         to_memory_format(net, train.channels_last)
+        use_attention_kernel(net, train.sdpa_backend)
         if train.precision == "bf16":
             keep_spectral_norm_fp32(net)
     if train.compile:

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,16 +63,51 @@ def test_attention_in_bf16_matches_fp32(monkeypatch) -> None:
     torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_padding_query_and_key_to_the_value_width_changes_no_output(dtype, tol) -> None:
+    torch.manual_seed(0)
+    layer = SelfAttention(64).to(dtype).eval()
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+        x = torch.randn(2, 64, 8, 8, dtype=dtype)
+        plain = layer(x)
+        layer.pad_query_key = True
+        padded = layer(x)
+    torch.testing.assert_close(padded, plain, rtol=0, atol=tol)
+
+
+def test_flash_attention_runs_only_on_the_padded_layer() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    layer, x = SelfAttention(64), torch.randn(2, 64, 8, 8)
+    expected = layer(x)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refusing kernel says why
+        with pytest.raises(RuntimeError, match="No available kernel"):
+            layer(x)
+        layer.pad_query_key = True
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
+
+
 def test_attention_kernel_probe_and_refusal(tiny_overrides: list[str]) -> None:
     cpu = torch.device("cpu")
     assert attention_kernel_runs("math", cpu)
     assert not attention_kernel_runs("flash", cpu)  # q/k width differs from v width
-    with pytest.raises(UsageError, match="train.sdpa_backend=flash cannot run SAGAN's "
+    assert attention_kernel_runs("flash", cpu, padded=True)
+    with pytest.raises(UsageError, match="train.sdpa_backend=cudnn cannot run SAGAN's "
                                          "attention .* on cpu in fp32; use auto"):
-        run(compose(tiny_overrides + ["train.sdpa_backend=flash"]))
+        run(compose(tiny_overrides + ["train.sdpa_backend=cudnn"]))
     assert not Path(compose(tiny_overrides).run_dir).exists()
     with pytest.raises(UsageError, match="train.precision must be one of fp32, bf16"):
         run(compose(tiny_overrides + ["train.precision=fp16"]))
+
+
+def test_sdpa_backend_flash_trains_with_the_padded_layers(tiny_overrides: list[str]) -> None:
+    trainer = run(compose(tiny_overrides + ["train.steps=2", "train.sdpa_backend=flash"]))
+    layers = [m for net in (trainer.netG, trainer.netD) for m in net.modules()
+              if isinstance(m, SelfAttention)]
+    assert len(layers) == 2 and all(layer.pad_query_key for layer in layers)
 
 
 def test_bf16_channels_last_training_on_cpu_has_finite_losses(tiny_overrides: list[str]) -> None:

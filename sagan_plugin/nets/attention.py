@@ -14,12 +14,15 @@ class SelfAttention(nn.Module):
     query and key have C/8 channels, the value C/2 and the output conv maps C/2 -> C; keys and
     values are 2x2 max-pooled, so N queries attend to N/4 positions; there is no 1/sqrt(d) scale.
     The product runs through scaled_dot_product_attention (scale=1) so fused kernels apply.
+    FlashAttention takes only equal query and value widths: with pad_query_key, query and key
+    are zero-padded to the value's C/2, which leaves every q.k, and so the output, unchanged.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pad_query_key: bool = False) -> None:
         super().__init__()
         if channels % 8:
             raise ValueError(f"attention needs channels divisible by 8, got {channels}")
+        self.pad_query_key = pad_query_key
         self.theta = sn_conv1x1(channels, channels // 8)
         self.phi = sn_conv1x1(channels, channels // 8)
         self.g = sn_conv1x1(channels, channels // 2)
@@ -35,14 +38,22 @@ class SelfAttention(nn.Module):
         key, value = F.max_pool2d(key_value, 2).split([narrow, self.g.out_channels], dim=1)
 
         def tokens(t: Tensor) -> Tensor:  # (N, C', H, W) -> (N, 1, positions, C'): one head
-            return t.flatten(2).transpose(1, 2).unsqueeze(1)
+            # Fused kernels need channels at stride 1: a copy from NCHW, none from NHWC.
+            return t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
 
         return tokens(query), tokens(key), tokens(value)
 
+    def attention_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key and value as scaled_dot_product_attention gets them."""
+        query, key, value = self._query_key_value(x)
+        if self.pad_query_key:
+            extra = value.shape[-1] - query.shape[-1]
+            query, key = F.pad(query, (0, extra)), F.pad(key, (0, extra))
+        return query, key, value
+
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        query, key, value = self._query_key_value(x)
-        attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        attended = F.scaled_dot_product_attention(*self.attention_inputs(x), scale=1.0)
         attended = attended.squeeze(1).transpose(1, 2).reshape(n, c // 2, h, w)
         return x + self.gamma * self.o(attended)
 
