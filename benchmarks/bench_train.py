@@ -10,6 +10,8 @@ batch already on the device (the data loader is not timed). Rows:
     ours fp32                 sagan_plugin's nets and train_step, fused Adam
     ours bf16                 + bf16 autocast (spectral norm and losses in fp32)
     ours bf16 channels_last   + NHWC
+    ours bf16 cl flash        + FlashAttention (query and key zero-padded to the value's width,
+                              train.sdpa_backend=flash; the rows above let PyTorch choose)
     ours bf16 cl compile      + torch.compile (GPU by default; --compile on CPU)
 
 at the same widths (ours ngf=ndf=W is the host's ngf=ndf=16W). FLOPs per step are counted with
@@ -31,6 +33,7 @@ import importlib
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.multiprocessing as mp
@@ -47,6 +50,15 @@ from _machine import (
 from torch.utils.flop_counter import FlopCounterMode
 
 RESOLUTION = 128
+
+
+class Variant(NamedTuple):
+    name: str
+    impl: str  # "host" or "ours"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
+    sdpa_backend: str = "auto"
 
 
 def build(impl: str, width: int, num_classes: int, device: torch.device, fused: bool):
@@ -70,19 +82,22 @@ def build(impl: str, width: int, num_classes: int, device: torch.device, fused: 
 
 
 def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch.device,
-              precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+              precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+              sdpa_backend: str = "auto"):
     from sagan_plugin.host import MetricLog
     from sagan_plugin.precision import (
         keep_spectral_norm_eager,
         keep_spectral_norm_fp32,
         step_context,
         to_memory_format,
+        use_attention_kernel,
     )
 
     netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for net in (netG, netD):
         to_memory_format(net, channels_last)
+        use_attention_kernel(net, sdpa_backend)
         if precision == "bf16":
             keep_spectral_norm_fp32(net)
         if compile:
@@ -94,7 +109,7 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
     labels = torch.randint(num_classes, (batch,), device=device)
 
     def step() -> None:
-        with step_context(device, precision):
+        with step_context(device, precision, sdpa_backend):
             netD.train_step((real, labels), netG, optD, MetricLog(), device=device)
             netG.train_step((real, labels), netD, optG, MetricLog(), device=device)
 
@@ -147,7 +162,8 @@ def _scaling_worker(rank: int, world: int, port: int, args: dict, out: str) -> N
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
                             world_size=world)
     step, nets = make_step("ours", args["width"], args["batch"], args["num_classes"], device,
-                           args["precision"], args["channels_last"])
+                           args["precision"], args["channels_last"],
+                           sdpa_backend=args["sdpa_backend"])
     for net in nets:
         wrap(net, device)
     seconds = median_seconds(step, device, args["repeats"], args["warmup"])
@@ -175,7 +191,15 @@ def scaling(args: dict, processes: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def batch_scan(rows: list[dict], variants: list[tuple], batches: list[int], batch: int,
+def fastest_eager(rows: list[dict], variants: list[Variant]) -> tuple[dict, Variant]:
+    """Our fastest variant without torch.compile (which would compile again for every new
+    batch or process), with its row."""
+    return max(((row, variant) for row, variant in zip(rows, variants, strict=True)
+                if variant.impl == "ours" and not variant.compiled),
+               key=lambda pair: pair[0]["images_per_s"])
+
+
+def batch_scan(rows: list[dict], variants: list[Variant], batches: list[int], batch: int,
                width: int, num_classes: int, device: torch.device, repeats: int,
                warmup: int) -> dict | None:
     """The fastest eager variant of ours at other batches: {variant, rows: [{batch, ms,
@@ -183,23 +207,21 @@ def batch_scan(rows: list[dict], variants: list[tuple], batches: list[int], batc
     batches = sorted({b for b in batches if b != batch}, reverse=True)
     if not batches:
         return None
-    eager = [(row, variant) for row, variant in zip(rows, variants, strict=True)
-             if variant[1] == "ours" and not variant[4]]
-    best, (name, impl, precision, channels_last, _) = max(
-        eager, key=lambda pair: pair[0]["images_per_s"])
+    best, variant = fastest_eager(rows, variants)
     scanned = [{"batch": batch, "ms": best["ms"], "images_per_s": best["images_per_s"]}]
     for b in batches:
-        step, _ = make_step(impl, width, b, num_classes, device, precision, channels_last)
+        step, _ = make_step(variant.impl, width, b, num_classes, device, variant.precision,
+                            variant.channels_last, sdpa_backend=variant.sdpa_backend)
         seconds = median_seconds(step, device, repeats, warmup)
         scanned.append({"batch": b, "ms": 1000 * seconds, "images_per_s": b / seconds})
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"\n{name} at other batches (strong scaling's per-GPU batches):")
+    print(f"\n{variant.name} at other batches (strong scaling's per-GPU batches):")
     print_table(["batch", "ms/step", "images/s", "vs batch " + str(batch)],
                 [[r["batch"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
                   f"{r['images_per_s'] / best['images_per_s']:.2f}x"] for r in scanned])
-    return {"variant": name, "rows": scanned}
+    return {"variant": variant.name, "rows": scanned}
 
 
 def main() -> None:
@@ -230,26 +252,30 @@ def main() -> None:
     width, batch = args.width or (64 if gpu else 16), args.batch or (256 if gpu else 4)
     repeats, warmup = args.repeats or (20 if gpu else 3), 3 if gpu else 1
     compile_row = gpu if args.compile is None else args.compile
-    variants = [("host fp32", "host", "fp32", False, False),
-                ("ours fp32", "ours", "fp32", False, False),
-                ("ours bf16", "ours", "bf16", False, False),
-                ("ours bf16 channels_last", "ours", "bf16", True, False)]
+    variants = [Variant("host fp32", "host"),
+                Variant("ours fp32", "ours"),
+                Variant("ours bf16", "ours", "bf16"),
+                Variant("ours bf16 channels_last", "ours", "bf16", channels_last=True),
+                Variant("ours bf16 cl flash", "ours", "bf16", channels_last=True,
+                        sdpa_backend="flash")]
     if compile_row:
-        variants.append(("ours bf16 cl compile", "ours", "bf16", True, True))
+        variants.append(Variant("ours bf16 cl compile", "ours", "bf16", channels_last=True,
+                                compiled=True))
 
     peak = bf16_matmul_flops(device)
     rows = []
     fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
-    for name, impl, precision, channels_last, compiled in variants:
-        step, _ = make_step(impl, width, batch, args.num_classes, device, precision,
-                            channels_last, compiled)
-        seconds = median_seconds(step, device, repeats, warmup + 2 * compiled)
+    for variant in variants:
+        step, _ = make_step(variant.impl, width, batch, args.num_classes, device,
+                            variant.precision, variant.channels_last, variant.compiled,
+                            variant.sdpa_backend)
+        seconds = median_seconds(step, device, repeats, warmup + 2 * variant.compiled)
         # A compiled step does the eager step's maths: count those (the counter traces eagerly).
-        flops = rows[-1]["flops_per_step"] if compiled else count_flops(step)
-        rows.append({"variant": name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
+        flops = rows[-1]["flops_per_step"] if variant.compiled else count_flops(step)
+        rows.append({"variant": variant.name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
                      "flops_per_step": flops, "mfu": flops / seconds / peak})
         if args.trace and (fastest is None or rows[-1]["images_per_s"] > fastest[0]):
-            fastest = (rows[-1]["images_per_s"], step, name)
+            fastest = (rows[-1]["images_per_s"], step, variant.name)
         del step
         if gpu:
             torch.cuda.empty_cache()
@@ -278,18 +304,19 @@ def main() -> None:
                       repeats, warmup)
 
     processes = args.processes or (torch.cuda.device_count() if gpu else 2)
-    best = rows[-1] if gpu else rows[1]  # CPU: fp32 (bf16 is emulated on many CPUs)
+    # CPU: fp32 (bf16 is emulated on many CPUs)
+    best = fastest_eager(rows, variants)[1] if gpu else variants[1]
     settings = {"device": args.device, "width": width, "batch": batch,
                 "num_classes": args.num_classes, "repeats": repeats, "warmup": warmup,
-                "precision": "bf16" if "bf16" in best["variant"] else "fp32",
-                "channels_last": "channels_last" in best["variant"] or "cl" in best["variant"],
+                "precision": best.precision, "channels_last": best.channels_last,
+                "sdpa_backend": best.sdpa_backend,
                 "threads": max(1, (os.cpu_count() or 1) // max(processes, 1))}
     scale_rows = []
     if processes > 1:
         tmp = Path(args.json).parent
         tmp.mkdir(parents=True, exist_ok=True)
         scale_rows = scaling(settings, processes, tmp)
-        print(f"\nscaling, {settings['precision']}, batch {batch} per process "
+        print(f"\nscaling, {best.name}, batch {batch} per process "
               f"({settings['threads']} threads each on CPU):")
         print_table(["processes", "ms/step", "images/s", "efficiency"],
                     [[r["processes"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
