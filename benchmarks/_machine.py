@@ -6,8 +6,11 @@ on sys.path).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -84,6 +87,18 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        _stop_children()
         print(f"stopped: {Path(sys.argv[0]).name} was interrupted before it finished; "
               "it wrote no JSON", file=sys.stderr)
         sys.exit(130)
+
+
+def _stop_children() -> None:
+    """Kill and reap the processes this one started. subprocess.run kills its child when
+    interrupted, but not one that Popen has forked and not yet returned: signalled then, a
+    benchmark would leave its measuring child running on, holding the device (Linux's /proc)."""
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in map(int, children.read_text().split()):
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)

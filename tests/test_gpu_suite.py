@@ -272,17 +272,24 @@ def test_ddp_estimate_without_a_measurement_assumes_the_mfu_goal(tmp_path):
     assert result.returncode == 0 and "ngf=ndf=4, 0 classes" in result.stdout, result.stderr
 
 
-def test_an_interrupted_benchmark_ends_with_one_line_and_writes_no_json(tmp_path):
-    """The suite stops an overlong stage with SIGINT: the log must end with what happened."""
+def _running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_an_interrupted_benchmark_ends_with_one_line_and_leaves_nothing(tmp_path, attempt):
+    """The suite stops an overlong stage with SIGINT: the log must end with what happened, and
+    no measuring child may run on. The signal goes at once when the first child appears, which
+    mostly lands while Popen is still starting it (subprocess.run then cannot kill it)."""
     out = tmp_path / "attention.json"
     process = subprocess.Popen([sys.executable, "benchmarks/bench_attention.py", "--device", "cpu",
                                 "--json", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + 120
-    while not children.read_text().strip():  # its first case runs: main() has begun
+    while not (child := children.read_text().split()):  # its first case starts
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 130, stderr
@@ -290,4 +297,6 @@ def test_an_interrupted_benchmark_ends_with_one_line_and_writes_no_json(tmp_path
     assert stderr.strip().splitlines()[-1] == \
         "stopped: bench_attention.py was interrupted before it finished; it wrote no JSON"
     assert not out.exists()
+    time.sleep(0.2)
+    assert not _running(int(child[0])), "the benchmark's measuring child outlived it"
 
