@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -101,6 +102,19 @@ def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         raise UsageError(f"cannot write to run folder {run_dir}: {error.strerror}") from None
 
 
+def _on_main(world: World, action: Callable[[], object]) -> None:
+    """Run `action` on rank 0 only; a UsageError it raises is raised on every rank."""
+    error = None
+    if world.is_main:
+        try:
+            action()
+        except UsageError as failure:
+            error = str(failure)
+    error = broadcast_from_main(error, world)
+    if error:
+        raise UsageError(error)
+
+
 def run(cfg: DictConfig):
     """Train as cfg says; returns the trainer (its run folder holds everything written).
 
@@ -186,16 +200,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
     optD = torch.optim.Adam(netD.parameters(), lr=train.lr_d, betas=betas,
                             fused=train.fused_adam)
     with contextlib.ExitStack() as held:
-        error = None
-        if world.is_main:
-            try:
-                held.enter_context(RunLock(cfg.run_dir))
-                _prepare_run_dir(Path(cfg.run_dir), cfg)
-            except UsageError as failure:
-                error = str(failure)
-        error = broadcast_from_main(error, world)
-        if error:
-            raise UsageError(error)
+        _on_main(world, lambda: held.enter_context(RunLock(cfg.run_dir)))
         trainer = SAGANTrainer(
             netD=netD, netG=netG, optD=optD, optG=optG, dataloader=dataloader,
             num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
@@ -205,6 +210,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
             step_context=partial(step_context, device, train.precision, train.sdpa_backend),
             model_info={k: cfg.model[k] for k in MODEL_INFO_KEYS},
             stop=held.enter_context(stop),
+            on_start=partial(_on_main, world, partial(_prepare_run_dir, Path(cfg.run_dir), cfg)),
         )
         trainer.train()
     if world.is_main:

@@ -115,14 +115,17 @@ class SAGANTrainer(Trainer):
     `model_info` (family, resolution, classes: stored in checkpoints and checked on resume),
     `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0),
     `stop` (the StopRequests that SIGTERM and Ctrl-C set: the run saves and stops after the
-    step in which any rank saw one).
+    step in which any rank saw one), `on_start` (called on every rank once the checkpoint
+    resumed from, if any, fits: the run folder's own files are written then, not before).
     """
 
     def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
                  ema: EMA | None = None, step_context=contextlib.nullcontext,
                  channels_last: bool = False, model_info: dict | None = None,
                  fid: Callable[[torch.nn.Module, int], dict | None] | None = None,
-                 stop: StopRequests | None = None, **kwargs) -> None:
+                 stop: StopRequests | None = None,
+                 on_start: Callable[[], None] | None = None, **kwargs) -> None:
+        self.on_start, self._params = on_start, None
         self.world, self.sampler, self.ema, self.fid = world or World(), sampler, ema, fid
         self.stop, self.stopped_at_once = stop, False
         self.stop_after: tuple[int, int] | None = None  # (signal, step) all ranks agreed on
@@ -140,8 +143,8 @@ class SAGANTrainer(Trainer):
     def _log_params(self, params: dict) -> None:
         # The host refuses a resume when anything in params.json changed, the step count
         # included; config.yaml is checked instead (train.check_resume), so a run can be extended.
-        if self.world.is_main:
-            write_json(Path(self.log_dir) / "params.json", params)
+        # Written by _restore_models_and_step: a refused resume leaves the folder as it was.
+        self._params = params
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -238,6 +241,18 @@ class SAGANTrainer(Trainer):
                              f"{kept}") from None
 
     def _restore_models_and_step(self) -> int:
+        step = self._restore_latest()
+        if step > self.num_steps:
+            raise UsageError(f"run folder {self.log_dir} is at step {step}, past "
+                             f"train.steps={self.num_steps}; a run is extended, not shortened: "
+                             f"give train.steps >= {step}")
+        if self.world.is_main:
+            write_json(Path(self.log_dir) / "params.json", self._params)
+        if self.on_start is not None:
+            self.on_start()
+        return step
+
+    def _restore_latest(self) -> int:
         run_dir = Path(self.log_dir)
         found = checkpoint.load_latest(run_dir)  # every step unreadable: a UsageError
         if found is None:
