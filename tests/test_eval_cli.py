@@ -107,6 +107,7 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
     ("empty", "b", "no images (bmp, jpg, "),
     ("a", None, "FID and KID of images=DIR need ref=DIR"),
     ("a", "one", "ref=1: FID, KID and IS need at least 2 images"),
+    ("a", "garbage", "cannot read image {tmp}/garbage/x.png: cannot identify image file"),
 ])
 def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images, ref, message):
     """Corrupt weights: had they been read first, the error would name them, not the folder."""
@@ -117,6 +118,8 @@ def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images
     write_images(pictures[:3], f"{tmp_path / 'b'}/")
     write_images(pictures[3:], f"{tmp_path / 'one'}/")
     (tmp_path / "empty").mkdir()
+    shutil.copytree(tmp_path / "b", tmp_path / "garbage")
+    (tmp_path / "garbage" / "x.png").write_text("not an image\n")
     corrupt = tmp_path / "weights.pth"
     corrupt.write_bytes(b"truncated")
     args = [f"images={tmp_path / images}", f"inception_weights={corrupt}", "device=cpu"]

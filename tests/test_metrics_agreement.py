@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from inception_helpers import converted_weights, with_classifier
+from PIL import Image
 
 from sagan_plugin.data import ProceduralShapes
+from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics.features import FeatureExtractor, folder_batches, folder_files
 from sagan_plugin.metrics.scores import frechet_distance
 from sagan_plugin.sample import to_uint8, write_images
@@ -71,6 +73,26 @@ def test_generated_images_skip_the_png_round_trip_unchanged(tmp_path, extractor)
     assert torch.equal(from_png, to_uint8(images))
     in_memory = _features(extractor, images)
     assert np.abs(extractor.extract([from_png]).features - in_memory).max() < 1e-5
+
+
+def test_a_folder_of_several_sizes_is_scored_image_by_image(tmp_path, extractor):
+    small = _shapes(0, 3)
+    large = torch.nn.functional.interpolate(_shapes(3, 2), size=48, mode="bilinear")
+    in_name_order = [small[0], large[0], small[1], small[2], large[1]]
+    for i, image in enumerate(in_name_order):
+        pixels = to_uint8(image[None])[0].permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    batched = extractor.extract(folder_batches(folder_files(tmp_path), 50)).features
+    one_by_one = np.concatenate([_features(extractor, image[None]) for image in in_name_order])
+    assert np.abs(batched - one_by_one).max() < 1e-5
+
+
+def test_an_image_that_does_not_decode_is_one_line_naming_it(tmp_path):
+    write_images(_shapes(0, 2), f"{tmp_path}/")
+    whole = sorted(tmp_path.iterdir())[1]
+    whole.write_bytes(whole.read_bytes()[:60])  # the header survives, the pixels do not
+    with pytest.raises(UsageError, match=f"cannot read image {whole}: "):
+        list(folder_batches(folder_files(tmp_path), 50))
 
 
 def test_fid_is_zero_against_itself_and_grows_with_noise(extractor):

@@ -93,6 +93,11 @@ def dataset_batches(dataset: torch.utils.data.Dataset, indices: list[int], batch
         yield to_uint8(images)
 
 
+def _unreadable(file: Path, error: Exception) -> UsageError:
+    return UsageError(f"cannot read image {file}: {error}; remove it or replace it with a "
+                      "whole image")
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     def __init__(self, files: list[Path]):
         self.files = files
@@ -101,24 +106,40 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as image:
-            array = np.asarray(image.convert("RGB"))
+        try:
+            with Image.open(self.files[i]) as image:
+                array = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:  # a truncated or foreign file
+            raise _unreadable(self.files[i], error) from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def folder_files(folder: str | os.PathLike) -> list[Path]:
-    """The images pytorch-fid's CLI would read from folder, in its order."""
+    """The images pytorch-fid's CLI would read from folder, in its order; a file that does not
+    open as an image is a one-line error (its header only is read here)."""
     path = Path(folder)
     if not path.is_dir():
         raise UsageError(f"image folder {path} does not exist")
     files = sorted(f for ext in IMAGE_EXTENSIONS for f in path.glob(f"*.{ext}"))
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+    for file in files:
+        try:
+            Image.open(file).close()
+        except (OSError, ValueError) as error:
+            raise _unreadable(file, error) from None
     return files
 
 
 def folder_batches(files: list[Path], batch_size: int,
                    num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """uint8 batches of the files, in order. Images of several sizes are scored as pytorch-fid
+    scores them one at a time (Inception resizes each to 299x299): a batch holds one size."""
     loader = torch.utils.data.DataLoader(_ImageFiles(files), batch_size=batch_size,
-                                         num_workers=num_workers)
-    yield from loader
+                                         num_workers=num_workers, collate_fn=list)
+    for images in loader:
+        start = 0
+        for end in range(1, len(images) + 1):
+            if end == len(images) or images[end].shape != images[start].shape:
+                yield torch.stack(images[start:end])
+                start = end
