@@ -27,7 +27,7 @@ from torch import nn
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import check_writable, write_json
+from sagan_plugin.files import check_output_file, check_writable, write_json
 from sagan_plugin.machine import require_memory
 from sagan_plugin.metrics.features import (
     FeatureExtractor,
@@ -135,6 +135,9 @@ def select_steps(available: list[int], spec: str) -> list[int]:
     try:
         if "-" in spec:
             first, last = (int(s) for s in spec.split("-"))
+            if first > last:
+                raise UsageError(f"steps={spec}: the first step is after the last; "
+                                 f"expected first-last with first <= last")
             chosen = [s for s in available if first <= s <= last]
         else:
             chosen = [int(s) for s in spec.split(",")]
@@ -229,8 +232,6 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
 
 
 def default_output(cfg: Any) -> Path:
-    if cfg.out:
-        return Path(cfg.out)
     name = f"{'ema' if cfg.ema else 'raw'}_n{cfg.n}.json"
     if cfg.images:
         return Path(cfg.images.rstrip("/") + "_eval.json")
@@ -250,8 +251,9 @@ def main(argv: list[str]) -> None:
     metrics = parse_metrics(cfg.metrics)
     if (cfg.run is None) == (cfg.images is None):
         raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
-    out = default_output(cfg)
-    check_writable(out.parent)
+    out = check_output_file(cfg.out or default_output(cfg))
+    if cfg.stats_cache is not None:
+        check_writable(cfg.stats_cache)
     if cfg.images and run_tokens:
         raise UsageError(f"eval: images=DIR takes no {' '.join(run_tokens)}")
     # bad input fails before the Inception network loads

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import check_writable
+from sagan_plugin.files import check_output_file, check_writable
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
 from sagan_plugin.schema import at_least, one_of, option
@@ -151,7 +151,8 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
         out = resolve_checkpoint(run, step)[0] / "export" / f"generator{FORMATS[fmt]}"
     if Path(out).suffix != FORMATS[fmt]:
         raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
-    check_writable(Path(out).parent)  # before minutes of compiling
+    for path, key in ((out, "out"), (sidecar_path(out), "out's sidecar")):
+        check_output_file(path, key)  # before minutes of compiling
     # Two independent loads: one stays the parametrized reference, the other is folded.
     reference = load_generator(run, step, prefer_ema, device, run_tokens)
     loaded = load_generator(run, step, prefer_ema, device, run_tokens)

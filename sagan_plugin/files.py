@@ -66,3 +66,15 @@ def check_writable(folder: str | Path) -> None:
             pass
     except OSError as error:
         raise UsageError(f"cannot write to output directory {folder}: {error.strerror}") from None
+
+
+def check_output_file(path: str | Path, key: str = "out") -> Path:
+    """Prove that a file can be written at path (not a folder; its folder writable) before the
+    work that fills it; returns the path."""
+    if str(path).endswith(("/", os.sep)):
+        raise UsageError(f"{key}={path} names a folder; expected a file path")
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{key}={path} is a folder; expected a file path")
+    check_writable(path.parent)
+    return path

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_checkpoint import folder_contents
 from test_export import STEP, make_run
 
 from sagan_plugin.cli import main as cli
@@ -117,16 +118,21 @@ RUN_CASES = [
     ("eval", ["kid_subset_size=1"], "eval: kid_subset_size must be at least 2"),
     ("eval", ["is_splits=0"], "eval: is_splits must be at least 1"),
     ("eval", ["steps=bogus"], "steps=bogus: expected last, all"),
-    ("eval", ["steps=5-2"], "selects no saved checkpoint"),
+    ("eval", ["steps=5-2"], "steps=5-2: the first step is after the last"),
     ("eval", ["device=tpu"], "device='tpu' is not a device"),
     ("eval", ["out=/proc/x.json"], "cannot write"),
     ("eval", ["out={file}/x.json"], "cannot write"),
+    ("eval", ["out={tmp}"], "out={tmp} is a folder; expected a file path"),
+    ("eval", ["out={tmp}/new/"], "out={tmp}/new/ names a folder; expected a file path"),
+    ("eval", ["stats_cache={file}"], "cannot write to output directory {file}: {file} is a file"),
     # export
     ("export", ["format=onnx"], "export: format must be one of torchscript, aoti"),
     ("export", ["step=999"], "has no checkpoint at step 999"),
     ("export", ["out=/proc/x.pt"], "cannot write"),
     ("export", ["out={file}/g.pt"], "cannot write"),
     ("export", ["out={tmp}/g.onnx"], "must end in .pt"),
+    ("export", ["out={pt_folder}"], "out={pt_folder} is a folder; expected a file path"),
+    ("export", ["out={sidecar_taken}"], "out's sidecar={sidecar_taken}.json is a folder"),
     # viz
     ("viz", ["what=bogus"], "what=bogus: expected grid, attention"),
     ("viz", ["per_class=0"], "viz: per_class must be at least 1"),
@@ -177,6 +183,10 @@ def places(tmp_path_factory) -> dict[str, Path]:
                 "global_step": STEP}, checkpoint_path(run, STEP, "netD"))
     places = {"run": run, "file": root / "plain_file"}
     places["file"].write_text("not a folder\n")
+    places["pt_folder"] = root / "folder.pt"
+    places["pt_folder"].mkdir()
+    places["sidecar_taken"] = root / "sidecar_taken.pt"
+    Path(f"{places['sidecar_taken']}.json").mkdir()
     config = yaml.safe_load((run / "config.yaml").read_text())
     ckpt = torch.load(checkpoint_path(run, STEP), weights_only=True)
 
@@ -259,6 +269,10 @@ def test_damaged_or_foreign_run_folders(command: str, folder: str, message: str,
             pytest.skip("a new run, or another configuration: train's own cases")
         argv = ["train", "model=sagan", "data=procedural", "model.ngf=8",
                 f"run_dir={places[folder]}", "train.steps=9", "data.num_workers=0"]
+        before = folder_contents(places[folder])
+        _refused(argv, message, places, tmp_path, capsys)
+        assert folder_contents(places[folder]) == before, "the run folder was changed"
+        return
     elif folder == "generator_only":
         pytest.skip("G's checkpoint is all that sampling needs")
     else:

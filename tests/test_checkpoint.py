@@ -144,7 +144,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     assert checkpoint_steps(cfg.run_dir) == [2]
 
 
-def _contents(folder: Path) -> dict[str, bytes]:
+def folder_contents(folder: Path) -> dict[str, bytes]:
     """Every file of a run folder but the lock, which names each process that takes it."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != "train.lock"}
@@ -158,12 +158,12 @@ def test_checkpoint_of_another_model_is_refused_and_the_folder_left_as_it_was(
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"]["resolution"] = 64
     torch.save(ckpt, path)
-    before = _contents(Path(cfg.run_dir))
+    before = folder_contents(Path(cfg.run_dir))
     with pytest.raises(UsageError, match=r"is a checkpoint of another model \(name='sagan', "
                                          r"resolution=64, num_classes=10\); expected "
                                          r"name='sagan', resolution=32"):
         run(compose(tiny + ["train.steps=4"]))
-    assert _contents(Path(cfg.run_dir)) == before  # config.yaml still says steps=2
+    assert folder_contents(Path(cfg.run_dir)) == before  # config.yaml still says steps=2
 
 
 def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(tiny: list[str]) -> None:
@@ -174,10 +174,10 @@ def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(tiny: list[s
     ckpt = torch.load(checkpoint_path(run_dir, 2), weights_only=True)  # checkpoints that do
     del ckpt["model"]  # not name their model
     torch.save(ckpt, checkpoint_path(run_dir, 2))
-    before = _contents(run_dir)
+    before = folder_contents(run_dir)
     with pytest.raises(UsageError, match=r"does not fit this model"):
         run(compose(tiny + ["model=sngan", "model.ngf=8", "model.ndf=8", "train.steps=4"]))
-    assert _contents(run_dir) == before
+    assert folder_contents(run_dir) == before
     run(compose(tiny + ["train.steps=4"]))
     assert checkpoint_steps(run_dir) == [2, 4]
 
@@ -185,11 +185,11 @@ def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(tiny: list[s
 def test_a_train_steps_below_the_runs_step_is_refused(tiny: list[str]) -> None:
     cfg = compose(tiny + ["train.steps=4", "train.save_steps=2"])
     run(cfg)
-    before = _contents(Path(cfg.run_dir))
+    before = folder_contents(Path(cfg.run_dir))
     with pytest.raises(UsageError, match=r"is at step 4, past train.steps=2; a run is "
                                          r"extended, not shortened: give train.steps >= 4"):
         run(compose(tiny + ["train.steps=2"]))
-    assert _contents(Path(cfg.run_dir)) == before
+    assert folder_contents(Path(cfg.run_dir)) == before
 
 
 def test_atomic_save_replaces_whole_files(tmp_path: Path) -> None:

@@ -55,11 +55,12 @@ def test_cache_is_reused_and_invalidated_when_the_weights_change(tmp_path, data_
     assert len({path, other_path, fewer, resized}) == 4 and len(calls) == 3
 
 
-def test_damaged_cache_entry_is_recomputed(tmp_path, data_cfg):
+@pytest.mark.parametrize("damage", ["foreign", "truncated"])
+def test_damaged_cache_entry_is_recomputed(tmp_path, data_cfg, damage):
     dataset = build_dataset(data_cfg)
     extractor = FeatureExtractor(converted_weights(), device="cpu")
     first, path = real_features(data_cfg, dataset, 2, extractor, tmp_path)
-    path.write_bytes(b"not an npz")
+    path.write_bytes(b"not an npz" if damage == "foreign" else path.read_bytes()[:500])
     again, _ = real_features(data_cfg, dataset, 2, extractor, tmp_path)
     assert np.array_equal(first, again)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: in
         try:
             with np.load(path) as cached:
                 return cached["features"].astype(np.float64), path
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             path.unlink()  # a damaged cache entry is recomputed
     features = subset_features(dataset, n, extractor)
     write_npz(path, features=features)
