@@ -134,6 +134,8 @@ def plan(options: Any) -> tuple[DictConfig, list[Job]]:
     if study.steps < 1 or study.seeds < 1:
         raise UsageError(f"study {name}: steps and seeds must be at least 1, got "
                          f"steps={study.steps} seeds={study.seeds}")
+    if study.n < 2:  # FID and KID of the final images
+        raise UsageError(f"study {name}: n must be at least 2, got {study.n}")
     names = [c.name for c in study.configurations]
     if not names or len(set(names)) != len(names):
         raise UsageError(f"study {name}: configurations need distinct names, got "

@@ -135,6 +135,7 @@ def test_readme_tables_match_the_committed_results() -> None:
     (["study={typo}"], "bad field modle"),
     (["study={missing_data}"], "data set cifar10 not found"),
     (["study={not_yaml}"], "is not YAML"),
+    (["study={one_image}"], "study one_image: n must be at least 2, got 1"),
 ])
 def test_bad_input_is_one_line_before_anything_trains(
         args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -144,6 +145,8 @@ def test_bad_input_is_one_line_before_anything_trains(
         "missing_data": f"data: cifar10\nsteps: 2\noverrides: [data.root={tmp_path}]\n"
                         "configurations: [{name: a, model: sagan}]\n",
         "not_yaml": "data: [unclosed\n",
+        "one_image": "data: procedural\nsteps: 2\nn: 1\n"
+                     "configurations: [{name: a, model: sagan}]\n",
     }
     for name, text in files.items():
         (tmp_path / f"{name}.yaml").write_text(text)
