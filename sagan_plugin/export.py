@@ -41,6 +41,10 @@ EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this mar
 CHECK_BATCHES = (1, 5)  # neither is the batch size the export was traced with
 CHECK_TOLERANCE = {"cpu": 1e-5, "cuda": 1e-3}  # eager CUDA convolutions use TF32 by default
 MAX_BATCH = 1 << 16
+# The sidecar's shape fields are also stored inside the artefact (a TorchScript extra file, an
+# AOTInductor metadata entry), so that the C++ sampler can tell that a sidecar describes this
+# very model: the sidecar's sha256 covers the artefact, not the sidecar itself.
+EMBEDDED = "sagan.json"
 
 
 class SamplingModule(nn.Module):
@@ -98,16 +102,20 @@ def check_inputs(netG: nn.Module, batch: int, device: torch.device) -> tuple[Ten
     return z.to(device), class_labels(batch, None, netG.num_classes).to(device)
 
 
-def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: Path) -> None:
+def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
+                       embedded: str) -> None:
     with _quiet_deprecations():
-        torch.jit.trace(module, example).save(str(path))
+        torch.jit.trace(module, example).save(str(path), _extra_files={EMBEDDED: embedded})
 
 
-def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path) -> None:
+def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
+                embedded: str) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with _quiet_deprecations():
         program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(path),
+            inductor_configs={"aot_inductor.metadata": {EMBEDDED: embedded}})
 
 
 def load_export(path: str | Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -175,11 +183,13 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         staged = work / out.name
-        writer = _write_torchscript if fmt == "torchscript" else _write_aoti
-        writer(module, check_inputs(folded, 2, device), staged)
-        check_export(load_export(staged, fmt), reference, device)
         with torch.inference_mode():
             channels = reference(*check_inputs(folded, 1, device)).shape[1]
+        shape = {"nz": folded.nz, "num_classes": folded.num_classes,
+                 "resolution": folded.resolution, "channels": int(channels)}
+        writer = _write_torchscript if fmt == "torchscript" else _write_aoti
+        writer(module, check_inputs(folded, 2, device), staged, json.dumps(shape))
+        check_export(load_export(staged, fmt), reference, device)
         sidecar = {
             "kind": EXPORT_KIND,
             "version": 1,
@@ -187,10 +197,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             "file": out.name,
             "sha256": sha256_of(staged),
             "inputs": "z: float32 (N, nz); y: int64 (N,) class labels, ignored if num_classes=0",
-            "nz": folded.nz,
-            "num_classes": folded.num_classes,
-            "resolution": folded.resolution,
-            "channels": int(channels),
+            **shape,
             "output_range": [-1.0, 1.0],
             **provenance,
             "device": device.type,

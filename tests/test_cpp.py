@@ -85,6 +85,23 @@ def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
                               pixels.numpy())
 
 
+def test_an_export_made_before_the_shape_was_embedded_still_samples(program, conditional_run,
+                                                                     tmp_path):
+    source = conditional_run / "export" / "generator.pt"
+    legacy = tmp_path / "legacy.pt"
+    torch.jit.load(str(source)).save(str(legacy))  # no sagan.json inside, as before
+    embedded = {"sagan.json": ""}
+    torch.jit.load(str(legacy), _extra_files=embedded)
+    assert embedded["sagan.json"] in ("", b"")
+    sidecar = json.loads(sidecar_path(source).read_text())
+    sidecar["sha256"] = hashlib.sha256(legacy.read_bytes()).hexdigest()
+    sidecar_path(legacy).write_text(json.dumps(sidecar))
+    for model, name in ((source, "now.pt"), (legacy, "legacy_images.pt")):
+        result = run_program("--model", model, "--n", 3, "--save-tensor", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+    assert torch.equal(torch.load(tmp_path / "now.pt"), torch.load(tmp_path / "legacy_images.pt"))
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
 def test_python_module_returns_the_programs_tensor(ext, conditional_run, tmp_path, fmt):
     model = conditional_run / "export" / MODELS[fmt]
@@ -120,6 +137,11 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     add("no_nz.pt", source.read_bytes(), nz="many")
     add("bad_format.pt", source.read_bytes(), format="onnx")
     add("cuda_package.pt2", source.read_bytes(), format="aoti", device="cuda")
+    # A sidecar edited by hand: its sha256 still matches, the model inside says otherwise.
+    add("edited_nz.pt", source.read_bytes(), nz=sidecar["nz"] * 2)
+    add("edited_resolution.pt", source.read_bytes(), resolution=64)
+    package = source.with_suffix(".pt2")
+    add("edited_classes.pt2", package.read_bytes(), format="aoti", num_classes=20)
     shutil.copy(source, folder / "no_sidecar.pt")
     models["no_sidecar.pt"] = folder / "no_sidecar.pt"
     (folder / "not_json.pt").write_bytes(source.read_bytes())
@@ -139,11 +161,17 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     ("cuda_package.pt2", "compiled for cuda"),
     ("no_sidecar.pt", "no sidecar"),
     ("not_json.pt", "not valid JSON"),
+    ("edited_nz.pt", "says nz=256, the model itself nz=128 (the sidecar was edited"),
+    ("edited_resolution.pt", "says resolution=64, the model itself resolution=32"),
+    ("edited_classes.pt2", "says num_classes=20, the model itself num_classes=10"),
 ])
 def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, message):
     models = broken_copies(conditional_run, tmp_path)
     model = models.get(case, tmp_path / "missing.pt")
-    assert_clean_error(run_program("--model", model, "--n", 2, "--device", "cpu"), message)
+    result = run_program("--model", model, "--n", 2, "--device", "cpu", "--out",
+                         tmp_path / "grid.png")
+    assert_clean_error(result, message)
+    assert not (tmp_path / "grid.png").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -161,17 +189,24 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     (["--class", 1, "--classes", "2,3"], "excludes"),
     (["--n", "lots"], "--n"),
     (["--colour", "red"], "colour"),
+    (["--seed", -1], "--seed"),
+    (["--seed", 2**63], "--seed"),
+    (["--n", 10**12], "--n 1000000000000 images of 3x32x32 need about"),
+    (["--out", ""], "nothing to write: give --out"),
 ])
 def test_program_refuses_bad_arguments(program, conditional_run, tmp_path, args, message):
     model = conditional_run / "export" / "generator.pt"
     args = [str(a).format(tmp=tmp_path) for a in args]
+    if "--out" not in args and "--save-tensor" not in args:
+        args += ["--out", f"{tmp_path}/grid.png"]
     assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
     assert not any(tmp_path.iterdir())
 
 
 def test_unconditional_model_refuses_classes(program, unconditional_run):
     model = unconditional_run / "export" / "generator.pt"
-    assert_clean_error(run_program("--model", model, "--class", 0), "unconditional")
+    result = run_program("--model", model, "--class", 0, "--out", "unused.png")
+    assert_clean_error(result, "unconditional")
 
 
 def fuzz_arguments(rng: random.Random, good: list[Path], bad: list[Path], tmp: Path) -> list[str]:
@@ -195,6 +230,8 @@ def fuzz_arguments(rng: random.Random, good: list[Path], bad: list[Path], tmp: P
         args.append(flag)
         if values[flag] and rng.random() < 0.93:  # sometimes the value is missing
             args.append(rng.choice(values[flag]))
+    if "--out" not in args and rng.random() < 0.7:  # without an output nothing is sampled
+        args += ["--out", f"{tmp}/g.png"]
     return args
 
 

@@ -17,6 +17,7 @@ namespace sagan {
 namespace {
 
 constexpr const char* kExportKind = "sagan-plugin generator export";
+constexpr const char* kEmbedded = "sagan.json";  // sagan_plugin/export.py EMBEDDED
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
@@ -50,6 +51,28 @@ T field(const nlohmann::json& doc, const char* key, const std::filesystem::path&
     return doc.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
     throw UsageError(sidecar.string() + ": field \"" + key + "\" has the wrong type");
+  }
+}
+
+// The shape fields that `sagan-plugin export` also stores inside the artefact must be the
+// sidecar's: the sidecar's sha256 covers the artefact, not the sidecar. An export made before
+// the fields were embedded has none, and only its sha256 is checked.
+void check_embedded(const ExportInfo& info, const std::string& embedded,
+                    const std::filesystem::path& model_path) {
+  if (embedded.empty()) return;
+  nlohmann::json doc = nlohmann::json::parse(embedded, nullptr, false);
+  const std::pair<const char*, int64_t> sidecar_says[] = {
+      {"nz", info.nz}, {"num_classes", info.num_classes}, {"resolution", info.resolution},
+      {"channels", info.channels}};
+  for (const auto& [key, value] : sidecar_says) {
+    if (!doc.is_object() || !doc.contains(key) || !doc.at(key).is_number_integer())
+      throw UsageError(model_path.string() + " holds no valid " + kEmbedded + " (export it again)");
+    const int64_t model_value = doc.at(key).get<int64_t>();
+    if (model_value != value)
+      throw UsageError("sidecar " + model_path.string() + ".json says " + key + "=" +
+                       std::to_string(value) + ", the model itself " + key + "=" +
+                       std::to_string(model_value) +
+                       " (the sidecar was edited or belongs to another export; export it again)");
   }
 }
 
@@ -140,13 +163,16 @@ torch::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64
 Generator::Generator(const std::filesystem::path& model_path, const std::string& device)
     : info_(read_export_info(model_path)), device_(parse_device(device, info_)) {
   if (info_.format == "torchscript") {
+    torch::jit::ExtraFilesMap extra{{kEmbedded, ""}};
     try {
-      script_ = std::make_unique<torch::jit::Module>(torch::jit::load(model_path.string(), device_));
+      script_ = std::make_unique<torch::jit::Module>(
+          torch::jit::load(model_path.string(), device_, extra));
     } catch (const c10::Error& e) {
       throw UsageError("cannot load " + model_path.string() +
                        " as TorchScript: " + first_line(e.what_without_backtrace()));
     }
     script_->eval();
+    check_embedded(info_, extra[kEmbedded], model_path);
     return;
   }
   if (torch::Device(info_.device).type() != device_.type())
@@ -161,6 +187,9 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
     throw UsageError("cannot load " + model_path.string() +
                      " as an AOTInductor package: " + first_line(e.what_without_backtrace()));
   }
+  const auto metadata = package_->get_metadata();
+  const auto embedded = metadata.find(kEmbedded);
+  check_embedded(info_, embedded == metadata.end() ? "" : embedded->second, model_path);
 }
 
 Generator::~Generator() = default;
