@@ -53,7 +53,8 @@ class EvalConfig:
     images: str | None = option(None, "or: a folder of images to score ...")
     ref: str | None = option(None, "... against a folder of reference images (FID/KID)")
     metrics: Any = option("fid,kid,is", "comma list or [list] of fid, kid, is")
-    n: int = option(10000, "generated images per checkpoint", at_least(2))
+    n: int = option(10000, "generated images per checkpoint (images= scores every file)",
+                    at_least(2))
     n_real: int | None = option(None, "real images for the statistics; null: n", at_least(2))
     steps: str = option("last", "last, all, a step, first-last (inclusive) or a comma list")
     ema: bool = option(True, "the EMA weights of G when the checkpoint has them")
@@ -66,7 +67,7 @@ class EvalConfig:
                                      "~/.cache/sagan_plugin/real_stats ($SAGAN_CACHE_DIR)")
     out: str | None = option(None, "JSON file; null: <run>/eval/<ema|raw>_n<n>.json")
     kid_subsets: int = option(100, "KID subsets", at_least(1))
-    kid_subset_size: int = option(1000, "images per KID subset (at most n)", at_least(2))
+    kid_subset_size: int = option(1000, "images per KID subset (n when n is smaller)", at_least(2))
     is_splits: int = option(10, "IS splits", at_least(1))
     # data.KEY=VALUE tokens override the run's data section (e.g. data.root=/data).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import re
 import socket
 import time
@@ -119,7 +120,13 @@ def resolve_checkpoint(path: str | Path, step: int | None = None) -> tuple[Path,
     """(run folder, netG checkpoint) for a run folder (latest or given step) or a checkpoint."""
     path = Path(path)
     if path.is_file():
-        return path.parent.parent.parent, path
+        if path.parent.parent.name == "checkpoints" and path.parent.name == "netD":
+            raise UsageError(f"{path} is a discriminator checkpoint: give the run folder or its "
+                             f"netG checkpoint (in {checkpoint_dir(path.parents[2])})")
+        if path.parent.parent.name != "checkpoints" or path.parent.name != "netG":
+            raise UsageError(f"{path} is not a netG checkpoint of a run folder: expected "
+                             "RUN/checkpoints/netG/netG_<step>_steps.pth, or the run folder")
+        return path.parents[2], path
     if not path.is_dir():
         raise UsageError(f"{path} does not exist: expected a run folder or a netG checkpoint")
     steps = checkpoint_steps(path)
@@ -142,9 +149,10 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
-        raise CorruptCheckpoint(f"cannot read checkpoint {path}: "
-                                f"{str(error).splitlines()[0] if str(error) else error!r}"
-                                ) from None
+        reason = str(error).splitlines()[0] if str(error) else repr(error)
+        if isinstance(error, pickle.UnpicklingError | KeyError):  # torch's text would advise
+            reason = "not tensors and plain values (a damaged file, or another kind of file)"
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict):
         raise CorruptCheckpoint(f"{path} is not a checkpoint: it holds a "
                                 f"{type(ckpt).__name__}, not Mimicry's dict of weights and step")

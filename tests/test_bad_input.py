@@ -159,12 +159,16 @@ FOLDER_CASES = [
     ("tensor_checkpoint", "is not a checkpoint: it holds a Tensor"),
     ("keyless_checkpoint", "is not a checkpoint: it has no model_state_dict"),
     ("garbage_checkpoint", "cannot read checkpoint"),
+    ("text_checkpoint", "not tensors and plain values (a damaged file, or another kind"),
     ("empty_checkpoints", "has no checkpoint under"),
     ("generator_only", "without both netG and netD files"),
     ("other_resolution", "is a checkpoint of another model"),
     ("other_family", "does not fit model=sagan at 32x32 with 10 classes: Error(s) in loading "
                      "state_dict for SAGANGenerator32: size mismatch for"),
     ("no_folder", "does not exist: expected a run folder or a netG checkpoint"),
+    ("discriminator", "is a discriminator checkpoint: give the run folder or its netG"),
+    ("config_file", "config.yaml is not a netG checkpoint of a run folder: expected "
+                    "RUN/checkpoints/netG/netG_<step>_steps.pth"),
 ]
 
 
@@ -218,6 +222,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
     damaged("tensor_checkpoint", checkpoint=torch.zeros(3))
     damaged("keyless_checkpoint", checkpoint={"weights": {}})
     damaged("garbage_checkpoint", checkpoint=b"PK\x03\x04 not a zip at all")
+    damaged("text_checkpoint", checkpoint=b"hello, not a checkpoint\n")
     damaged("other_resolution", checkpoint={**ckpt, "model": {
         "name": "sagan", "resolution": 64, "num_classes": 10}})
     damaged("other_family", edited(model={"ngf": 16}))  # a config that the weights do not fit
@@ -227,6 +232,8 @@ def places(tmp_path_factory) -> dict[str, Path]:
     damaged("generator_only")
     checkpoint_path(root / "generator_only", STEP, "netD").unlink()
     places["no_folder"] = root / "no_such_run"
+    places["discriminator"] = checkpoint_path(run, STEP, "netD")
+    places["config_file"] = run / "config.yaml"
     return places
 
 
@@ -265,7 +272,8 @@ def test_damaged_or_foreign_run_folders(command: str, folder: str, message: str,
                                         places: dict[str, Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     if command == "train":
-        if folder in ("no_folder", "empty_checkpoints", "other_family"):
+        if folder in ("no_folder", "empty_checkpoints", "other_family", "discriminator",
+                      "config_file"):
             pytest.skip("a new run, or another configuration: train's own cases")
         argv = ["train", "model=sagan", "data=procedural", "model.ngf=8",
                 f"run_dir={places[folder]}", "train.steps=9", "data.num_workers=0"]
