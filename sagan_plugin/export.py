@@ -85,8 +85,9 @@ def sha256_of(path: Path) -> str:
 
 
 @contextmanager
-def _quiet_deprecations() -> Iterator[None]:
-    """Hide the deprecation notices TorchScript (since 2.10) and torch.export's internals print.
+def _quiet_known_notices() -> Iterator[None]:
+    """Hide the deprecation notices TorchScript (since 2.10) and torch.export's internals print,
+    and the tracer's notice about the nets' label check.
 
     Only these messages: any other warning still reaches the user.
     """
@@ -94,6 +95,10 @@ def _quiet_deprecations() -> Iterator[None]:
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 FutureWarning)
+        # The nets' label-shape check (check_labels) holds for every traced input and so drops
+        # out of the trace; check_export runs the artefact at other batch sizes.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                module=r"sagan_plugin\.nets\.")
         yield
 
 
@@ -104,14 +109,14 @@ def check_inputs(netG: nn.Module, batch: int, device: torch.device) -> tuple[Ten
 
 def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
                        embedded: str) -> None:
-    with _quiet_deprecations():
+    with _quiet_known_notices():
         torch.jit.trace(module, example).save(str(path), _extra_files={EMBEDDED: embedded})
 
 
 def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
                 embedded: str) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with _quiet_deprecations():
+    with _quiet_known_notices():
         program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(path),
@@ -120,7 +125,7 @@ def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
 
 def load_export(path: str | Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The artefact as a Python callable (z, y) -> images."""
-    with _quiet_deprecations():
+    with _quiet_known_notices():
         if fmt == "torchscript":
             return torch.jit.load(str(path))
         return torch._inductor.aoti_load_package(str(path))

@@ -121,12 +121,13 @@ def test_unconditional_export_ignores_labels(unconditional_run):
                                    exported(z, torch.arange(4)), rtol=0, atol=0)
 
 
-def test_torchscript_export_shows_no_deprecation_warning(conditional_run, tmp_path):
+def test_torchscript_export_shows_no_deprecation_or_tracer_warning(conditional_run, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
         export.load_export(tmp_path / "G.pt", "torchscript")
-    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    known = (DeprecationWarning, torch.jit.TracerWarning)
+    assert not [w for w in caught if issubclass(w.category, known)]
 
 
 def test_failed_check_writes_nothing(conditional_run, tmp_path, monkeypatch):
