@@ -13,6 +13,7 @@ Inception network as uint8 tensors, without a PNG round trip. Real-image feature
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -244,6 +245,27 @@ def default_output(cfg: Any) -> Path:
     return run_dir / "eval" / name
 
 
+def _with_earlier_rows(payload: dict, out: Path) -> dict:
+    """A run folder's default report keeps the rows of the steps scored before with the same
+    settings and weights: another steps= adds rows. Other settings start the file afresh."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return payload
+
+    def settings(report: dict) -> tuple:
+        chosen = {k: v for k, v in report.get("settings", {}).items() if k != "steps"}
+        return chosen, report.get("inception", {}).get("sha256")
+
+    if not isinstance(earlier, dict) or settings(earlier) != settings(payload):
+        return payload
+    steps = {row["step"] for row in payload["rows"]}
+    kept = [row for row in earlier.get("rows", []) if row.get("step") not in steps]
+    if kept:
+        print(f"kept the rows of steps {', '.join(str(r['step']) for r in kept)} from {out}")
+    return {**payload, "rows": sorted(kept + payload["rows"], key=lambda row: row["step"])}
+
+
 def main(argv: list[str]) -> None:
     from sagan_plugin.runs import load_generator, split_run_tokens
 
@@ -288,6 +310,8 @@ def main(argv: list[str]) -> None:
                          "bilinear resize to 299x299 as pytorch-fid",
         "device": str(extractor.device), "torch": torch.__version__,
     }
+    if cfg.run and not cfg.out and Path(cfg.run).is_dir():
+        payload = _with_earlier_rows(payload, out)
     write_json(out, payload)
     if cfg.images:
         _print_header(metrics)

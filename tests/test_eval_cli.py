@@ -70,13 +70,19 @@ def test_eval_checkpoint_matches_a_direct_computation(run, full_weights, capsys)
     assert row["kid"] is not None and row["fid"] > 0
 
 
-def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_path, capsys):
-    second = tmp_path / "run"
+def _with_a_second_step(run, folder) -> tuple:
+    """A copy of run whose first checkpoint is also saved as step 2 x first: (copy, first)."""
+    second = folder / "run"
     shutil.copytree(run, second)
     first_step = checkpoint_steps(second)[0]
     state = torch.load(checkpoint_path(second, first_step), weights_only=True)
     state["global_step"] = first_step * 2
     torch.save(state, checkpoint_path(second, first_step * 2))
+    return second, first_step
+
+
+def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_path, capsys):
+    second, first_step = _with_a_second_step(run, tmp_path)
     code, out, err = _eval(capsys, f"run={second}", *FAST, "steps=all", "ema=false",
                            "metrics=fid,is")
     assert code == 0, err
@@ -87,6 +93,20 @@ def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_pat
     assert report["rows"][0]["fid"] == pytest.approx(report["rows"][1]["fid"], rel=1e-9)
     assert "IS unavailable" in out and "classifier" in report["is_unavailable"]
     assert report["inception"]["source"] == "explicit"
+
+
+def test_another_steps_adds_rows_to_the_runs_report(run, tmp_path, capsys):
+    second, first = _with_a_second_step(run, tmp_path)
+    report = second / "eval" / "raw_n4.json"
+
+    def scored_steps(*args: str) -> list[int]:
+        code, out, err = _eval(capsys, f"run={second}", *FAST, "ema=false", "metrics=fid", *args)
+        assert code == 0, err
+        return [row["step"] for row in json.loads(report.read_text())["rows"]]
+
+    assert scored_steps(f"steps={first * 2}") == [first * 2]
+    assert scored_steps(f"steps={first}") == [first, first * 2]  # the earlier row is kept
+    assert scored_steps(f"steps={first}", "seed=1") == [first]  # other settings: a new file
 
 
 def test_eval_of_two_image_folders(tmp_path, capsys):
