@@ -152,6 +152,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
+    ("folder", "is a folder (expected a .pt or .pt2"),
     ("garbage.pt", "cannot load"),
     ("garbage.pt2", "cannot load"),
     ("wrong_sha.pt", "sha256"),
@@ -167,7 +168,8 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
 ])
 def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, message):
     models = broken_copies(conditional_run, tmp_path)
-    model = models.get(case, tmp_path / "missing.pt")
+    (tmp_path / "folder").mkdir()
+    model = models.get(case, tmp_path / ("folder" if case == "folder" else "missing.pt"))
     result = run_program("--model", model, "--n", 2, "--device", "cpu", "--out",
                          tmp_path / "grid.png")
     assert_clean_error(result, message)

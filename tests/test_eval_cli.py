@@ -155,6 +155,7 @@ def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images
     (["data.num_classes=5"], "model.num_classes=10 does not match data procedural (5 classes)"),
     (["steps=100-200"], "steps=100-200 selects no saved checkpoint"),
     (["inception_weights=/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
+    (["inception_weights=/tmp"], "Inception weights file /tmp is a folder"),
     (["colour=blue"], "bad override for colour"),
     (["data.colour=blue"], "unknown key 'data.colour'"),
 ])

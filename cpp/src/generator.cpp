@@ -82,7 +82,9 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(model_path, ec))
     throw UsageError("model file " + model_path.string() +
-                     " does not exist (expected a .pt or .pt2 from `sagan-plugin export`)");
+                     (std::filesystem::is_directory(model_path, ec) ? " is a folder"
+                                                                    : " does not exist") +
+                     " (expected a .pt or .pt2 from `sagan-plugin export`)");
   const std::filesystem::path sidecar = model_path.string() + ".json";
   std::ifstream in(sidecar);
   if (!in)

@@ -75,7 +75,8 @@ def resolve_weights(explicit: str | os.PathLike | None = None) -> InceptionWeigh
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise UsageError(f"Inception weights file {path} does not exist; expected a "
+            problem = "is a folder" if path.is_dir() else "does not exist"
+            raise UsageError(f"Inception weights file {path} {problem}; expected a "
                              "pytorch-fid InceptionV3 state dict (.pth)")
         return InceptionWeights(path, "explicit", _check_hub_hash(path))
     hub_file = pytorch_fid_cache_file()
