@@ -125,7 +125,7 @@ class SAGANTrainer(Trainer):
                  fid: Callable[[torch.nn.Module, int], dict | None] | None = None,
                  stop: StopRequests | None = None,
                  on_start: Callable[[], None] | None = None, **kwargs) -> None:
-        self.on_start, self._params = on_start, None
+        self.on_start = on_start
         self.world, self.sampler, self.ema, self.fid = world or World(), sampler, ema, fid
         self.stop, self.stopped_at_once = stop, False
         self.stop_after: tuple[int, int] | None = None  # (signal, step) all ranks agreed on
@@ -141,10 +141,10 @@ class SAGANTrainer(Trainer):
         self.scheduler = _AfterEachStep(self.scheduler, self._after_step)
 
     def _log_params(self, params: dict) -> None:
-        # The host refuses a resume when anything in params.json changed, the step count
-        # included; config.yaml is checked instead (train.check_resume), so a run can be extended.
-        # Written by _restore_models_and_step: a refused resume leaves the folder as it was.
-        self._params = params
+        """Nothing yet: _restore_models_and_step writes self.params once the checkpoint fits,
+        so that a refused resume leaves the folder as it was. (The host would also refuse a
+        resume whose params.json changed, step count included; config.yaml is checked instead,
+        train.check_resume, so that a run can be extended.)"""
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class SAGANTrainer(Trainer):
                              f"train.steps={self.num_steps}; a run is extended, not shortened: "
                              f"give train.steps >= {step}")
         if self.world.is_main:
-            write_json(Path(self.log_dir) / "params.json", self._params)
+            write_json(Path(self.log_dir) / "params.json", self.params)
         if self.on_start is not None:
             self.on_start()
         return step
