@@ -133,24 +133,42 @@ def _model_schema(family: ModelFamily) -> type:
     return dataclasses.make_dataclass(f"{family.name}_model", fields)
 
 
+def check_tokens(tokens: Sequence[str], command: str = "") -> None:
+    """Refuse a token without `=` or without a value: OmegaConf reads `key=` as null, so a value
+    that the shell lost (`run_dir=$UNSET`) would silently mean the default."""
+    prefix = f"{command}: " if command else ""
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{prefix}expected key=value, got {token!r}")
+        if not value:
+            raise UsageError(f"{prefix}{key}= has no value: expected {key}=VALUE "
+                             f"({key}=null where the key may be null)")
+
+
+def dotlist(tokens: Sequence[str], command: str = "") -> DictConfig:
+    """Checked key=value tokens as a config (dotted keys nest)."""
+    check_tokens(tokens, command)
+    try:
+        return OmegaConf.from_dotlist(list(tokens))
+    except OmegaConfBaseException as error:
+        prefix = f"{command}: " if command else ""
+        raise UsageError(f"{prefix}cannot parse {' '.join(tokens)!r}: {error.msg}") from None
+
+
 def compose(argv: list[str]) -> DictConfig:
     """The full, validated run configuration from `model=`, `data=` and `key=value` tokens."""
+    check_tokens(argv)
     chosen = {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}
     overrides = []
     for token in argv:
-        key, sep, value = token.partition("=")
-        if not sep or not key:
-            raise UsageError(f"expected key=value, got {token!r}")
+        key, _, value = token.partition("=")
         if key in SELECTORS:
             chosen[key] = value
         else:
             overrides.append(token)
     cfg, family = _presets(chosen["model"], chosen["data"])
-    try:
-        cli = OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as error:
-        raise UsageError(f"cannot parse overrides {' '.join(overrides)!r}: {error.msg}") from None
-    _merge(cfg, cli, "override")
+    _merge(cfg, dotlist(overrides), "override")
     _configure_data(cfg)
     _derive(cfg, family)
     return cfg
@@ -279,11 +297,9 @@ def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
     """A typed config of `schema` (a dataclass) from key=value tokens; bad input -> UsageError."""
     config = OmegaConf.structured(schema)
     OmegaConf.set_struct(config, True)
-    for token in argv:
-        if "=" not in token:
-            raise UsageError(f"{command}: expected key=value, got {token!r}")
+    overrides = dotlist(argv, command)
     try:
-        config.merge_with(OmegaConf.from_dotlist(list(argv)))
+        config.merge_with(overrides)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         fields = ", ".join(schema.__dataclass_fields__)

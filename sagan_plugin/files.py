@@ -60,7 +60,8 @@ def check_writable(folder: str | Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"cannot write to output directory {folder}: {existing} is a file")
+        raise UsageError(f"cannot write to output directory {folder}: {existing} is not a "
+                         "folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass

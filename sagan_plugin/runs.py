@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sagan_plugin.config import SELECTORS, build_models, compose, compose_saved
+from sagan_plugin.config import SELECTORS, build_models, compose, compose_saved, dotlist
 from sagan_plugin.errors import UsageError
 from sagan_plugin.nets.layers import refresh_spectral_norm
 
@@ -103,10 +102,7 @@ def load_run_config(run_dir: str | Path, run_tokens: Sequence[str] = ()) -> Dict
         saved = read_run_config(path)
         if not run_tokens:
             return compose_saved(saved, str(path))
-        try:  # data.root=... for data that has moved, say
-            changes = OmegaConf.to_container(OmegaConf.from_dotlist(list(run_tokens)))
-        except OmegaConfBaseException as error:
-            raise UsageError(f"cannot parse {' '.join(run_tokens)}: {error.msg}") from None
+        changes = OmegaConf.to_container(dotlist(run_tokens))  # data.root= for moved data
         saved["data"] = {**(saved.get("data") or {}), **changes["data"]}
         return compose_saved(saved, f"{path} with {' '.join(run_tokens)}")
     if not any(t.startswith("model=") for t in run_tokens):

@@ -142,9 +142,7 @@ def output_target(out: str) -> tuple[Path, bool]:
     if path.suffix != ".png":
         raise UsageError(f"out must end in .png (one grid) or name a directory (one PNG per "
                          f"image), got {out}")
-    if not path.parent.is_dir():
-        raise UsageError(f"output directory {path.parent} does not exist")
-    check_writable(path.parent)
+    check_writable(path.parent)  # missing folders are made when the file is written
     return path, False
 
 

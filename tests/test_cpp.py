@@ -72,10 +72,11 @@ def test_program_matches_python_recipe(program, conditional_run, tmp_path, fmt):
 
 def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
     model = unconditional_run / "export" / "generator.pt"
+    # Missing folders are made, for the images and for the tensor alike.
     result = run_program("--model", model, "--n", 3, "--seed", 1, "--out", f"{tmp_path}/pngs/",
-                         "--save-tensor", tmp_path / "images.pt")
+                         "--save-tensor", tmp_path / "new" / "images.pt")
     assert result.returncode == 0, result.stderr
-    images = torch.load(tmp_path / "images.pt")
+    images = torch.load(tmp_path / "new" / "images.pt")
     torch.testing.assert_close(images, sample(load_generator(unconditional_run).netG, 3, 1),
                                rtol=0, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
@@ -185,7 +186,8 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     (["--device", "cuda"], "no CUDA GPU" if not torch.cuda.is_available() else ""),
     (["--device", "tpu"], "device must be"),
     (["--out", "/proc/grid.png"], "cannot write"),
-    (["--out", "{tmp}/no/such/grid.png"], "does not exist"),
+    (["--out", "/dev/null/grid.png"], "/dev/null is not a folder"),
+    (["--save-tensor", "/dev/null/t.pt"], "/dev/null is not a folder"),
     (["--out", "{tmp}/grid.jpg"], ".png"),
     (["--save-tensor", "{tmp}/images.npy"], ".pt"),
     (["--class", 1, "--classes", "2,3"], "excludes"),

@@ -84,9 +84,10 @@ def test_sample_command_writes_the_recipe_as_png(run, netG, tmp_path):
 
 
 def test_sample_main_writes_a_grid(run, netG, tmp_path):
-    sampling.main([f"run={run}", "n=3", "class=7", f"out={tmp_path}/grid.png"])
+    sampling.main([f"run={run}", "n=3", "class=7", f"out={tmp_path}/new/folder/grid.png"])
     expected = sampling.image_grid(sampling.to_uint8(sampling.sample(netG, 3, 0, [7])))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), expected.numpy())
+    png = Image.open(tmp_path / "new" / "folder" / "grid.png")  # missing folders are made
+    assert np.array_equal(np.asarray(png), expected.numpy())
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -97,7 +98,7 @@ def test_sample_main_writes_a_grid(run, netG, tmp_path):
     (["run={run}", "class=1", "classes=2"], "not both"),
     (["run={run}", "classes=a,b"], "classes must be integers"),
     (["run={run}", "out={tmp}/x.jpg"], "must end in .png"),
-    (["run={run}", "out={tmp}/missing/x.png"], "does not exist"),
+    (["run={run}", "out=/dev/null/x.png"], "/dev/null is not a folder"),
     (["run={run}", "out=/proc/x.png"], "cannot write"),
     (["run={run}", "device=cuda:7"] if not torch.cuda.is_available() else ["run={run}", "n=-1"],
      "no usable GPU|n must be"),

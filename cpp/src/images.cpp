@@ -63,11 +63,18 @@ torch::Tensor image_grid(const torch::Tensor& images) {
 
 namespace {
 
-// Probe now so that a read-only target fails before any sampling is done.
+// Probe now so that a read-only target fails before any sampling is done. A missing folder is
+// judged by the nearest folder above it, creating nothing: the writer creates the rest.
 void check_writable(const fs::path& folder) {
-  const fs::path probe = folder / (".sagan_sample_probe" + temporary_suffix());
-  if (!std::ofstream(probe)) throw UsageError("cannot write to output directory " + folder.string());
   std::error_code ec;
+  fs::path existing = folder;
+  while (!existing.empty() && !fs::exists(existing, ec)) existing = existing.parent_path();
+  if (existing.empty()) existing = ".";
+  if (!fs::is_directory(existing, ec))
+    throw UsageError("cannot write to output directory " + folder.string() + ": " +
+                     existing.string() + " is not a folder");
+  const fs::path probe = existing / (".sagan_sample_probe" + temporary_suffix());
+  if (!std::ofstream(probe)) throw UsageError("cannot write to output directory " + folder.string());
   fs::remove(probe, ec);
 }
 
@@ -77,36 +84,31 @@ fs::path prepare_file(const std::string& path, const std::string& extension) {
   const fs::path file(path);
   if (path.empty() || path.back() == '/' || file.extension() != extension)
     throw UsageError("expected a file name ending in " + extension + ", got \"" + path + "\"");
-  const fs::path folder = file.has_parent_path() ? file.parent_path() : fs::path(".");
-  std::error_code ec;
-  if (!fs::is_directory(folder, ec))
-    throw UsageError("output directory " + folder.string() + " does not exist");
-  check_writable(folder);
+  check_writable(file.has_parent_path() ? file.parent_path() : fs::path("."));
   return file;
 }
 
 OutputTarget prepare_output(const std::string& path) {
   if (path.empty() || !(path.back() == '/' || fs::is_directory(path)))
     return {prepare_file(path, ".png"), false};
-  std::error_code ec;
-  fs::create_directories(path, ec);
-  if (ec) throw UsageError("cannot create output directory " + path + ": " + ec.message());
   check_writable(path);
   return {fs::path(path), true};
 }
 
 void write_file_atomically(const fs::path& path, const std::vector<char>& bytes) {
+  std::error_code ec;
+  if (path.has_parent_path()) fs::create_directories(path.parent_path(), ec);
+  if (ec) throw UsageError("cannot create output directory " + path.parent_path().string() + ": " +
+                           ec.message());
   const fs::path temporary = path.string() + temporary_suffix();
   {
     std::ofstream out(temporary, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out.flush()) {
-      std::error_code ec;
       fs::remove(temporary, ec);
       throw UsageError("cannot write " + path.string());
     }
   }
-  std::error_code ec;
   fs::rename(temporary, path, ec);
   if (ec) {
     fs::remove(temporary, ec);

@@ -22,11 +22,11 @@ struct OutputTarget {
   bool directory = false;
 };
 
-// A path ending in '/' or naming an existing directory is a directory (created if missing);
-// anything else must end in .png. Fails early when the target cannot be written.
+// A path ending in '/' or naming an existing directory is a directory; anything else must end
+// in .png. Fails early when the target cannot be written; missing folders are made on writing.
 OutputTarget prepare_output(const std::string& path);
 
-// A file name with the given extension (".png") in an existing, writable directory.
+// A file name with the given extension (".png") whose folder is, or can be made, writable.
 std::filesystem::path prepare_file(const std::string& path, const std::string& extension);
 
 // Writes (N, C, H, W) float images in [-1, 1]: the grid, or DIR/000000.png ... Each file is
