@@ -43,6 +43,11 @@ def main() -> None:
     parser.add_argument("--log-dir", default="runs/mimicry_sagan")
     parser.add_argument("--fid-n", type=int, default=10000, help="images for FID and KID")
     args = parser.parse_args()
+    if args.fid_n < 20:  # refused now, not after the training
+        parser.error(f"--fid-n {args.fid_n}: KID averages 10 subsets of at least 2 images, so "
+                     "give 20 or more")
+    if args.steps < 1 or args.batch_size < 1 or args.width < 1:
+        parser.error("--steps, --batch-size and --width must be at least 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # The data: Mimicry's loader for its data sets, sagan-plugin's for a folder of images. The

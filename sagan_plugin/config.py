@@ -51,7 +51,8 @@ class DataConfig:
                               "looks in Debian's package)")
     resolution: int = option(32, "image size R (R x R)", at_least(1))
     num_classes: int = option(0, "classes of the data set; 0: unlabelled", at_least(0))
-    split: str = option("train", "which part of the data set", one_of(*SPLITS))
+    split: str = option("train", "which part of the data set, among those it has (another is "
+                        "refused, naming them)", one_of(*SPLITS))
     fit: str = option("pad", "small images (Fashion-MNIST's 28 px): pad or resize to R",
                       one_of("pad", "resize"))
     size: int = option(10000, "images of the procedural data set", at_least(1))
@@ -188,10 +189,17 @@ def compose_data(name: str, fields: Mapping[str, Any] | None = None) -> DictConf
 
 
 def _configure_data(cfg: DictConfig) -> None:
-    """The data fields that follow from the data's files (a folder's classes)."""
+    """The data set's split checked, then the data fields that follow from its files (a
+    folder's classes)."""
+    _check_split(cfg.data)
     configure = get_dataset(cfg.data.name).configure
     if configure is not None:
         _merge(cfg, {"data": configure(cfg.data)}, f"data {cfg.data.name}")
+
+
+def _check_split(data: DictConfig) -> None:
+    if data.split in SPLITS:  # another value is the schema's to refuse, as any bad value
+        get_dataset(data.name).check_split(data.split)
 
 
 def run_key_lines(selectors: list[str]) -> list[str]:
@@ -221,6 +229,7 @@ def compose_saved(saved: Any, source: str) -> DictConfig:
     try:
         cfg, family = _presets(names["model"], names["data"])
         _merge(cfg, saved, source)
+        _check_split(cfg.data)
         _derive(cfg, family)
     except UsageError as error:
         message = str(error)
@@ -253,7 +262,8 @@ def _merge(cfg: DictConfig, values: Any, source: str) -> None:
         node = OmegaConf.select(cfg, section) if section else cfg
         known = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
         raise UsageError(f"unknown key {error.full_key!r} in {source}"
-                         + (f"; keys of {section}: {known}" if known else "")) from None
+                         + (f"; keys of {section or 'the top level'}: {known}" if known else "")
+                         ) from None
     except ValidationError as error:
         raise UsageError(f"bad value for {error.full_key} in {source}: "
                          f"{error.msg.splitlines()[0]}") from None

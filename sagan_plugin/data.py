@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sagan_plugin.datasets import get_dataset
+from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_atomically
 
@@ -41,12 +41,29 @@ HOST_LAYOUT_HINTS = {
     "celeba": "celeba/img_align_celeba/ and its list files",
     "lsun": "bedroom_train_lmdb/",
 }
+# data.split -> the split argument of the host's loader (torch_mimicry/datasets/data_utils.py),
+# for the splits it really reads; None: the loader takes none. LSUN's reads bedroom_train alone.
+# CelebA's "train" is its loader's default, all 202,599 faces (the GAN protocol), so CelebA
+# offers no test or val: those faces are in it. STL-10's is the 100,000 unlabelled images,
+# apart from its test images.
+HOST_SPLITS: dict[str, dict[str, str | None]] = {
+    "imagenet": {"train": "train", "val": "val"},
+    "cifar10": {"train": "train", "test": "test"},
+    "cifar100": {"train": "train", "test": "test"},
+    "stl10": {"train": "unlabeled", "test": "test"},
+    "celeba": {"train": "all"},
+    "lsun": {"train": None},
+}
+FASHION_MNIST_SPLITS = {"train": True, "test": False}  # -> torchvision's train=
 
 
 def build_dataset(data: DictConfig) -> Dataset:
     """The data set a data config names (sagan_plugin.datasets), checked to exist and to
-    match its resolution."""
-    return get_dataset(data.name).build(data)
+    match its resolution; a split the data set lacks is refused (a hand-made or saved config
+    is not composed, so its split was not checked there)."""
+    dataset = get_dataset(data.name)
+    dataset.check_split(data.get("split", DEFAULT_SPLIT))
+    return dataset.build(data)
 
 
 def procedural(data: DictConfig) -> Dataset:
@@ -80,9 +97,9 @@ def host_dataset(data: DictConfig) -> Dataset:
     if data.resolution != expected:
         raise UsageError(f"data set {data.name} is {expected}x{expected}; "
                          f"got data.resolution={data.resolution}")
-    kwargs = {} if folder == "lsun" else {"download": False}
-    if data.split != "train" and folder in ("imagenet", "cifar10", "cifar100"):
-        kwargs["split"] = data.split
+    kwargs: dict = {} if folder == "lsun" else {"download": False}
+    if HOST_SPLITS[folder][data.split] is not None:
+        kwargs["split"] = HOST_SPLITS[folder][data.split]
     square = folder == "imagenet" and data.crop == "square"
     if square:
         kwargs["transform_data"] = False  # the host's own crop is replaced below
@@ -131,7 +148,7 @@ def fashion_mnist(data: DictConfig) -> Dataset:
         fit, transforms.Grayscale(num_output_channels=3), transforms.ToTensor(),
         transforms.Normalize((0.5,) * 3, (0.5,) * 3),
     ])
-    return torchvision.datasets.FashionMNIST(str(root), train=data.split == "train",
+    return torchvision.datasets.FashionMNIST(str(root), train=FASHION_MNIST_SPLITS[data.split],
                                              download=False, transform=transform)
 
 

@@ -21,10 +21,12 @@ from typing import Any
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
+from sagan_plugin.errors import UsageError
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.registry import Registry
 
 ENTRY_POINT_GROUP = "mimicry.datasets"
+DEFAULT_SPLIT = "train"  # DataConfig's data.split
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class DataSet:
     configure(data), optional: run when a command line is composed, before the class count is
     checked against the model's; returns data fields that follow from the files (a folder's
     classes). It must be cheap (no decoding) and raise UsageError on bad input.
+    splits: the values of data.split that build really reads, each a different part of the
+    data (of train, test, val). Empty (the default): only the default split, the preset's
+    data.split or else train (a data set with one set of images has just that). Another is
+    refused, naming these, when a configuration is composed (before configure) and again by
+    sagan_plugin.data.build_dataset.
     """
 
     name: str
@@ -45,6 +52,24 @@ class DataSet:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     configure: Callable[[DictConfig], Mapping[str, Any]] | None = None
+    splits: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from sagan_plugin.config import SPLITS  # config imports this module
+
+        default = self.defaults.get("split", DEFAULT_SPLIT)
+        splits = tuple(self.splits) or (default,)
+        if not set(splits) <= set(SPLITS) or default not in splits:
+            raise ValueError(f"data set {self.name}: splits {splits} must be among data.split's "
+                             f"values ({', '.join(SPLITS)}) and hold the default, {default}")
+        object.__setattr__(self, "splits", splits)
+
+    def check_split(self, split: str) -> None:
+        """Refuse a split the data set does not have, in one line that names those it has."""
+        if split not in self.splits:
+            has = (f"splits {', '.join(self.splits)}" if len(self.splits) > 1
+                   else f"one split, {self.splits[0]}")
+            raise UsageError(f"data.split={split}: {self.name} has {has}")
 
     @property
     def summary(self) -> str:
@@ -60,12 +85,16 @@ def _built_ins() -> list[DataSet]:
                 "fashion_mnist": data.fashion_mnist, "procedural": data.procedural,
                 "folder": image_folder.build}
     configure = {"folder": image_folder.configure}
+    # What each loader really reads (data.HOST_SPLITS); procedural and folder have one split.
+    splits = {**{name: tuple(data.HOST_SPLITS[folder]) for name, folder in
+                 data.HOST_FOLDERS.items()},
+              "fashion_mnist": tuple(data.FASHION_MNIST_SPLITS)}
     built_ins = []
     for name in preset_names("data"):
         preset = load_preset("data", name)
         built_ins.append(DataSet(name=name, build=builders[name], defaults=preset["data"],
                                  description=preset.get("description", ""),
-                                 configure=configure.get(name)))
+                                 configure=configure.get(name), splits=splits.get(name, ())))
     return built_ins
 
 

@@ -8,7 +8,8 @@
 The generated images are exactly those `sagan-plugin sample run=... n=N seed=S out=DIR/` would
 write (same noise, labels i % num_classes, so classes are balanced), but they reach the
 Inception network as uint8 tensors, without a PNG round trip. Real-image features are cached
-(sagan_plugin/metrics/real_stats.py). A table goes to stdout and a JSON file beside the run.
+(sagan_plugin/metrics/real_stats.py). A table goes to stdout and a JSON file beside the run,
+or for images=DIR beside the folder (DIR_eval.json).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class EvalConfig:
                                            "caches, fid-helper")
     stats_cache: str | None = option(None, "real-statistics cache; null: "
                                      "~/.cache/sagan_plugin/real_stats ($SAGAN_CACHE_DIR)")
-    out: str | None = option(None, "JSON file; null: <run>/eval/<ema|raw>_n<n>.json")
+    out: str | None = option(None, "JSON file; null: <run>/eval/<ema|raw>_n<n>.json (raw when "
+                             "the checkpoint has no EMA), or DIR_eval.json for images=DIR")
     kid_subsets: int = option(100, "KID subsets", at_least(1))
     kid_subset_size: int = option(1000, "images per KID subset (n when n is smaller)", at_least(2))
     is_splits: int = option(10, "IS splits", at_least(1))
@@ -82,12 +84,13 @@ def parse_metrics(value: Any) -> list[str]:
     return names
 
 
-def check_sample_count(n: int, what: str = "n") -> None:
+def check_sample_count(n: int, what: str = "n", warn: bool = True) -> None:
+    """Refuse a count that cannot be scored or held; warn (if warn) when it biases FID."""
     if n < 2:
         raise UsageError(f"{what}={n}: FID, KID and IS need at least 2 images")
     # Features (and IS logits) of every image are kept, in float64, until they are scored.
     require_memory(n * (FEATURE_DIM + NUM_LOGITS) * 8, f"{what}={n} (Inception features)")
-    if n < FEATURE_DIM:
+    if warn and n < FEATURE_DIM:
         warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
                       "covariance is singular and FID is biased upwards; use n>=10000 to "
                       "compare with published numbers", stacklevel=2)
@@ -233,8 +236,9 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
             "rows": rows}
 
 
-def default_output(cfg: Any) -> Path:
-    name = f"{'ema' if cfg.ema else 'raw'}_n{cfg.n}.json"
+def default_output(cfg: Any, ema: bool) -> Path:
+    """ema: whether the weights scored are G's EMA (not merely asked for with ema=true)."""
+    name = f"{'ema' if ema else 'raw'}_n{cfg.n}.json"
     if cfg.images:
         return Path(cfg.images.rstrip("/") + "_eval.json")
     from sagan_plugin.runs import resolve_checkpoint
@@ -274,15 +278,19 @@ def main(argv: list[str]) -> None:
     metrics = parse_metrics(cfg.metrics)
     if (cfg.run is None) == (cfg.images is None):
         raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
-    out = check_output_file(cfg.out or default_output(cfg))
-    if cfg.stats_cache is not None:
-        check_writable(cfg.stats_cache)
     if cfg.images and run_tokens:
         raise UsageError(f"eval: images=DIR takes no {' '.join(run_tokens)}")
     # bad input fails before the Inception network loads
+    ema = False
     if cfg.run:
-        load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
-                       run_tokens=run_tokens)
+        # A run's settings fix whether its checkpoints have EMA weights: the first one tells
+        # the default file name what is really scored.
+        ema = load_generator(cfg.run, step=checkpoints_to_evaluate(cfg)[0], prefer_ema=cfg.ema,
+                             run_tokens=run_tokens).ema
+    out = check_output_file(cfg.out or default_output(cfg, ema))
+    if cfg.stats_cache is not None:
+        check_writable(cfg.stats_cache)
+    if cfg.run:
         counts = {"n": cfg.n}
         if _needs_reference(metrics):
             counts["n_real"] = cfg.n_real or cfg.n
@@ -291,10 +299,16 @@ def main(argv: list[str]) -> None:
         counts = {"images": len(files)}
         if ref_files is not None:
             counts["ref"] = len(ref_files)
-    weights = resolve_weights(cfg.inception_weights)  # before the small-n warning: errors alone
     for what, count in counts.items():
+        check_sample_count(count, what, warn=False)
+    extractor = FeatureExtractor(resolve_weights(cfg.inception_weights), cfg.device,
+                                 cfg.batch_size)
+    # Only once the weights are known to hold IS's classifier can the work be of use.
+    if set(metrics) == {"is"} and not extractor.has_logits:
+        raise UsageError(f"metrics=is: the Inception Score is unavailable with "
+                         f"{extractor.weights.path}: {IS_UNAVAILABLE} (inception_weights=FILE)")
+    for what, count in counts.items():  # the small-n warning after the errors: they come alone
         check_sample_count(count, what)
-    extractor = FeatureExtractor(weights, cfg.device, cfg.batch_size)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
     if cfg.run:

@@ -50,10 +50,9 @@ def _host_family(name: str, module: str, prefix: str, resolutions: tuple[int, ..
         d_args = {k: given[k] for k in ("ndf", "loss_type") if k in given}
         if conditional:
             g_args["num_classes"] = d_args["num_classes"] = num_classes
-        netG = getattr(nets, f"{prefix}Generator{resolution}")(**g_args)
-        # The registry's generator contract (sampling, eval, export read these).
-        netG.resolution, netG.num_classes = resolution, num_classes if conditional else 0
-        return netG, getattr(nets, f"{prefix}Discriminator{resolution}")(**d_args)
+        # ModelFamily gives netG its resolution and class count (0 here when unconditional).
+        return (getattr(nets, f"{prefix}Generator{resolution}")(**g_args),
+                getattr(nets, f"{prefix}Discriminator{resolution}")(**d_args))
 
     preset = load_preset("models", name)
     return ModelFamily(name=name, build=build, resolutions=resolutions, conditional=conditional,

@@ -98,9 +98,6 @@ def configure(data: DictConfig) -> Mapping[str, Any]:
 def build(data: DictConfig) -> FolderImages:
     """The images of data.root, labelled as data.classes (the layout when the run began)."""
     root = _root(data)
-    if data.get("split", "train") != "train":
-        raise UsageError(f"data=folder has no splits (data.split={data.split}): point data.root "
-                         "at the folder of that split")
     classes = folder_classes(root)
     recorded = classes if data.get("classes") is None else list(data.classes)
     if classes != recorded:

@@ -29,8 +29,11 @@ T = TypeVar("T")
 class ModelFamily:
     """A GAN family: how to build G and D, and the defaults it trains with.
 
-    build(resolution, num_classes, **arch) returns (netG, netD), host models; netG carries
-    nz, num_classes (0: unconditional) and resolution, and netG(z, y) gives images in [-1, 1].
+    build(resolution, num_classes, **arch) returns (netG, netD), host models, with netG(z, y)
+    (netG(z) when unconditional) giving images in [-1, 1]. Through the family, a resolution
+    outside `resolutions` is a UsageError, and netG comes back carrying `resolution` and
+    `num_classes` (0: unconditional), which sampling, eval and export read, whether or not
+    the family's own build sets them.
     defaults holds the preset: {"model": {arch defaults}, "train": {training defaults},
     "batch_size": {resolution: batch size}}.
     conditional: True (needs labels), False (ignores them) or None (both, num_classes=0 off).
@@ -42,6 +45,29 @@ class ModelFamily:
     conditional: bool | None = None
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A third-party build need only return the nets; every caller goes through the check.
+        # Another family's checked build (build=SNGAN.build) is checked by this one's rules.
+        raw = getattr(self.build, "family_build", self.build)
+        object.__setattr__(self, "build", self._checked(raw))
+
+    def _checked(self, build: Callable[..., tuple[nn.Module, nn.Module]]
+                 ) -> Callable[..., tuple[nn.Module, nn.Module]]:
+        def checked_build(resolution: int, num_classes: int = 0, **arch: Any
+                          ) -> tuple[nn.Module, nn.Module]:
+            if resolution not in self.resolutions:
+                raise UsageError(f"model {self.name} does not support {resolution}x{resolution}"
+                                 f" images; supported: {', '.join(map(str, self.resolutions))}")
+            netG, netD = build(resolution, num_classes, **arch)
+            if getattr(netG, "resolution", None) is None:
+                netG.resolution = resolution
+            if getattr(netG, "num_classes", None) is None:
+                netG.num_classes = 0 if self.conditional is False else num_classes
+            return netG, netD
+
+        checked_build.family_build = build
+        return checked_build
 
 
 def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -162,9 +162,20 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def state_dict_mismatch(error: RuntimeError) -> str:
-    """The first difference that load_state_dict reports, on one line."""
+    """What load_state_dict reports, shortened to one line: each kind of difference with its
+    first key and a count (a net of another size lists hundreds of keys)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:2])
+    parts, size_mismatches = [], [line for line in lines if line.startswith("size mismatch")]
+    for line in lines[1:]:
+        kind, _, listed = line.partition(" in state_dict: ")
+        keys = re.findall(r'"([^"]+)"', listed)
+        if keys:  # Missing key(s) / Unexpected key(s)
+            parts.append(f"{kind.split()[0].lower()} {len(keys)} key(s): {keys[0]}"
+                         + (", ..." if len(keys) > 1 else ""))
+    if size_mismatches:
+        more = f" ({len(size_mismatches)} in all)" if len(size_mismatches) > 1 else ""
+        parts.append(size_mismatches[0].rstrip(".") + more)
+    return "; ".join(parts) or " ".join(lines[:2])
 
 
 def check_model_info(ckpt: dict, expected: dict, path: Path) -> None:
@@ -193,9 +204,11 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
         netG.load_state_dict(state)
     except RuntimeError as error:
         model = config.model
+        hint = (" (give the data.resolution=, model.ngf= and model.ndf= it was trained with)"
+                if is_mimicry_run(run_dir) else "")
         raise UsageError(f"checkpoint {ckpt_file} does not fit model={model.name} at "
                          f"{model.resolution}x{model.resolution} with {model.num_classes} "
-                         f"classes: {state_dict_mismatch(error)}") from None
+                         f"classes: {state_dict_mismatch(error)}{hint}") from None
     if use_ema:  # the EMA weights normalised by their own sigma, converged once more
         refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
     return LoadedGenerator(netG.to(device).eval(), config, int(ckpt["global_step"]), use_ema)
@@ -206,7 +219,9 @@ LOCK_FILE = "train.lock"
 
 class RunLock:
     """One writer per run folder: an advisory lock on <run_dir>/train.lock, which names its
-    holder. The kernel drops it when the process dies, so even a SIGKILL leaves no stale lock."""
+    holder while held. The kernel drops it when the process dies, so even a SIGKILL leaves no
+    stale lock. The file is never removed: a process could hold a lock on the removed file
+    while another locks a new one."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
@@ -236,5 +251,8 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
+            # The holder's name is true only while held: emptied, a run refused on resuming
+            # leaves the file as the last run left it.
+            self._file.truncate(0)
             self._file.close()  # closing releases the lock
             self._file = None

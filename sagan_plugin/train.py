@@ -49,9 +49,11 @@ from sagan_plugin.runs import (
 )
 from sagan_plugin.stopping import StopRequests
 
-# Keys that may change when a run is resumed: length, cadence, machine, kernels.
+# Keys that may change when a run is resumed: length, cadence (of logs, grids, checkpoints and
+# FID logging), machine, kernels. README "Using it" lists them.
 RESUMABLE_KEYS = {"train.steps", "train.log_steps", "train.vis_steps", "train.save_steps",
-                  "train.device", "data.num_workers", "data.root", "run_dir",
+                  "train.fid_every", "train.fid_n", "train.device", "data.num_workers",
+                  "data.root", "run_dir",
                   "train.precision", "train.channels_last", "train.compile",
                   "train.sdpa_backend", "train.sync_bn", "train.deterministic"}
 

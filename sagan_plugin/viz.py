@@ -8,6 +8,8 @@ attention.png has a row per generated image: the image with its query points mar
 each query the attention distribution of G's attention layer over the key positions, drawn over
 the image. The layer's input is captured with a forward pre-hook and fed to
 `G.attention.attention_weights`; attention.npz keeps the raw maps (rows sum to 1).
+Without what=, a G that has no attention layer (model.attention=0, Mimicry's baselines) gets the
+grid alone; what=attention on one is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ from sagan_plugin.schema import SEED, at_least, option
 
 PAD = 2
 QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
+NO_ATTENTION = "this generator has no attention layer (G.attention is None)"
 
 
 @dataclass
 class VizConfig:
     run: str = option(MISSING, "a run folder or a netG checkpoint file")
     out: str = option("viz", "folder for grid.png, attention.png and attention.npz")
-    what: str = option("grid,attention", "grid, attention or both")
+    what: str | None = option(None, "grid, attention or grid,attention; null: the grid, and "
+                              "the attention maps when G has an attention layer")
     step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
     ema: bool = option(True, "the EMA weights when the checkpoint has them")
     seed: int = option(0, "seed of the noise", SEED)
@@ -80,10 +84,15 @@ def _tile(images: Tensor, rows: int, cols: int) -> Tensor:
     return grid
 
 
+def has_attention(netG: nn.Module) -> bool:
+    # SAGAN with model.attention=0 has G.attention = None; Mimicry's baselines have none at all.
+    return getattr(netG, "attention", None) is not None
+
+
 def attention_maps(netG: nn.Module, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, int]:
     """(images in [-1, 1], attention (N, H*W, H*W/4), H) for one batch, via a pre-hook."""
-    if getattr(netG, "attention", None) is None:
-        raise UsageError("this generator has no attention layer (G.attention is None)")
+    if not has_attention(netG):
+        raise UsageError(NO_ATTENTION)
     captured = {}
     handle = netG.attention.register_forward_pre_hook(
         lambda module, inputs: captured.__setitem__("x", inputs[0]))
@@ -156,8 +165,8 @@ def main(argv: list[str]) -> None:
 
     argv, run_tokens = split_run_tokens(argv)
     cfg = parse_overrides(VizConfig, argv, "viz")
-    what = {w.strip() for w in cfg.what.split(",") if w.strip()}
-    if not what or what - {"grid", "attention"}:
+    asked = None if cfg.what is None else {w.strip() for w in cfg.what.split(",") if w.strip()}
+    if asked is not None and (not asked or asked - {"grid", "attention"}):
         raise UsageError(f"what={cfg.what}: expected grid, attention or grid,attention")
     queries = parse_queries(cfg.queries)
     device = resolve_device(cfg.device)
@@ -166,11 +175,19 @@ def main(argv: list[str]) -> None:
     loaded = load_generator(cfg.run, step=cfg.step, prefer_ema=cfg.ema, device=device,
                             run_tokens=run_tokens)
     netG = loaded.netG
+    # Decided before anything is written: a refusal must leave no grid.png behind.
+    if asked is None:
+        what = {"grid", "attention"} if has_attention(netG) else {"grid"}
+    elif "attention" in asked and not has_attention(netG):
+        raise UsageError(f"what={cfg.what}: {NO_ATTENTION}; expected what=grid")
+    else:
+        what = asked
     pixels = 3 * (netG.resolution + GRID_PADDING) ** 2
     require_memory(cfg.per_class * 20 * pixels * 6, f"a grid of per_class={cfg.per_class}")
-    # attention maps are (H*W) x (H*W/4) float32 per image, with H at most half of R
-    require_memory(cfg.images * ((netG.resolution // 2) ** 4 + pixels * cfg.scale**2 * 6),
-                   f"attention maps of images={cfg.images}")
+    if "attention" in what:
+        # attention maps are (H*W) x (H*W/4) float32 per image, with H at most half of R
+        require_memory(cfg.images * ((netG.resolution // 2) ** 4 + pixels * cfg.scale**2 * 6),
+                       f"attention maps of images={cfg.images}")
     if "grid" in what:
         classes = parse_classes(cfg.classes) or list(range(min(netG.num_classes, 20)))
         if classes and not netG.num_classes:
@@ -194,3 +211,5 @@ def main(argv: list[str]) -> None:
             "step": loaded.step, "ema": loaded.ema, "gamma": gamma, "feature_size": size,
             "queries": index, "seed": cfg.seed})
         print(f"wrote {out / 'attention.png'} (gamma={gamma:.4f})")
+    elif asked is None:
+        print(f"attention maps skipped: {NO_ATTENTION}")

@@ -71,6 +71,7 @@ TRAIN_CASES = [
     (["train.stepz=3"], "unknown key 'train.stepz'"),
     (["train.steps=abc"], "bad value for train.steps"),
     (["train.steps"], "expected key=value"),
+    (["n=16"], "unknown key 'n' in override; keys of the top level: model, data, train"),
     (["run_dir="], "run_dir= has no value: expected run_dir=VALUE"),
     (["model="], "model= has no value"),
     (["data=fashion_mnist", "data.root="], "data.root= has no value"),
@@ -168,8 +169,7 @@ FOLDER_CASES = [
     ("empty_checkpoints", "has no checkpoint under"),
     ("generator_only", "without both netG and netD files"),
     ("other_resolution", "is a checkpoint of another model"),
-    ("other_family", "does not fit model=sagan at 32x32 with 10 classes: Error(s) in loading "
-                     "state_dict for SAGANGenerator32: size mismatch for"),
+    ("other_family", "does not fit model=sagan at 32x32 with 10 classes: size mismatch for"),
     ("no_folder", "does not exist: expected a run folder or a netG checkpoint"),
     ("discriminator", "is a discriminator checkpoint: give the run folder or its netG"),
     ("config_file", "config.yaml is not a netG checkpoint of a run folder: expected "

@@ -145,9 +145,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder but the lock, which names each process that takes it."""
+    """Every file of a run folder. The lock names its holder only while held: a refused run
+    leaves it as it was, or empty where there was none (it is never unlinked: see RunLock)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "train.lock"}
+            if p.is_file() and not (p.name == "train.lock" and p.stat().st_size == 0)}
 
 
 def test_checkpoint_of_another_model_is_refused_and_the_folder_left_as_it_was(

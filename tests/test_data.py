@@ -1,16 +1,20 @@
 """Data sets: the procedural one, Fashion-MNIST from Debian's package, the host's ImageNet."""
 
 import gzip
+import inspect
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sagan_plugin.config import compose
+from sagan_plugin import host
+from sagan_plugin.config import compose, compose_data
 from sagan_plugin.data import (
     DEBIAN_FASHION_MNIST,
+    HOST_FOLDERS,
     ProceduralShapes,
     build_dataloader,
     build_dataset,
@@ -103,4 +107,72 @@ def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> Non
     cfg = OmegaConf.create({"name": "imagenet_32", "root": str(tmp_path), "resolution": 64,
                             "num_classes": 1000, "split": "train"})
     with pytest.raises(UsageError, match="imagenet_32 is 32x32"):
+        build_dataset(cfg)
+
+
+def _fake_imagenet_val(root: Path, wnids: list[str], per_class: int) -> None:
+    """The val/<wnid>/*.JPEG folder beside train/, of another colour."""
+    from PIL import Image
+
+    for wnid in wnids:
+        (root / "imagenet" / "val" / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (256, 240), (0, 0, 255)).save(root / "imagenet" / "val" / wnid /
+                                                         f"{i}.JPEG")
+
+
+def test_host_imagenet_val_split_reads_the_val_folder(tmp_path: Path) -> None:
+    wnids = ["n01440764", "n01443537"]
+    _fake_imagenet(tmp_path, wnids, per_class=3)
+    _fake_imagenet_val(tmp_path, wnids, per_class=2)
+    cfg = compose(["data=imagenet_32", f"data.root={tmp_path}", "data.split=val"])
+    data = build_dataset(cfg.data)
+    assert len(data) == 4 and data[3][1] == 1
+    assert data[0][0][2].mean() > 0.9 and data[0][0][0].mean() < -0.9  # the blue val images
+
+
+# data=NAME, data.split -> the split Mimicry's loader must read (its own name for it).
+HOST_SPLIT_CASES = [
+    ("imagenet_32", "train", "train"), ("imagenet_128", "val", "val"),
+    ("cifar10", "train", "train"), ("cifar10", "test", "test"), ("cifar100", "test", "test"),
+    ("stl10_48", "train", "unlabeled"), ("stl10_48", "test", "test"),
+    ("celeba_64", "train", "all"), ("celeba_128", "train", "all"),
+    ("lsun_bedroom_128", "train", None),  # its loader takes no split: bedroom_train alone
+]
+
+
+@pytest.mark.parametrize(("name", "split", "loaded"), HOST_SPLIT_CASES)
+def test_host_loaders_read_the_split_asked_for(name: str, split: str, loaded: str | None,
+                                               tmp_path: Path, monkeypatch) -> None:
+    from torch_mimicry.datasets import data_utils
+
+    calls = []
+
+    def load_dataset(root: str, name: str, **kwargs) -> SimpleNamespace:
+        calls.append(kwargs)
+        return SimpleNamespace()
+
+    monkeypatch.setattr(host, "load_dataset", load_dataset)
+    (tmp_path / HOST_FOLDERS[name]).mkdir()
+    build_dataset(compose_data(name, {"root": str(tmp_path), "split": split}))  # no model: 48 px
+    # What the loader reads: the split passed, else its own default (CelebA's is "all").
+    loader = {"imagenet": data_utils.load_imagenet_dataset, "stl10": data_utils.load_stl10_dataset,
+              "celeba": data_utils.load_celeba_dataset, "cifar10": data_utils.load_cifar10_dataset,
+              "cifar100": data_utils.load_cifar100_dataset,
+              "lsun": data_utils.load_lsun_bedroom_dataset}[HOST_FOLDERS[name]]
+    parameters = inspect.signature(loader).parameters
+    default = parameters["split"].default if "split" in parameters else None
+    assert [call.get("split", default) for call in calls] == [loaded]
+    assert loaded is not None or "split" not in parameters  # LSUN's: no split to ask for
+
+
+@pytest.mark.parametrize(("name", "split"), [("fashion_mnist", "val"), ("procedural", "test"),
+                                             ("cifar10", "val"), ("celeba_64", "test")])
+def test_a_hand_made_data_config_with_a_split_the_data_set_lacks_is_refused(
+        name: str, split: str, tmp_path: Path) -> None:
+    # Saved and hand-made configurations are not composed, so building checks again: Fashion-
+    # MNIST's val was its test set, and CelebA's test would be faces it trains on.
+    cfg = OmegaConf.create({"name": name, "root": str(tmp_path), "resolution": 32,
+                            "num_classes": 10, "split": split, "size": 8, "fit": "pad"})
+    with pytest.raises(UsageError, match=f"^data.split={split}: {name} has "):
         build_dataset(cfg)

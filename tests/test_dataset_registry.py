@@ -7,8 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from sagan_plugin.presets import load_preset, preset_names
 
+from sagan_plugin.cli import main as cli_main
+from sagan_plugin.config import DataConfig, compose, compose_data, compose_saved
 from sagan_plugin.datasets import (
     ENTRY_POINT_GROUP,
     DataSet,
@@ -18,6 +21,17 @@ from sagan_plugin.datasets import (
 )
 from sagan_plugin.errors import UsageError
 
+# What each built-in loader really reads, read off torch_mimicry/datasets/data_utils.py and
+# torchvision: ImageNet has train and val folders, CIFAR train and test batches, STL-10 its
+# unlabelled images and a test set; CelebA's loader gives all faces and LSUN's bedroom_train.
+BUILT_IN_SPLITS = {
+    "imagenet_32": ("train", "val"), "imagenet_128": ("train", "val"),
+    "cifar10": ("train", "test"), "cifar100": ("train", "test"),
+    "stl10_48": ("train", "test"), "celeba_64": ("train",), "celeba_128": ("train",),
+    "lsun_bedroom_128": ("train",), "fashion_mnist": ("train", "test"),
+    "procedural": ("train",), "folder": ("train",),
+}
+
 
 def test_every_data_preset_is_a_registered_data_set() -> None:
     assert set(preset_names("data")) <= set(list_datasets())
@@ -25,6 +39,55 @@ def test_every_data_preset_is_a_registered_data_set() -> None:
         dataset = get_dataset(name)
         assert dataset.name == name and dict(dataset.defaults) == load_preset("data", name)["data"]
     assert get_dataset("folder").configure is not None
+
+
+def test_each_built_in_data_set_declares_the_splits_its_loader_reads() -> None:
+    assert {name: get_dataset(name).splits for name in preset_names("data")} == BUILT_IN_SPLITS
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN_SPLITS))
+def test_a_split_a_data_set_lacks_is_refused_before_any_work(
+        name: str, tmp_path: Path, capsys) -> None:
+    missing = next(s for s in ("val", "test") if s not in BUILT_IN_SPLITS[name])
+    run_dir = tmp_path / "run"
+    small = ["train.steps=1", "train.batch_size=2", "model.ngf=8", "model.ndf=8", "data.size=8",
+             "data.num_workers=0"]  # were the split let through, a short run, not a long one
+    code = cli_main(["train", f"data={name}", f"data.split={missing}", f"data.root={tmp_path}",
+                     f"run_dir={run_dir}", *small])
+    err = capsys.readouterr().err.strip().splitlines()
+    splits = BUILT_IN_SPLITS[name]
+    has = f"splits {', '.join(splits)}" if len(splits) > 1 else f"one split, {splits[0]}"
+    assert code == 2 and err == [f"error: data.split={missing}: {name} has {has}"]
+    assert not run_dir.exists()
+    with pytest.raises(UsageError, match=f"^data.split={missing}: {name} has {has}$"):
+        compose_data(name, {"split": missing, "root": str(tmp_path)})  # metrics' real images
+
+
+def test_a_data_set_has_its_default_split_unless_it_declares_more() -> None:
+    build = get_dataset("procedural").build
+    assert DataSet(name="x", build=build).splits == (DataConfig().split,) == ("train",)
+    assert DataSet(name="x", build=build, defaults={"split": "test"}).splits == ("test",)
+    assert DataSet(name="x", build=build, splits=["train", "val"]).splits == ("train", "val")
+    for splits in (("test",), ("train", "unlabeled")):
+        with pytest.raises(ValueError, match="must be among data.split's values"):
+            DataSet(name="x", build=build, splits=splits)
+
+
+def test_the_split_check_runs_before_a_data_set_s_own_configure_hook(tmp_path: Path) -> None:
+    # The folder's configure would refuse the missing folder; the split is refused first.
+    missing = f"data.root={tmp_path / 'nothing'}"
+    with pytest.raises(UsageError, match="^data.split=test: folder has one split, train$"):
+        compose(["data=folder", missing, "data.split=test"])
+    with pytest.raises(UsageError, match="nothing"):
+        compose(["data=folder", missing])
+
+
+def test_a_saved_configuration_with_a_split_its_data_set_lacks_is_refused() -> None:
+    saved = OmegaConf.to_container(compose(["data=procedural"]))
+    saved["data"]["split"] = "test"
+    with pytest.raises(UsageError, match="^config.yaml: data.split=test: procedural has one "
+                                         "split, train$"):
+        compose_saved(saved, "config.yaml")
 
 
 def test_unknown_data_set_lists_the_known_ones() -> None:
@@ -69,6 +132,12 @@ def test_a_data_set_from_another_distribution_is_composed_built_and_listed(
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3", "3", "runs/sagan_toyset", "8", "(3,", "32,", "32)",
                                      "2"]
+    # It declared no splits: it has the default one, and its build never sees another.
+    result = subprocess.run([sys.executable, "-m", "sagan_plugin", "train", "data=toyset",
+                             "data.split=test", f"run_dir={tmp_path / 'run'}"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert result.stderr.strip() == "error: data.split=test: toyset has one split, train"
     result = subprocess.run([sys.executable, "-m", "sagan_plugin", "train", "--help"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

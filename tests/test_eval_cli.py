@@ -95,6 +95,57 @@ def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_pat
     assert report["inception"]["source"] == "explicit"
 
 
+def test_the_default_report_of_a_run_without_ema_is_named_raw(run, tmp_path, capsys):
+    """ema=true only prefers the EMA weights: the file name says what was scored."""
+    plain = tmp_path / "run"
+    # Without the reports earlier tests left in the shared run.
+    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    checkpoint = checkpoint_path(plain, checkpoint_steps(plain)[-1])
+    state = torch.load(checkpoint, weights_only=True)
+    del state["ema_state_dict"]
+    torch.save(state, checkpoint)
+
+    def fids(*args: str) -> list[float]:
+        code, out, err = _eval(capsys, *FAST, "metrics=fid", *args)
+        assert code == 0, err
+        assert sorted(p.name for p in (plain / "eval").iterdir()) == ["raw_n4.json"]
+        rows = json.loads((plain / "eval" / "raw_n4.json").read_text())["rows"]
+        assert all(row["ema"] is False for row in rows)
+        return [row["fid"] for row in rows]
+
+    assert fids(f"run={plain}") == pytest.approx(fids(f"run={plain}", "ema=false"), rel=1e-9)
+    code, out, err = _eval(capsys, f"run={checkpoint}", *FAST, "metrics=fid")
+    assert code == 0, err
+    assert (checkpoint.parent / f"{checkpoint.stem}_raw_n4.json").is_file()
+    assert not (checkpoint.parent / f"{checkpoint.stem}_ema_n4.json").exists()
+
+
+@pytest.mark.parametrize("source", ["run", "images"])
+def test_is_alone_without_the_classifier_is_refused_before_any_work(run, tmp_path, capsys,
+                                                                     monkeypatch, recwarn,
+                                                                     source):
+    from sagan_plugin import evaluate
+    from sagan_plugin.sample import write_images
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("images were generated or read for an IS that cannot be scored")
+
+    monkeypatch.setattr(evaluate, "generator_features", no_work)
+    monkeypatch.setattr(evaluate, "folder_batches", no_work)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    images = tmp_path / "images"
+    write_images(torch.zeros(2, 3, 16, 16), f"{images}/")
+    before = sorted(tmp_path.rglob("*"))
+    args = [f"run={copy}"] if source == "run" else [f"images={images}"]
+    code, out, err = _eval(capsys, *args, *FAST, "metrics=is")
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert "metrics=is: the Inception Score is unavailable" in err
+    assert "no 1008-way classifier" in err
+    assert sorted(tmp_path.rglob("*")) == before  # no report, no eval/ folder
+    assert [str(w.message) for w in recwarn] == []  # n=4's small-n warning: not before an error
+
+
 def test_another_steps_adds_rows_to_the_runs_report(run, tmp_path, capsys):
     second, first = _with_a_second_step(run, tmp_path)
     report = second / "eval" / "raw_n4.json"

@@ -40,6 +40,19 @@ def mimicry_run(tmp_path_factory) -> tuple[Path, list[str]]:
                      f"data.root={images}", "data.resolution=32"]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--fid-n", "16"], "--fid-n 16: KID averages 10 subsets"),
+    (["--steps", "0"], "--steps, --batch-size and --width must be at least 1"),
+])
+def test_the_example_refuses_bad_arguments_before_training(tmp_path: Path, argv: list[str],
+                                                           message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "mimicry_trainer.py"), "--root", str(tmp_path),
+         "--log-dir", str(tmp_path / "log"), *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "log").exists()
+
+
 def test_the_example_trains_with_mimicrys_trainer_and_scores_with_ours(
         mimicry_run: tuple[Path, list[str]]) -> None:
     log_dir, _ = mimicry_run
@@ -67,7 +80,7 @@ def test_sample_export_and_viz_read_a_mimicry_run_given_its_model(
     ([], "has no config.yaml (a run of Mimicry's own Trainer): give the model=NAME"),
     (["model=sagan", "model.ngf=8", "model.ndf=8", "data=folder"], "does not fit model=sagan"),
     (["model=sagan", "model.ngf=8", "model.ndf=8", "data=folder", "data.resolution=64"],
-     "does not fit model=sagan at 64x64"),
+     "does not fit model=sagan at 64x64 with 2 classes: missing"),
     (["model=sngan", "data=folder"], "does not fit model=sngan"),
 ])
 def test_a_mimicry_run_of_another_model_is_a_one_line_error(
@@ -80,6 +93,9 @@ def test_a_mimicry_run_of_another_model_is_a_one_line_error(
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    if change:  # the state dict's differences, summed up, and what to give instead
+        assert len(err.replace(str(log_dir), "")) < 400, err
+        assert "model.ngf= and model.ndf= it was trained with" in err, err
     assert not (tmp_path / "grid.png").exists()
 
 

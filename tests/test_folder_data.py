@@ -154,7 +154,8 @@ def _bad_folders(tmp: Path) -> list[tuple[str, list[str], str]]:
          "data.classes=['ant', 'zebra'] does not match the class sub-folders"),
         ("fewer than a batch", [f"data.root={tiny}", "train.batch_size=4"],
          f"data folder {tiny} has 3 images, fewer than one batch (4)"),
-        ("split", [f"data.root={tiny}", "data.split=test"], "data=folder has no splits"),
+        ("split", [f"data.root={tiny}", "data.split=test"],
+         "data.split=test: folder has one split, train"),
     ]
 
 

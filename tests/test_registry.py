@@ -73,3 +73,48 @@ def test_register_refuses_a_taken_name() -> None:
     clash = ModelFamily(name="sagan", build=get_model("sngan").build, resolutions=(32,))
     with pytest.raises(ValueError, match="already registered"):
         register_model(clash)
+
+
+def _plain_build(resolution: int, num_classes: int, nz: int = 128, ngf: int = 256,
+                 ndf: int = 128, loss_type: str = "hinge"):
+    """A third-party build as the README describes it: Mimicry's nets, nothing set on them."""
+    from sagan_plugin.host import torch_mimicry
+
+    nets = torch_mimicry.nets.sngan.sngan_32
+    return (nets.SNGANGenerator32(nz=nz, ngf=ngf, loss_type=loss_type),
+            nets.SNGANDiscriminator32(ndf=ndf, loss_type=loss_type))
+
+
+@pytest.fixture
+def plain_family():
+    from sagan_plugin.registry import MODELS, register_model
+
+    family = register_model(ModelFamily(name="plaingan", build=_plain_build, resolutions=(32,),
+                                        conditional=False, defaults=get_model("sngan").defaults))
+    yield family
+    MODELS._items.pop(family.name)
+
+
+def test_a_family_whose_build_sets_nothing_trains_samples_and_exports(plain_family, tmp_path):
+    from sagan_plugin.cli import main
+
+    netG, _ = plain_family.build(32, 10)
+    assert (netG.resolution, netG.num_classes) == (32, 0)  # unconditional: its classes are 0
+    with pytest.raises(UsageError, match="plaingan does not support 64x64 images; supported: 32"):
+        plain_family.build(64, 0)
+    run = tmp_path / "run"
+    assert main(["train", "model=plaingan", "data=procedural", f"run_dir={run}", "model.ngf=8",
+                 "model.ndf=8", "train.batch_size=4", "train.steps=2", "train.n_dis=1",
+                 "data.size=16", "data.num_workers=0"]) == 0
+    assert main(["sample", f"run={run}", "n=4", f"out={tmp_path}/grid.png"]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    assert main(["export", f"run={run}", "format=torchscript", f"out={tmp_path}/g.pt"]) == 0
+    assert (tmp_path / "g.pt").is_file()
+
+
+def test_a_family_built_on_another_familys_build_keeps_its_own_resolutions():
+    sngan = get_model("sngan")
+    narrow = ModelFamily(name="narrow", build=sngan.build, resolutions=(32,), conditional=False)
+    with pytest.raises(UsageError, match="narrow does not support 64x64"):
+        narrow.build(64, 0)
+    assert sngan.build(64, 0, ngf=32, ndf=32)[0].resolution == 64

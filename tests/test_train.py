@@ -81,6 +81,11 @@ def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[s
     with pytest.raises(UsageError, match=r"model.ngf: 8 -> 16"):
         run(compose(tiny_overrides + ["train.steps=2", "model.ngf=16"]))
     run(compose(tiny_overrides + ["train.steps=2"]))  # a longer run is a resume, not a clash
+    # How it runs may change (here the cadence of logs, checkpoints and FID), not what it trains.
+    run(compose(tiny_overrides + ["train.steps=3", "train.log_steps=7", "train.save_steps=3",
+                                  "train.fid_every=50", "train.fid_n=100"]))
+    with pytest.raises(UsageError, match=r"train.lr_g: 0.0001 -> 0.0002"):
+        run(compose(tiny_overrides + ["train.steps=4", "train.lr_g=2e-4"]))
 
 
 def test_host_baseline_trains_the_same_way(tmp_path: Path) -> None:

@@ -1,21 +1,40 @@
 """`sagan-plugin viz`: the class grid and the attention maps of the paper's Figure 1."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from test_export import make_run
 
 from sagan_plugin import cli, viz
-from sagan_plugin.runs import load_generator
+from sagan_plugin.config import build_models, compose
+from sagan_plugin.runs import checkpoint_path, load_generator
 from sagan_plugin.sample import to_uint8
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("viz") / "run")
+
+
+@pytest.fixture(scope="module")
+def run_without_attention(tmp_path_factory) -> Path:
+    """A tiny SAGAN trained with model.attention=0: G.attention is None."""
+    run_dir = tmp_path_factory.mktemp("viz") / "plain"
+    cfg = compose(["model=sagan", "data=procedural", "model.ngf=8", "model.attention=0",
+                   f"run_dir={run_dir}"])
+    netG, _ = build_models(cfg)
+    assert netG.attention is None
+    ckpt = checkpoint_path(run_dir, 1)
+    ckpt.parent.mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    torch.save({"model_state_dict": netG.state_dict(), "optimizer_state_dict": {},
+                "global_step": 1}, ckpt)
+    return run_dir
 
 
 def test_viz_writes_the_grid_and_the_attention_maps(run, tmp_path, capsys):
@@ -87,3 +106,26 @@ def test_generator_without_attention_is_refused(run):
     netG.attention = None
     with pytest.raises(viz.UsageError, match="no attention layer"):
         viz.attention_maps(netG, torch.zeros(1, netG.nz), None)
+
+
+def test_default_viz_without_attention_draws_the_grid_and_says_the_maps_are_skipped(
+        run_without_attention, tmp_path, capsys):
+    out = tmp_path / "viz"
+    code = cli.main(["viz", f"run={run_without_attention}", f"out={out}", "per_class=2",
+                     "classes=0,1"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png"]
+    assert "attention maps skipped: this generator has no attention layer" in stdout
+
+
+@pytest.mark.parametrize("what", ["attention", "grid,attention"])
+def test_asking_for_attention_maps_without_attention_writes_nothing(
+        run_without_attention, tmp_path, capsys, what):
+    out = tmp_path / "viz"
+    code = cli.main(["viz", f"run={run_without_attention}", f"out={out}", f"what={what}",
+                     "per_class=2", "classes=0,1"])
+    stdout, err = capsys.readouterr()
+    assert (code, err.count("\n"), stdout) == (2, 1, ""), err
+    assert f"what={what}: this generator has no attention layer" in err
+    assert not out.exists()
