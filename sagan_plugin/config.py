@@ -143,8 +143,8 @@ def check_tokens(tokens: Sequence[str], command: str = "") -> None:
         if not sep or not key:
             raise UsageError(f"{prefix}expected key=value, got {token!r}")
         if not value:
-            raise UsageError(f"{prefix}{key}= has no value: expected {key}=VALUE "
-                             f"({key}=null where the key may be null)")
+            null = "" if key in SELECTORS else f" ({key}=null where the key may be null)"
+            raise UsageError(f"{prefix}{key}= has no value: expected {key}=VALUE{null}")
 
 
 def dotlist(tokens: Sequence[str], command: str = "") -> DictConfig:
@@ -229,7 +229,6 @@ def compose_saved(saved: Any, source: str) -> DictConfig:
     try:
         cfg, family = _presets(names["model"], names["data"])
         _merge(cfg, saved, source)
-        _check_split(cfg.data)
         _derive(cfg, family)
     except UsageError as error:
         message = str(error)

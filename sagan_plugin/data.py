@@ -59,10 +59,14 @@ FASHION_MNIST_SPLITS = {"train": True, "test": False}  # -> torchvision's train=
 
 def build_dataset(data: DictConfig) -> Dataset:
     """The data set a data config names (sagan_plugin.datasets), checked to exist and to
-    match its resolution; a split the data set lacks is refused (a hand-made or saved config
-    is not composed, so its split was not checked there)."""
+    match its resolution. A split the data set lacks is refused here too: a run saved before
+    splits were checked loads (sampling reads no data) but is not trained or scored on one."""
     dataset = get_dataset(data.name)
-    dataset.check_split(data.get("split", DEFAULT_SPLIT))
+    try:
+        dataset.check_split(data.get("split") or dataset.defaults.get("split", DEFAULT_SPLIT))
+    except UsageError as error:
+        raise UsageError(f"{error} (a run saved with it: set data.split in its config.yaml to "
+                         "the split it was trained on)") from None
     return dataset.build(data)
 
 

@@ -12,6 +12,7 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -54,6 +55,7 @@ class ModelFamily:
 
     def _checked(self, build: Callable[..., tuple[nn.Module, nn.Module]]
                  ) -> Callable[..., tuple[nn.Module, nn.Module]]:
+        @functools.wraps(build)
         def checked_build(resolution: int, num_classes: int = 0, **arch: Any
                           ) -> tuple[nn.Module, nn.Module]:
             if resolution not in self.resolutions:

@@ -253,6 +253,8 @@ class RunLock:
         if self._file is not None:
             # The holder's name is true only while held: emptied, a run refused on resuming
             # leaves the file as the last run left it.
-            self._file.truncate(0)
-            self._file.close()  # closing releases the lock
-            self._file = None
+            try:
+                self._file.truncate(0)
+            finally:
+                self._file.close()  # closing releases the lock
+                self._file = None

@@ -12,7 +12,9 @@ from sagan_plugin.presets import load_preset, preset_names
 
 from sagan_plugin.cli import main as cli_main
 from sagan_plugin.config import DataConfig, compose, compose_data, compose_saved
+from sagan_plugin.data import build_dataset
 from sagan_plugin.datasets import (
+    DATASETS,
     ENTRY_POINT_GROUP,
     DataSet,
     get_dataset,
@@ -82,12 +84,24 @@ def test_the_split_check_runs_before_a_data_set_s_own_configure_hook(tmp_path: P
         compose(["data=folder", missing])
 
 
-def test_a_saved_configuration_with_a_split_its_data_set_lacks_is_refused() -> None:
+def test_a_run_saved_with_a_split_its_data_set_lacks_loads_but_its_data_is_refused() -> None:
+    # Saved before splits were checked: sampling (no data) works, building the data says how on.
     saved = OmegaConf.to_container(compose(["data=procedural"]))
     saved["data"]["split"] = "test"
-    with pytest.raises(UsageError, match="^config.yaml: data.split=test: procedural has one "
-                                         "split, train$"):
-        compose_saved(saved, "config.yaml")
+    data = compose_saved(saved, "config.yaml").data
+    with pytest.raises(UsageError, match=r"^data.split=test: procedural has one split, train "
+                                         r"\(a run saved with it: set data.split in its"):
+        build_dataset(data)
+
+
+def test_a_hand_made_data_section_without_a_split_gets_the_data_set_s_default() -> None:
+    testonly = DataSet(name="testonly", build=lambda data: ["an image"],
+                       defaults={"split": "test"})
+    register_dataset(testonly)
+    try:
+        assert build_dataset(OmegaConf.create({"name": "testonly"})) == ["an image"]
+    finally:
+        DATASETS._items.pop("testonly")
 
 
 def test_unknown_data_set_lists_the_known_ones() -> None:

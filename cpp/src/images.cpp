@@ -68,7 +68,8 @@ namespace {
 void check_writable(const fs::path& folder) {
   std::error_code ec;
   fs::path existing = folder;
-  while (!existing.empty() && !fs::exists(existing, ec)) existing = existing.parent_path();
+  while (!existing.empty() && existing != existing.root_path() && !fs::exists(existing, ec))
+    existing = existing.parent_path();
   if (existing.empty()) existing = ".";
   if (!fs::is_directory(existing, ec))
     throw UsageError("cannot write to output directory " + folder.string() + ": " +
