@@ -90,10 +90,16 @@ def check_sample_count(n: int, what: str = "n", warn: bool = True) -> None:
         raise UsageError(f"{what}={n}: FID, KID and IS need at least 2 images")
     # Features (and IS logits) of every image are kept, in float64, until they are scored.
     require_memory(n * (FEATURE_DIM + NUM_LOGITS) * 8, f"{what}={n} (Inception features)")
-    if warn and n < FEATURE_DIM:
+    if warn:
+        warn_if_biased(n, what)
+
+
+def warn_if_biased(n: int, what: str = "n") -> None:
+    """Warn when n images are too few for an unbiased FID."""
+    if n < FEATURE_DIM:
         warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
                       "covariance is singular and FID is biased upwards; use n>=10000 to "
-                      "compare with published numbers", stacklevel=2)
+                      "compare with published numbers", stacklevel=3)
 
 
 def score(fake: Features, real: np.ndarray | None, metrics: list[str],
@@ -308,7 +314,7 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"metrics=is: the Inception Score is unavailable with "
                          f"{extractor.weights.path}: {IS_UNAVAILABLE} (inception_weights=FILE)")
     for what, count in counts.items():  # the small-n warning after the errors: they come alone
-        check_sample_count(count, what)
+        warn_if_biased(count, what)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
     if cfg.run:
