@@ -7,7 +7,6 @@ on sys.path).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sagan_plugin import files
 from sagan_plugin.machine import cpu_model, describe, git_commit  # noqa: F401  (benchmarks use them)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,12 +72,12 @@ def _numeric(cell: str) -> bool:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """payload plus what reproduces it: the commit, the command line and the date."""
+    """payload plus what reproduces it: the commit, the command line and the date. Written
+    whole or not at all: an interrupted benchmark leaves the previous results in place."""
     path = Path(path)
     payload = {**payload, "commit": git_commit(Path(__file__).parent),
                "command": shlex.join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    files.write_json(path, payload)
     print(f"wrote {path}")
 
 

@@ -85,25 +85,14 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
               precision: str = "fp32", channels_last: bool = False, compile: bool = False,
               sdpa_backend: str = "auto"):
     from sagan_plugin.host import MetricLog
-    from sagan_plugin.precision import (
-        keep_spectral_norm_eager,
-        keep_spectral_norm_fp32,
-        step_context,
-        to_memory_format,
-        use_attention_kernel,
-    )
+    from sagan_plugin.precision import prepare_for_training, step_context
 
     netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for net in (netG, netD):
-        to_memory_format(net, channels_last)
-        use_attention_kernel(net, sdpa_backend)
-        if precision == "bf16":
-            keep_spectral_norm_fp32(net)
-        if compile:
-            if net is netD:
-                keep_spectral_norm_eager(net)
-            net.compile()
+    prepare_for_training(netG, netD, precision=precision, sdpa_backend=sdpa_backend,
+                         channels_last=channels_last, compiled=compile)
+    if compile:
+        netG.compile(), netD.compile()
     real = (torch.rand(batch, 3, RESOLUTION, RESOLUTION, device=device) * 2 - 1
             ).contiguous(memory_format=memory_format)
     labels = torch.randint(num_classes, (batch,), device=device)

@@ -35,14 +35,19 @@ def atomic_save(obj: object, path: Path) -> None:
 
 
 def save_pair(run_dir: Path, step: int, checkpoints: dict[str, dict]) -> None:
-    """Write one step's netD then netG checkpoint; on failure drop the half-written step."""
+    """Write one step's netD then netG checkpoint; on failure drop the half-written step.
+
+    A step that already had both files (a finished run started again, a stop on a save step)
+    keeps them: each file is the old one or the new one, of the same step's state."""
+    existed = step in complete_steps(run_dir)
     try:
         for net in NETS:
             atomic_save(checkpoints[net], checkpoint_path(run_dir, step, net))
     except BaseException:
-        for net in NETS:
-            with contextlib.suppress(OSError):
-                checkpoint_path(run_dir, step, net).unlink()
+        if not existed:
+            for net in NETS:
+                with contextlib.suppress(OSError):
+                    checkpoint_path(run_dir, step, net).unlink()
         raise
 
 

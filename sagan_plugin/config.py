@@ -39,7 +39,9 @@ from sagan_plugin.schema import (
 DEFAULT_MODEL = "sagan"
 DEFAULT_DATA = "procedural"
 SELECTORS = ("model", "data")
-DERIVED_MODEL_KEYS = ("name", "resolution", "num_classes")
+# Which model a model section is, as checkpoints record it; its other keys are the family's
+# architecture arguments.
+MODEL_INFO_KEYS = ("name", "resolution", "num_classes")
 CROPS = ("square", "mimicry")
 SPLITS = ("train", "test", "val")
 
@@ -342,7 +344,7 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
 def arch_kwargs(model_cfg: DictConfig) -> dict[str, Any]:
     """The family's own architecture arguments from a model section."""
     return {k: v for k, v in OmegaConf.to_container(model_cfg).items()
-            if k not in DERIVED_MODEL_KEYS}
+            if k not in MODEL_INFO_KEYS}
 
 
 def build_models(cfg: DictConfig) -> tuple[nn.Module, nn.Module]:

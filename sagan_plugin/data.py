@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.files import write_atomically
 
 DEFAULT_ROOT = "./datasets"
@@ -97,7 +97,7 @@ def host_dataset(data: DictConfig) -> Dataset:
         raise UsageError(f"data set {data.name} not found: expected {root / folder}/ holding "
                          f"{HOST_LAYOUT_HINTS[folder]}; nothing is downloaded, put the files "
                          "there or set data.root")
-    expected = int(data.name.rsplit("_", 1)[1]) if "_" in data.name else 32
+    expected = get_dataset(data.name).defaults["resolution"]  # the host's files are of one size
     if data.resolution != expected:
         raise UsageError(f"data set {data.name} is {expected}x{expected}; "
                          f"got data.resolution={data.resolution}")
@@ -110,9 +110,8 @@ def host_dataset(data: DictConfig) -> Dataset:
     try:
         dataset = load_dataset(root=str(root), name=data.name, **kwargs)
     except (RuntimeError, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(f"cannot load data set {data.name} from {root / folder}: "
-                         f"{first_line}") from None
+                         f"{first_line(error)}") from None
     if square:
         dataset.transform = square_crop_transform(data.resolution)
     return dataset

@@ -8,3 +8,10 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (libraries append advice and tracebacks), or
+    its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

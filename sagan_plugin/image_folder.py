@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sagan_plugin.data import square_crop_transform
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import UsageError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXPECTED = "PNG, JPEG or WebP images, in one sub-folder per class or all loose"
@@ -144,8 +144,7 @@ class FolderImages(Dataset):
                 return file.convert("RGB")
         except Exception as error:  # whatever the decoder raises (truncated, not an image...)
             self._unreadable[i] = True
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            warnings.warn(f"skipping {self.files[i]}: not a readable image ({reason})",
+            warnings.warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})",
                           stacklevel=2)
             return None
 

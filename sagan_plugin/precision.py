@@ -141,3 +141,18 @@ def step_context(device: torch.device, precision: str = "fp32",
 
 def to_memory_format(net: nn.Module, channels_last: bool) -> nn.Module:
     return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def prepare_for_training(netG: nn.Module, netD: nn.Module, *, precision: str = "fp32",
+                         sdpa_backend: str = "auto", channels_last: bool = False,
+                         compiled: bool = False) -> None:
+    """Set G and D up in place for the training options (train.precision, sdpa_backend,
+    channels_last; compiled: train.compile). torch.compile itself is the caller's: training
+    compiles only once EMA has deep-copied G, so that the average stays an eager module."""
+    for net in (netG, netD):
+        to_memory_format(net, channels_last)
+        use_attention_kernel(net, sdpa_backend)
+        if precision == "bf16":
+            keep_spectral_norm_fp32(net)
+    if compiled:
+        keep_spectral_norm_eager(netD)

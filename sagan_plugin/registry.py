@@ -13,7 +13,9 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -80,6 +82,18 @@ def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor
     return netG(z, labels) if class_count(netG) else netG(z)
 
 
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """net in eval mode for the block, then back in the mode it was in: sampling in training
+    mode would move batch-norm statistics and spectral-norm vectors."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
 def class_count(netG: nn.Module) -> int:
     """netG's classes; 0 for an unconditional net, whose Mimicry class may not say so."""
     return int(getattr(netG, "num_classes", 0) or 0)
@@ -93,6 +107,7 @@ class Registry(Generic[T]):
                  built_ins: Callable[[], Iterable[T]] = tuple) -> None:
         self.kind, self.group, self.noun, self._built_ins = kind, group, noun, built_ins
         self._items: dict[str, T] = {}
+        self._broken: dict[str, str] = {}  # entry-point name -> why it could not be loaded
         self._discovered = False
 
     def register(self, item: T, *, replace: bool = False) -> T:
@@ -112,12 +127,24 @@ class Registry(Generic[T]):
         for item in self._built_ins():
             self.register(item)
         for entry_point in entry_points(group=self.group):
-            item = entry_point.load()
+            where = f"entry point {entry_point.name} = {entry_point.value} ({self.group})"
+            # One broken package must not take every other family or data set down with it:
+            # it is skipped with a warning, and asking for it by name gives the reason.
+            try:
+                item = entry_point.load()
+            except Exception as error:
+                self._skip(entry_point.name, f"{where} does not load: "
+                                             f"{type(error).__name__}: {error}")
+                continue
             if not isinstance(item, self.kind) or item.name != entry_point.name:
-                raise TypeError(f"entry point {entry_point.name!r} = {entry_point.value} in "
-                                f"group {self.group} must be a {self.kind.__name__} named "
-                                f"{entry_point.name!r}")
+                self._skip(entry_point.name, f"{where} is not a {self.kind.__name__} named "
+                                             f"{entry_point.name!r}")
+                continue
             self.register(item, replace=True)
+
+    def _skip(self, name: str, why: str) -> None:
+        self._broken[name] = " ".join(why.split())  # one line, whatever the error said
+        warnings.warn(f"skipped {self._broken[name]}", stacklevel=2)
 
     def names(self) -> list[str]:
         """Names of everything registered, sorted."""
@@ -130,6 +157,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            if name in self._broken:
+                raise UsageError(f"{self.noun} {name!r}: {self._broken[name]}") from None
             raise UsageError(f"unknown {self.noun} {name!r}; registered {self.noun}s: "
                              f"{', '.join(self.names())}") from None
 

@@ -12,6 +12,7 @@ config.yaml: the commands that read runs take its model=NAME, data=NAME (and mod
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import pickle
@@ -27,14 +28,20 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sagan_plugin.config import SELECTORS, build_models, compose, compose_saved, dotlist
-from sagan_plugin.errors import UsageError
+from sagan_plugin.config import (
+    MODEL_INFO_KEYS,
+    SELECTORS,
+    build_models,
+    compose,
+    compose_saved,
+    dotlist,
+)
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.nets.layers import refresh_spectral_norm
 
 CONFIG_FILE = "config.yaml"
 MIMICRY_PARAMS = "params.json"  # what Mimicry's Trainer writes (ours too)
 CHECKPOINT_KEYS = ("model_state_dict", "optimizer_state_dict", "global_step")
-MODEL_INFO_KEYS = ("name", "resolution", "num_classes")
 EMA_POWER_ITERATIONS = 30
 _STEP = re.compile(r"_(\d+)_steps\.pth$")
 
@@ -68,7 +75,7 @@ def read_run_config(path: Path) -> dict:
     try:
         saved = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or first_line(error)
         raise UsageError(f"cannot read {path}: {reason}") from None
     if not isinstance(saved, dict):
         raise UsageError(f"{path} is not a run configuration: expected a mapping of sections, "
@@ -145,9 +152,12 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
-        reason = str(error).splitlines()[0] if str(error) else repr(error)
-        if isinstance(error, pickle.UnpicklingError | KeyError):  # torch's text would advise
+        if isinstance(error, OSError) and error.errno != errno.EINVAL:
+            reason = error.strerror or str(error)  # not allowed to read it, a folder...
+        elif isinstance(error, pickle.UnpicklingError | KeyError):  # torch's text would advise
             reason = "not tensors and plain values (a damaged file, or another kind of file)"
+        else:  # torch's zip reader, or EINVAL from its seek before the start of a cut file
+            reason = f"a damaged or incomplete file ({first_line(error).split('. ')[0]})"
         raise CorruptCheckpoint(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict):
         raise CorruptCheckpoint(f"{path} is not a checkpoint: it holds a "
@@ -187,6 +197,14 @@ def check_model_info(ckpt: dict, expected: dict, path: Path) -> None:
         raise UsageError(f"{path} is a checkpoint of another model ({found}); expected {wanted}")
 
 
+def load_weights(netG: nn.Module, ckpt: dict, ema: bool) -> None:
+    """Load a checkpoint's weights of G, or of its EMA, into netG. A net of another shape
+    raises load_state_dict's RuntimeError."""
+    netG.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["model_state_dict"])
+    if ema:  # the EMA weights normalised by their own sigma, converged once more
+        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
+
+
 def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool = True,
                    device: str | torch.device = "cpu",
                    run_tokens: Sequence[str] = ()) -> LoadedGenerator:
@@ -196,12 +214,19 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
     run_dir, ckpt_file = resolve_checkpoint(path, step)
     config = load_run_config(run_dir, run_tokens)
     netG, _ = build_models(config)
-    ckpt = read_checkpoint(ckpt_file)
+    try:
+        ckpt = read_checkpoint(ckpt_file)
+    except CorruptCheckpoint as error:
+        step_read = _STEP.search(ckpt_file.name)
+        earlier = [s for s in checkpoint_steps(run_dir)
+                   if step_read and s < int(step_read.group(1))]
+        if not earlier:
+            raise
+        raise CorruptCheckpoint(f"{error}; step={earlier[-1]} reads the one before it") from None
     check_model_info(ckpt, {k: config.model[k] for k in MODEL_INFO_KEYS}, ckpt_file)
     use_ema = prefer_ema and ckpt.get("ema_state_dict") is not None
-    state = ckpt["ema_state_dict"] if use_ema else ckpt["model_state_dict"]
     try:
-        netG.load_state_dict(state)
+        load_weights(netG, ckpt, use_ema)
     except RuntimeError as error:
         model = config.model
         hint = (" (give the data.resolution=, model.ngf= and model.ndf= it was trained with)"
@@ -209,8 +234,6 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
         raise UsageError(f"checkpoint {ckpt_file} does not fit model={model.name} at "
                          f"{model.resolution}x{model.resolution} with {model.num_classes} "
                          f"classes: {state_dict_mismatch(error)}{hint}") from None
-    if use_ema:  # the EMA weights normalised by their own sigma, converged once more
-        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
     return LoadedGenerator(netG.to(device).eval(), config, int(ckpt["global_step"]), use_ema)
 
 

@@ -112,10 +112,11 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
-def image_grid(images: Tensor) -> Tensor:
-    """(N, C, H, W) uint8 -> (rows*(H+2)+2, cols*(W+2)+2, C) uint8, cols = ceil(sqrt(N))."""
+def image_grid(images: Tensor, cols: int | None = None) -> Tensor:
+    """(N, C, H, W) uint8 -> (rows*(H+2)+2, cols*(W+2)+2, C) uint8 on black, filled row by
+    row; cols defaults to ceil(sqrt(N))."""
     n, channels, height, width = images.shape
-    cols = math.isqrt(n - 1) + 1
+    cols = math.isqrt(n - 1) + 1 if cols is None else cols
     rows = -(-n // cols)
     pad = GRID_PADDING
     grid = torch.zeros(rows * (height + pad) + pad, cols * (width + pad) + pad, channels,

@@ -153,20 +153,29 @@ def _mean_band(series: list[list[list[float]]]) -> tuple[list, list, list, list]
             [max(v) for v in values])
 
 
+def _plot_mean_bands(axes, series_by_run: list[tuple[str, list]], **line_style: Any) -> bool:
+    """Per configuration, the mean of its runs' [step, value] series with a min-max band over
+    seeds; runs that logged nothing are skipped. Returns whether anything was drawn, as a
+    legend with no lines is only noise."""
+    by_name: dict[str, list] = defaultdict(list)
+    for name, series in series_by_run:
+        if series:
+            by_name[name].append(series)
+    for name, group in by_name.items():
+        steps, mean, low, high = _mean_band(group)
+        axes.plot(steps, mean, label=name, **line_style)
+        axes.fill_between(steps, low, high, alpha=0.2)
+    return bool(by_name)
+
+
 def plot_curves(runs: list[dict], path: Path) -> None:
     figure, plt = _figure(CURVE_SIZE)
     axes = figure.add_subplot()
-    by_name: dict[str, list] = defaultdict(list)
-    for run in runs:
-        if run["curve"]:
-            by_name[run["configuration"]].append(run["curve"])
-    for name, series in by_name.items():
-        steps, mean, low, high = _mean_band(series)
-        axes.plot(steps, mean, marker="o", label=name)
-        axes.fill_between(steps, low, high, alpha=0.2)
+    drawn = _plot_mean_bands(axes, [(r["configuration"], r["curve"]) for r in runs],
+                             marker="o")
     axes.set(xlabel="generator step", ylabel="FID (training-time curve)",
              title="FID while training: mean over seeds, band from min to max")
-    if by_name:
+    if drawn:
         axes.legend()
     axes.grid(alpha=0.3)
     _save(figure, plt, path)
@@ -176,16 +185,9 @@ def plot_gamma(runs: list[dict], path: Path) -> None:
     figure, plt = _figure(GAMMA_SIZE)
     for k, net in enumerate(("G", "D")):
         axes = figure.add_subplot(1, 2, k + 1)
-        by_name: dict[str, list] = defaultdict(list)
-        for run in runs:
-            if run["gamma"][net]:
-                by_name[run["configuration"]].append(run["gamma"][net])
-        for name, series in by_name.items():
-            steps, mean, low, high = _mean_band(series)
-            axes.plot(steps, mean, label=name)
-            axes.fill_between(steps, low, high, alpha=0.2)
+        drawn = _plot_mean_bands(axes, [(r["configuration"], r["gamma"][net]) for r in runs])
         axes.set(xlabel="generator step", ylabel="gamma", title=f"attention gamma in {net}")
-        if by_name:
+        if drawn:
             axes.legend(fontsize="small")
         axes.grid(alpha=0.3)
     figure.tight_layout()

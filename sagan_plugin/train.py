@@ -32,14 +32,7 @@ from sagan_plugin.distributed import (
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_atomically
-from sagan_plugin.precision import (
-    check_options,
-    keep_spectral_norm_eager,
-    keep_spectral_norm_fp32,
-    step_context,
-    to_memory_format,
-    use_attention_kernel,
-)
+from sagan_plugin.precision import check_options, prepare_for_training, step_context
 from sagan_plugin.runs import (
     CONFIG_FILE,
     MODEL_INFO_KEYS,
@@ -176,14 +169,9 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
         raise UsageError(f"model {cfg.model.name} is one of the host's single-device nets; "
                          "torchrun training needs model=sagan")
     _seed_everything(train.seed + world.rank)  # each rank its own noise
-    for net in (netG, netD):
-        net.to(device)
-        to_memory_format(net, train.channels_last)
-        use_attention_kernel(net, train.sdpa_backend)
-        if train.precision == "bf16":
-            keep_spectral_norm_fp32(net)
-    if train.compile:
-        keep_spectral_norm_eager(netD)
+    netG.to(device), netD.to(device)
+    prepare_for_training(netG, netD, precision=train.precision, sdpa_backend=train.sdpa_backend,
+                         channels_last=train.channels_last, compiled=train.compile)
     if train.sync_bn:
         netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None

@@ -32,6 +32,7 @@ from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, MetricLog, Trainer
+from sagan_plugin.registry import eval_mode
 from sagan_plugin.runs import (
     check_model_info,
     checkpoint_path,
@@ -71,15 +72,10 @@ class ProgressLogger(Logger):
         if not self.enabled:
             return
         net = self.sample_net or netG
-        was_training = net.training
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), \
+        with torch.random.fork_rng(devices=devices), eval_mode(net), \
                 torch.autocast(self.device.type, enabled=False):
-            net.eval()
-            try:
-                super().vis_images(net, global_step, num_images)
-            finally:
-                net.train(was_training)
+            super().vis_images(net, global_step, num_images)
 
     def write_scalar(self, name: str, value: float, global_step: int) -> None:
         if self.enabled:
@@ -233,19 +229,20 @@ class SAGANTrainer(Trainer):
         run_dir = Path(self.log_dir)
         try:
             checkpoint.save_pair(run_dir, global_step, {"netG": netG, "netD": netD})
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            # torch.save reports a failed write (a full disk, a file-size limit) as a
+            # RuntimeError raised while handling the OSError.
+            cause = error if isinstance(error, OSError) else error.__context__
+            if not isinstance(cause, OSError):
+                raise
             steps = checkpoint.complete_steps(run_dir)
             kept = f"the checkpoint of step {steps[-1]} is kept" if steps else "none was saved"
             raise UsageError(f"cannot save the checkpoint of step {global_step} in "
-                             f"{run_dir / 'checkpoints'}: {error.strerror or error}; "
+                             f"{run_dir / 'checkpoints'}: {cause.strerror or cause}; "
                              f"{kept}") from None
 
     def _restore_models_and_step(self) -> int:
         step = self._restore_latest()
-        if step > self.num_steps:
-            raise UsageError(f"run folder {self.log_dir} is at step {step}, past "
-                             f"train.steps={self.num_steps}; a run is extended, not shortened: "
-                             f"give train.steps >= {step}")
         if self.world.is_main:
             write_json(Path(self.log_dir) / "params.json", self.params)
         if self.on_start is not None:
@@ -254,11 +251,14 @@ class SAGANTrainer(Trainer):
 
     def _restore_latest(self) -> int:
         run_dir = Path(self.log_dir)
-        found = checkpoint.load_latest(run_dir)  # every step unreadable: a UsageError
+        found = checkpoint.load_latest(run_dir)  # the newest readable step, if any
         if found is None:
             return 0
         step, ckpts = found
-        print(f"INFO: Restoring checkpoint of step {step}...")
+        if step > self.num_steps:
+            raise UsageError(f"run folder {self.log_dir} is at step {step}, past "
+                             f"train.steps={self.num_steps}; a run is extended, not shortened: "
+                             f"give train.steps >= {step}")
         check_model_info(ckpts["netG"], self.model_info, checkpoint_path(run_dir, step))
         for net, opt, ckpt in ((self.netG, self.optG, ckpts["netG"]),
                                (self.netD, self.optD, ckpts["netD"])):
@@ -274,6 +274,8 @@ class SAGANTrainer(Trainer):
                 opt.load_state_dict(ckpt["optimizer_state_dict"])
         self._restore_ema(ckpts["netG"], step)
         self._restore_training_state(ckpts["netG"].get("training_state"))
+        # Said only once the checkpoint is in the nets, so a refused one never reads as resumed.
+        print(f"INFO: restored the checkpoint of step {step}")
         return step
 
     def _restore_ema(self, ckpt: dict, step: int) -> None:

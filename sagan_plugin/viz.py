@@ -32,6 +32,8 @@ from sagan_plugin.machine import require_memory
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import (
     GRID_PADDING,
+    check_classes,
+    image_grid,
     parse_classes,
     sample,
     save_png,
@@ -39,7 +41,6 @@ from sagan_plugin.sample import (
 )
 from sagan_plugin.schema import SEED, at_least, option
 
-PAD = 2
 QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
 NO_ATTENTION = "this generator has no attention layer (G.attention is None)"
 
@@ -70,18 +71,7 @@ def class_grid(netG: nn.Module, per_class: int, classes: list[int], seed: int = 
     images = sample(netG, rows * per_class, seed, classes or None, device=device)
     # sample() labels image i with classes[i % rows]: regroup those into rows.
     images = images.view(per_class, rows, *images.shape[1:]).transpose(0, 1).flatten(0, 1)
-    return _tile(to_uint8(images), rows, per_class)
-
-
-def _tile(images: Tensor, rows: int, cols: int) -> Tensor:
-    """(rows*cols, 3, H, W) uint8 -> (H', W', 3) on black with PAD pixels between tiles."""
-    _, channels, height, width = images.shape
-    grid = torch.zeros(rows * (height + PAD) + PAD, cols * (width + PAD) + PAD, channels,
-                       dtype=torch.uint8)
-    for i, image in enumerate(images):
-        top, left = PAD + (i // cols) * (height + PAD), PAD + (i % cols) * (width + PAD)
-        grid[top : top + height, left : left + width] = image.permute(1, 2, 0)
-    return grid
+    return image_grid(to_uint8(images), cols=per_class)
 
 
 def has_attention(netG: nn.Module) -> bool:
@@ -143,7 +133,7 @@ def attention_figure(images: Tensor, attention: Tensor, size: int,
             alpha = 0.85 * w[..., None]
             row.append(_marked((1 - alpha) * grey + alpha * _heat(w), [j], size, side, q))
         tiles.extend(torch.from_numpy(np.array(t)).permute(2, 0, 1) for t in row)
-    return _tile(torch.stack(tiles), n, len(queries) + 1), index
+    return image_grid(torch.stack(tiles), cols=len(queries) + 1), index
 
 
 def _marked(rgb: np.ndarray, index: list[int], size: int, side: int,
@@ -190,10 +180,7 @@ def main(argv: list[str]) -> None:
                        f"attention maps of images={cfg.images}")
     if "grid" in what:
         classes = parse_classes(cfg.classes) or list(range(min(netG.num_classes, 20)))
-        if classes and not netG.num_classes:
-            raise UsageError("the model is unconditional: leave out classes")
-        if any(not 0 <= k < netG.num_classes for k in classes):
-            raise UsageError(f"classes={cfg.classes}: the model has {netG.num_classes} classes")
+        check_classes(classes, netG.num_classes)
         save_png(class_grid(netG, cfg.per_class, classes, cfg.seed, device), out / "grid.png")
         print(f"wrote {out / 'grid.png'}")
     if "attention" in what:

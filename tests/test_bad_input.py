@@ -165,6 +165,10 @@ FOLDER_CASES = [
     ("tensor_checkpoint", "is not a checkpoint: it holds a Tensor"),
     ("keyless_checkpoint", "is not a checkpoint: it has no model_state_dict"),
     ("garbage_checkpoint", "cannot read checkpoint"),
+    ("half_checkpoint", f"half_checkpoint/checkpoints/netG/netG_{STEP}_steps.pth: a damaged or "
+                        "incomplete file (PytorchStreamReader failed reading zip archive: "
+                        "failed finding central directory)"),
+    ("cut_checkpoint", f"netG_{STEP}_steps.pth: a damaged or incomplete file ([Errno 22]"),
     ("text_checkpoint", "not tensors and plain values (a damaged file, or another kind"),
     ("empty_checkpoints", "has no checkpoint under"),
     ("generator_only", "without both netG and netD files"),
@@ -228,6 +232,9 @@ def places(tmp_path_factory) -> dict[str, Path]:
     damaged("keyless_checkpoint", checkpoint={"weights": {}})
     damaged("garbage_checkpoint", checkpoint=b"PK\x03\x04 not a zip at all")
     damaged("text_checkpoint", checkpoint=b"hello, not a checkpoint\n")
+    whole = checkpoint_path(run, STEP).read_bytes()
+    damaged("half_checkpoint", checkpoint=whole[: len(whole) // 2])
+    damaged("cut_checkpoint", checkpoint=whole[:5000])  # torch's reader seeks before its start
     damaged("other_resolution", checkpoint={**ckpt, "model": {
         "name": "sagan", "resolution": 64, "num_classes": 10}})
     damaged("other_family", edited(model={"ngf": 16}))  # a config that the weights do not fit
@@ -293,3 +300,20 @@ def test_damaged_or_foreign_run_folders(command: str, folder: str, message: str,
         if command == "eval":
             argv.append("inception_weights={file}")
     _refused(argv, message, places, tmp_path, capsys)
+
+
+def test_a_damaged_latest_checkpoint_names_the_step_before_it(places: dict[str, Path],
+                                                              tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture
+                                                              ) -> None:
+    run = tmp_path / "two_steps"
+    shutil.copytree(places["run"], run)
+    whole = checkpoint_path(run, STEP).read_bytes()
+    checkpoint_path(run, 2 * STEP).write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert cli(["sample", f"run={run}", "n=2", f"out={tmp_path}/grid.png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"a damaged or incomplete file (PytorchStreamReader failed reading zip "
+                        f"archive: failed finding central directory); step={STEP} reads the one "
+                        f"before it"), err
+    assert cli(["sample", f"run={run}", "n=2", f"step={STEP}", f"out={tmp_path}/grid.png"]) == 0

@@ -96,11 +96,17 @@ def test_full_disk_or_read_only_while_saving_keeps_the_previous_checkpoint(
     run_dir = Path(cfg.run_dir)
     before = _final_state(run_dir, 2)
 
-    # A full disk, and a folder gone read-only (tests run as root, whom chmod would not stop).
-    for code in (errno.ENOSPC, errno.EROFS):
+    # A full disk, a folder gone read-only (tests run as root, whom chmod would not stop), and
+    # a file-size limit, which torch.save reports as a RuntimeError raised during the OSError.
+    for code in (errno.ENOSPC, errno.EROFS, errno.EFBIG):
         def failing_write(obj, f, code=code) -> None:
             f.write(b"PK\x03\x04 partial")
-            raise OSError(code, os.strerror(code))
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError:
+                if code == errno.EFBIG:
+                    raise RuntimeError("[enforce fail] unexpected pos")  # noqa: B904 - as torch
+                raise
 
         monkeypatch.setattr(checkpoint.torch, "save", failing_write)
         with pytest.raises(UsageError) as failure:
@@ -113,6 +119,24 @@ def test_full_disk_or_read_only_while_saving_keeps_the_previous_checkpoint(
         assert checkpoint.complete_steps(run_dir) == [2]
         assert not list(run_dir.glob("checkpoints/*/.*"))  # no temporary file left behind
         _assert_identical(_final_state(run_dir, 2), before)
+
+
+def test_a_failed_rewrite_of_a_saved_step_keeps_it(tiny: list[str], monkeypatch) -> None:
+    """Training a finished run again rewrites its last checkpoint: failing, it must not lose it."""
+    cfg = compose(tiny + ["train.steps=2"])
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    before = _final_state(run_dir, 2)
+
+    def failing_write(obj, f) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_write)
+    with pytest.raises(UsageError, match="the checkpoint of step 2 is kept"):
+        run(compose(tiny + ["train.steps=2"]))
+    monkeypatch.undo()
+    assert checkpoint.complete_steps(run_dir) == [2]
+    _assert_identical(_final_state(run_dir, 2), before)
 
 
 class _PoisonedAfter(torch.utils.data.Dataset):
@@ -167,7 +191,8 @@ def test_checkpoint_of_another_model_is_refused_and_the_folder_left_as_it_was(
     assert folder_contents(Path(cfg.run_dir)) == before  # config.yaml still says steps=2
 
 
-def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(tiny: list[str]) -> None:
+def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(
+        tiny: list[str], capsys: pytest.CaptureFixture) -> None:
     cfg = compose(tiny + ["train.steps=2"])
     run(cfg)
     run_dir = Path(cfg.run_dir)
@@ -179,7 +204,9 @@ def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(tiny: list[s
     with pytest.raises(UsageError, match=r"does not fit this model"):
         run(compose(tiny + ["model=sngan", "model.ngf=8", "model.ndf=8", "train.steps=4"]))
     assert folder_contents(run_dir) == before
+    assert "restored the checkpoint" not in capsys.readouterr().out  # refused, not resumed
     run(compose(tiny + ["train.steps=4"]))
+    assert "restored the checkpoint of step 2" in capsys.readouterr().out
     assert checkpoint_steps(run_dir) == [2, 4]
 
 

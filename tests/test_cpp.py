@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,17 +89,22 @@ def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
                               pixels.numpy())
 
 
-def test_an_export_made_before_the_shape_was_embedded_still_samples(program, conditional_run,
-                                                                     tmp_path):
-    source = conditional_run / "export" / "generator.pt"
-    legacy = tmp_path / "legacy.pt"
+def legacy_copy(source: Path, legacy: Path, **changes: object) -> Path:
+    """A TorchScript export as made before the shape was embedded, its sidecar edited."""
     torch.jit.load(str(source)).save(str(legacy))  # no sagan.json inside, as before
     embedded = {"sagan.json": ""}
     torch.jit.load(str(legacy), _extra_files=embedded)
     assert embedded["sagan.json"] in ("", b"")
     sidecar = json.loads(sidecar_path(source).read_text())
     sidecar["sha256"] = hashlib.sha256(legacy.read_bytes()).hexdigest()
-    sidecar_path(legacy).write_text(json.dumps(sidecar))
+    sidecar_path(legacy).write_text(json.dumps(sidecar | changes))
+    return legacy
+
+
+def test_an_export_made_before_the_shape_was_embedded_still_samples(program, conditional_run,
+                                                                     tmp_path):
+    source = conditional_run / "export" / "generator.pt"
+    legacy = legacy_copy(source, tmp_path / "legacy.pt")
     for model, name in ((source, "now.pt"), (legacy, "legacy_images.pt")):
         result = run_program("--model", model, "--n", 3, "--save-tensor", tmp_path / name)
         assert result.returncode == 0, result.stderr
@@ -118,6 +126,148 @@ def test_python_module_returns_the_programs_tensor(ext, conditional_run, tmp_pat
         generator.sample(2, classes=[10])
 
 
+def run_ext(script: str) -> list[str]:
+    """Runs `script` with sagan_sample_ext as E in a fresh Python, which an abort cannot take
+    down with the tests; returns its output lines."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch, sagan_sample_ext as E\n" + script],
+        capture_output=True, text=True, timeout=300,
+        env=os.environ | {"PYTHONPATH": str(BUILD)})
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    return result.stdout.splitlines()
+
+
+ERROR_LINE = """
+def error(f):
+    try:
+        f()
+        print("no error")
+    except Exception as e:
+        print(type(e).__name__, len(str(e).splitlines()), str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_forward_checks_its_inputs_before_running_the_model(ext, conditional_run, fmt):
+    # An out-of-range label in an AOTInductor kernel aborts the process: refused first.
+    model = conditional_run / "export" / MODELS[fmt]
+    lines = run_ext(ERROR_LINE + f"""
+g = E.Generator({str(model)!r}, "cpu")
+z = torch.randn(2, 128)
+error(lambda: g.forward(z, torch.full((2,), 10)))
+error(lambda: g.forward(z, torch.full((2,), -1)))
+error(lambda: g.forward(z, torch.zeros(2)))
+error(lambda: g.forward(z, torch.zeros(3, dtype=torch.long)))
+error(lambda: g.forward(torch.randn(2, 64), torch.zeros(2, dtype=torch.long)))
+error(lambda: g.forward(z.double(), torch.zeros(2, dtype=torch.long)))
+print(tuple(g.forward(torch.randn(0, 128), torch.zeros(0, dtype=torch.long)).shape))
+print(tuple(g.forward(torch.randn(128, 2).t(), torch.full((2,), 9)).shape))
+""")
+    assert lines == [
+        "UsageError 1 y holds label 10, out of range: the model has 10 classes (0..9)",
+        "UsageError 1 y holds label -1, out of range: the model has 10 classes (0..9)",
+        "UsageError 1 y must be an int64 tensor of shape (2,), as many labels as z has rows, "
+        "got Float of shape [2]",
+        "UsageError 1 y must be an int64 tensor of shape (2,), as many labels as z has rows, "
+        "got Long of shape [3]",
+        "UsageError 1 z must be a float32 tensor of shape (N, 128), got Float of shape [2, 64]",
+        "UsageError 1 z must be a float32 tensor of shape (N, 128), got Double of shape [2, 128]",
+        "(0, 3, 32, 32)",
+        "(2, 3, 32, 32)",
+    ]
+
+
+def test_python_module_errors_are_one_line(ext, conditional_run, tmp_path):
+    model = conditional_run / "export" / "generator.pt"
+    legacy = legacy_copy(model, tmp_path / "legacy.pt", nz=64)  # wrong, and nothing can tell
+    lines = run_ext(ERROR_LINE + f"""
+g = E.Generator({str(model)!r}, "cpu")
+error(lambda: g.sample(10**12))
+error(lambda: g.sample(2, seed=2**63))
+error(lambda: g.sample(2, seed=-1))
+print(tuple(g.sample(1, seed=2**63 - 1).shape))
+error(lambda: E.image_grid(torch.zeros(3, 4, 4, dtype=torch.uint8)))
+error(lambda: E.to_uint8(torch.zeros(2, 3, dtype=torch.complex64)))
+error(lambda: E.Generator({str(legacy)!r}, "cpu").forward(torch.randn(2, 64),
+                                                          torch.zeros(2, dtype=torch.long)))
+""")
+    assert lines[0].startswith("UsageError 1 n=1000000000000 images of 3x32x32 need about")
+    assert lines[1:4] == [
+        "UsageError 1 seed: expected an integer in [0, 2^63 - 1], got 9223372036854775808",
+        "UsageError 1 seed: expected an integer in [0, 2^63 - 1], got -1",
+        "(1, 3, 32, 32)"]
+    assert lines[4].startswith("UsageError 1 image_grid expects a uint8 tensor of shape (N, C, H")
+    assert lines[5].startswith("RuntimeError 1 "), lines[5]  # a c10::Error, without backtrace
+    assert lines[6].startswith("RuntimeError 1 RuntimeError: mat1 and mat2 shapes"), lines[6]
+
+
+def test_program_names_the_error_inside_a_torchscript_model(program, conditional_run, tmp_path):
+    legacy = legacy_copy(conditional_run / "export" / "generator.pt", tmp_path / "legacy.pt",
+                         nz=64)
+    result = run_program("--model", legacy, "--n", 2, "--out", tmp_path / "grid.png")
+    assert_clean_error(result, "RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_program_never_writes_over_the_model(program, conditional_run, tmp_path):
+    export = conditional_run / "export"
+    model = tmp_path / "generator.pt"
+    for name in ("generator.pt", "generator.pt.json"):
+        shutil.copy(export / name, tmp_path / name)
+    (tmp_path / "sidecar_link.pt").symlink_to(sidecar_path(model))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "000001.png").write_bytes(model.read_bytes())  # a model with an image's name
+    shutil.copy(sidecar_path(model), images / "000001.png.json")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for args, message in [
+        (["--model", model, "--save-tensor", model], f"--save-tensor {model} would overwrite"),
+        (["--model", f"{tmp_path}/./generator.pt", "--save-tensor", model], "would overwrite"),
+        (["--model", model, "--save-tensor", tmp_path / "sidecar_link.pt"],
+         f"would overwrite {model}.json"),
+        (["--model", images / "000001.png", "--out", f"{images}/"], "--out"),
+    ]:
+        assert_clean_error(run_program(*args, "--n", 2), message)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # Fewer images than the model's number: nothing to fear.
+    result = run_program("--model", images / "000001.png", "--n", 1, "--out", f"{images}/")
+    assert result.returncode == 0, result.stderr
+    assert (images / "000001.png").read_bytes() == before[images / "000001.png"]
+
+
+def test_program_counts_available_memory_and_the_grid(program, conditional_run, tmp_path):
+    model = conditional_run / "export" / "generator.pt"
+    available = next(int(line.split()[1]) * 1024 for line in
+                     Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    sampling = 4 * 128 + 8 + 8 * 3 * 32 * 32  # z, label, float chunks and their concatenation
+    for out, written in ((f"{tmp_path}/pngs/", 3 * 32 * 32),  # the uint8 copy
+                         (tmp_path / "grid.png", 5 * 3 * 34 * 34)):  # + grid and stb's buffers
+        n = int(available / 2 / (sampling + written) * 1.1)
+        if out == tmp_path / "grid.png" and n > 500_000:
+            continue  # a machine this big: the grid's own limit comes first
+        result = run_program("--model", model, "--n", n, "--out", out)
+        assert_clean_error(result, f"--n {n} images of 3x32x32 need about")
+        most = int(result.stderr.split("sample at most ")[1].split()[0])
+        assert abs(most - available / 2 / (sampling + written)) < 0.02 * most, (most, available)
+    # A grid past stb's int-sized buffers is refused whatever the memory.
+    result = run_program("--model", model, "--n", 700_000, "--out", tmp_path / "grid.png")
+    assert_clean_error(result, "too large for one PNG; use --out DIR/")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failed_write_leaves_no_temporary_file(program, conditional_run, tmp_path):
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+
+    model = conditional_run / "export" / "generator.pt"
+    result = subprocess.run([str(PROGRAM), "--model", str(model), "--n", "8", "--save-tensor",
+                             str(tmp_path / "images.pt")], capture_output=True, text=True,
+                            timeout=120, preexec_fn=small_files)
+    assert_clean_error(result, f"cannot write {tmp_path / 'images.pt'}")
+    assert not any(tmp_path.iterdir())
+
+
 def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     """Models that must be refused: each a file next to a (possibly wrong) sidecar."""
     source = conditional_run / "export" / "generator.pt"
@@ -137,6 +287,10 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     add("wrong_kind.pt", source.read_bytes(), kind="something else")
     add("no_nz.pt", source.read_bytes(), nz="many")
     add("bad_format.pt", source.read_bytes(), format="onnx")
+    add("float_nz.pt", source.read_bytes(), nz=128.0)
+    add("sidecar_folder.pt", source.read_bytes())
+    sidecar_path(folder / "sidecar_folder.pt").unlink()
+    sidecar_path(folder / "sidecar_folder.pt").mkdir()
     add("cuda_package.pt2", source.read_bytes(), format="aoti", device="cuda")
     # A sidecar edited by hand: its sha256 still matches, the model inside says otherwise.
     add("edited_nz.pt", source.read_bytes(), nz=sidecar["nz"] * 2)
@@ -159,6 +313,9 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     ("wrong_sha.pt", "sha256"),
     ("wrong_kind.pt", "not the sidecar"),
     ("no_nz.pt", "nz"),
+    ("float_nz.pt", 'field "nz" must be an integer, got 128.0'),
+    ("sidecar_folder.pt", "sidecar_folder.pt.json is not a regular file"),
+    ("/dev/null", "model file /dev/null is not a regular file"),
     ("bad_format.pt", "format must be"),
     ("cuda_package.pt2", "compiled for cuda"),
     ("no_sidecar.pt", "no sidecar"),
@@ -171,6 +328,7 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     models = broken_copies(conditional_run, tmp_path)
     (tmp_path / "folder").mkdir()
     model = models.get(case, tmp_path / ("folder" if case == "folder" else "missing.pt"))
+    model = case if case.startswith("/") else model
     result = run_program("--model", model, "--n", 2, "--device", "cpu", "--out",
                          tmp_path / "grid.png")
     assert_clean_error(result, message)
@@ -185,6 +343,8 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     (["--batch", 0], "batch must be a positive"),
     (["--device", "cuda"], "no CUDA GPU" if not torch.cuda.is_available() else ""),
     (["--device", "tpu"], "device must be"),
+    (["--device", "cpu:0"], 'device must be auto, cpu, cuda or cuda:<index>, got "cpu:0"'),
+    (["--device", "cuda:01"], "device must be auto, cpu"),
     (["--out", "/proc/grid.png"], "cannot write"),
     (["--out", "/dev/null/grid.png"], "/dev/null is not a folder"),
     (["--save-tensor", "/dev/null/t.pt"], "/dev/null is not a folder"),
@@ -192,10 +352,20 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     (["--save-tensor", "{tmp}/images.npy"], ".pt"),
     (["--class", 1, "--classes", "2,3"], "excludes"),
     (["--n", "lots"], "--n"),
+    (["--n", ""], '--n: expected a decimal integer in [-2^63, 2^63 - 1], got ""'),
+    (["--n", "9999999999999999999999"], "--n: expected a decimal integer"),
+    (["--n", "0x10"], "--n: expected a decimal integer"),
+    (["--batch", " 4"], "--batch: expected a decimal integer"),
+    (["--class", ""], "--class: expected a decimal integer"),
+    (["--classes", ""], '--classes: expected integers like 3 or 0,3,7, got ""'),
+    (["--classes", "0,,3"], '--classes: expected integers like 3 or 0,3,7, got "0,,3"'),
+    (["--classes", "3,"], "--classes: expected integers"),
+    (["--classes", "99999999999999999999"], "--classes: expected integers"),
     (["--colour", "red"], "colour"),
     (["--seed", -1], "--seed"),
     (["--seed", 2**63], "--seed"),
-    (["--n", 10**12], "--n 1000000000000 images of 3x32x32 need about"),
+    (["--n", 10**12, "--out", "{tmp}/pngs/"], "--n 1000000000000 images of 3x32x32 need about"),
+    (["--n", 10**12], "is too large for one PNG; use --out DIR/"),
     (["--out", ""], "nothing to write: give --out"),
 ])
 def test_program_refuses_bad_arguments(program, conditional_run, tmp_path, args, message):
@@ -205,6 +375,16 @@ def test_program_refuses_bad_arguments(program, conditional_run, tmp_path, args,
         args += ["--out", f"{tmp_path}/grid.png"]
     assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_last_of_repeated_options_wins(program, conditional_run, tmp_path):
+    model = conditional_run / "export" / "generator.pt"
+    # Class 10 is out of range: taken, it would be refused. (The tiny test model's images may
+    # not depend on the class.)
+    result = run_program("--model", model, "--n", 5, "--n", 3, "--classes", 10, "--classes",
+                         "2,3", "--save-tensor", tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    assert torch.load(tmp_path / "images.pt").shape[0] == 3
 
 
 def test_unconditional_model_refuses_classes(program, unconditional_run):

@@ -17,8 +17,8 @@ from sagan_plugin.runs import checkpoint_path, checkpoint_steps, load_generator
 from sagan_plugin.sample import sample, to_uint8
 
 pytestmark = pytest.mark.slow
-FAST = ["n=4", "n_real=4", "batch_size=8", "device=cpu", "kid_subsets=3", "kid_subset_size=4",
-        "is_splits=2"]
+SCORING = ["batch_size=8", "device=cpu", "kid_subsets=3", "kid_subset_size=4", "is_splits=2"]
+FAST = ["n=4", "n_real=4", *SCORING]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_is_alone_without_the_classifier_is_refused_before_any_work(run, tmp_pat
     write_images(torch.zeros(2, 3, 16, 16), f"{images}/")
     before = sorted(tmp_path.rglob("*"))
     args = [f"run={copy}"] if source == "run" else [f"images={images}"]
-    code, out, err = _eval(capsys, *args, *FAST, "metrics=is")
+    code, out, err = _eval(capsys, *args, *(FAST if source == "run" else SCORING), "metrics=is")
     assert (code, out, err.count("\n")) == (2, "", 1), err
     assert "metrics=is: the Inception Score is unavailable" in err
     assert "no 1008-way classifier" in err
@@ -172,6 +172,27 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "a_eval.json").read_text())
     assert report["rows"][0]["fid"] > 0
+
+
+@pytest.mark.parametrize("source, key, message", [
+    ("images", "n=10", "images=DIR scores every file in it: leave out n=10 (keys of run=)"),
+    ("images", "seed=1", "leave out seed=1 (keys of run=)"),
+    ("images", "steps=all", "leave out steps=all (keys of run=)"),
+    ("images", "ema=false", "leave out ema=false (keys of run=)"),
+    ("run", "ref={tmp}/a", "run= scores against the run's data set: leave out ref={tmp}/a"),
+])
+def test_a_key_the_other_source_reads_is_refused_not_ignored(run, tmp_path, capsys, source,
+                                                             key, message):
+    from sagan_plugin.sample import write_images
+
+    write_images(torch.zeros(2, 3, 16, 16), f"{tmp_path / 'a'}/")
+    before = sorted(tmp_path.rglob("*")) + sorted(run.rglob("*"))
+    args = [f"run={run}", *FAST] if source == "run" else [f"images={tmp_path / 'a'}",
+                                                          f"ref={tmp_path / 'a'}", *SCORING]
+    code, out, err = _eval(capsys, *args, key.format(tmp=tmp_path))
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert message.format(tmp=tmp_path) in err, err
+    assert sorted(tmp_path.rglob("*")) + sorted(run.rglob("*")) == before
 
 
 @pytest.mark.parametrize("images, ref, message", [

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from sagan_plugin import export
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import file_digest
 from sagan_plugin.runs import checkpoint_path, load_generator
 
 STEP = 7
@@ -92,7 +93,7 @@ def test_export_matches_eager_at_any_batch_and_has_a_true_sidecar(conditional_ru
         "kind": export.EXPORT_KIND, "format": fmt, "nz": 128, "num_classes": 10,
         "resolution": 32, "channels": 3, "output_range": [-1.0, 1.0], "step": STEP,
         "ema": True, "device": "cpu", "torch_version": torch.__version__,
-        "sha256": export.sha256_of(artefact), "file": artefact.name}
+        "sha256": file_digest(artefact), "file": artefact.name}
     reference = load_generator(conditional_run).netG
     z, y = export.check_inputs(reference, 7, torch.device("cpu"))
     with torch.inference_mode():

@@ -10,6 +10,7 @@ import torch
 from inception_helpers import converted_weights, with_classifier
 
 from sagan_plugin.errors import UsageError
+from sagan_plugin.files import file_digest
 from sagan_plugin.metrics import weights
 from sagan_plugin.metrics.inception import FIDInception, load_inception
 
@@ -34,7 +35,7 @@ def test_explicit_path_comes_first(tmp_path, monkeypatch):
     monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(tmp_path / "elsewhere.pth"))
     found = weights.resolve_weights(converted_weights())
     assert (found.path, found.source) == (converted_weights(), "explicit")
-    assert found.sha256 == weights.file_digest(converted_weights())
+    assert found.sha256 == file_digest(converted_weights())
 
 
 def test_environment_variable_comes_next(monkeypatch):
@@ -55,7 +56,7 @@ def test_pytorch_fid_cache_file_comes_before_fid_helper(tmp_path, monkeypatch):
     _place_cached_conversion(tmp_path)
     # The real file is not on this machine: name a copy of ours after its own hash, as
     # pytorch-fid's file is (pt_inception-2015-12-05-<sha256 prefix>.pth).
-    prefix = weights.file_digest(converted_weights())[:8]
+    prefix = file_digest(converted_weights())[:8]
     monkeypatch.setattr(weights, "PYTORCH_FID_FILE", f"pt_inception-2015-12-05-{prefix}.pth")
     hub = weights.pytorch_fid_cache_file()
     hub.parent.mkdir(parents=True)

@@ -60,10 +60,10 @@ def full_weights(tmp_path_factory):
     return path
 
 
-def cli_scores(run, tmp_path, seed, metric, weights):
+def cli_scores(run, tmp_path, seed, metric, weights, ema=False):
     out = tmp_path / f"cli_{seed}.json"
     ours = {"inception_score": "is"}.get(metric, metric)
-    assert cli.main(["eval", f"run={run}", "steps=all", "ema=false", f"seed={seed}", f"n={N}",
+    assert cli.main(["eval", f"run={run}", "steps=all", f"ema={ema}", f"seed={seed}", f"n={N}",
                      f"n_real={N}", f"metrics={ours}", "kid_subsets=2", "kid_subset_size=2",
                      "is_splits=2", "batch_size=8", "device=cpu", f"inception_weights={weights}",
                      f"out={out}"]) == 0
@@ -88,6 +88,15 @@ def test_every_step_and_seed_scores_as_sagan_plugin_eval(run, tmp_path, metric, 
     assert len({v for values in scores.values() for v in values}) == 4  # steps, seeds differ
     saved = json.loads((run / "eval" / FILES[metric]).read_text())  # Mimicry's layout
     assert saved == {str(step): values for step, values in expected.items()}
+
+
+def test_the_ema_weights_score_as_sagan_plugin_eval_scores_them(run, tmp_path):
+    weights = converted_weights()
+    scores = metrics.evaluate("fid", sagan_netG(), run, evaluate_step=STEP, ema=True, num_runs=1,
+                              dataset="procedural", write_to_json=False,
+                              **COUNTS["fid"], **FAST)
+    assert scores[STEP] == [cli_scores(run, tmp_path, 0, "fid", weights, ema=True)[STEP]]
+    assert scores[STEP] != [cli_scores(run, tmp_path, 0, "fid", weights)[STEP]]  # not G's
 
 
 def test_a_mimicry_generator_scores_as_a_direct_computation(tmp_path):

@@ -10,8 +10,12 @@ import torch
 
 from sagan_plugin.config import compose
 from sagan_plugin.errors import UsageError
-from sagan_plugin.nets import GENERATORS, SelfAttention
-from sagan_plugin.precision import attention_kernel_runs, keep_spectral_norm_fp32
+from sagan_plugin.nets import DISCRIMINATORS, GENERATORS, SelfAttention
+from sagan_plugin.precision import (
+    attention_kernel_runs,
+    keep_spectral_norm_fp32,
+    prepare_for_training,
+)
 from sagan_plugin.train import run
 
 
@@ -43,6 +47,28 @@ def test_spectral_norm_stays_fp32_under_bf16_autocast(monkeypatch) -> None:
         assert torch.equal(got[name], expected[name]), name
     for a, b in zip(reference.buffers(), converted.buffers(), strict=True):
         assert torch.equal(a, b)  # the power iteration's u and v
+
+
+def _spectral_norm_kinds(net: torch.nn.Module) -> set[str]:
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    return {type(m).__name__ for m in net.modules() if isinstance(m, _SpectralNorm)}
+
+
+def test_prepare_for_training_follows_the_options() -> None:
+    netG, netD = GENERATORS[32](ngf=8), DISCRIMINATORS[32](ndf=8)
+    prepare_for_training(netG, netD)  # the defaults leave torch's modules as they are
+    assert _spectral_norm_kinds(netG) == _spectral_norm_kinds(netD) == {"_SpectralNorm"}
+    assert not any(m.pad_query_key for m in netG.modules() if isinstance(m, SelfAttention))
+
+    prepare_for_training(netG, netD, precision="bf16", sdpa_backend="flash",
+                         channels_last=True, compiled=True)
+    assert _spectral_norm_kinds(netG) == {"_FP32SpectralNorm"}
+    assert _spectral_norm_kinds(netD) == {"_EagerFP32SpectralNorm"}  # D's stay out of graphs
+    layers = [m for net in (netG, netD) for m in net.modules() if isinstance(m, SelfAttention)]
+    assert len(layers) == 2 and all(layer.pad_query_key for layer in layers)
+    conv = netD.blocks[1].conv1.parametrizations.weight.original
+    assert conv.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_attention_in_bf16_matches_fp32(monkeypatch) -> None:

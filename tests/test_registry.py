@@ -37,22 +37,26 @@ def test_unknown_model_lists_registered_ones() -> None:
         get_model("nope")
 
 
+def _distribution(root: Path, module: str, source: str, entry_points: str) -> None:
+    """A distribution of one module, declaring entry_points ("name = module:OBJECT" lines)
+    under the group: what pip would install, found on PYTHONPATH=root."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    dist_info = root / f"{module}-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry_points}\n")
+
+
 def test_third_party_distribution_is_discovered(tmp_path: Path) -> None:
     """A distribution on sys.path that declares the entry point shows up, no code change."""
-    package = tmp_path / "toy_gan"
-    package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent("""
+    _distribution(tmp_path, "toy_gan", """
         from sagan_plugin.registry import ModelFamily
         from sagan_plugin.families import SNGAN
 
         TOY = ModelFamily(name="toygan", build=SNGAN.build, resolutions=(32,),
                           conditional=False, description="a throw-away family",
                           defaults=SNGAN.defaults)
-    """))
-    dist_info = tmp_path / "toy_gan-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-gan\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ntoygan = toy_gan:TOY\n")
+    """, "toygan = toy_gan:TOY")
     code = ("from sagan_plugin.registry import get_model, list_models; "
             "assert 'toygan' in list_models(); f = get_model('toygan'); "
             "G, D = f.build(32, 0); print(type(G).__name__, f.description)")
@@ -65,6 +69,33 @@ def test_third_party_distribution_is_discovered(tmp_path: Path) -> None:
                             capture_output=True, text=True,
                             env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert "toygan" in result.stdout and "a throw-away family" in result.stdout
+
+
+def test_a_broken_distribution_is_skipped_and_named_when_asked_for(tmp_path: Path) -> None:
+    """One bad plugin leaves every other family usable; asking for it gives its fault."""
+    _distribution(tmp_path, "broken_gan", """
+        from sagan_plugin.datasets import DataSet
+
+        BAD = DataSet(name="bad", build=print, splits=("holdout",))  # fails on import
+    """, "badgan = broken_gan:BAD")
+    _distribution(tmp_path, "odd_gan", "NOT_A_FAMILY = 42\n", "notgan = odd_gan:NOT_A_FAMILY")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sagan_plugin", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    result = cli("train", "model=badgan", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and not (tmp_path / "run").exists(), result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: model 'badgan': entry point badgan = broken_gan:BAD "
+                            "(mimicry.models) does not load: ValueError: data set bad: splits "
+                            "('holdout',) must be among"), error
+    result = cli("train", "--help")
+    assert result.returncode == 0 and "  sagan  " in result.stdout, result.stderr
+    assert "badgan" not in result.stdout and "skipped entry point badgan" in result.stderr
+    assert ("skipped entry point notgan = odd_gan:NOT_A_FAMILY (mimicry.models) is not a "
+            "ModelFamily named 'notgan'") in result.stderr
 
 
 def test_register_refuses_a_taken_name() -> None:

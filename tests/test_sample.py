@@ -72,6 +72,15 @@ def test_uint8_mapping_and_grid_layout():
     assert int(grid.sum()) == 3 * 8 * sum(range(1, 6))  # black everywhere else
 
 
+def test_grid_with_given_columns_fills_row_by_row():
+    images = torch.arange(1, 7, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 3, 4, 2)
+    grid = sampling.image_grid(images, cols=2)
+    assert grid.shape == (3 * 6 + 2, 2 * 4 + 2, 3)
+    for i in range(6):
+        top, left = 2 + (i // 2) * 6, 2 + (i % 2) * 4
+        assert (grid[top:top + 4, left:left + 2] == i + 1).all()
+
+
 def test_sample_command_writes_the_recipe_as_png(run, netG, tmp_path):
     result = run_cli("sample", f"run={run}", "n=5", "seed=3", "classes=1,4", "batch=2",
                      f"out={tmp_path}/one/")

@@ -59,7 +59,7 @@ def test_a_signal_saves_the_step_and_a_resume_equals_an_uninterrupted_run(
                for a in _train_command(stopped)]
     resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"Restoring checkpoint of step {step}" in resumed.stdout
+    assert f"restored the checkpoint of step {step}" in resumed.stdout
     straight = tmp_path / "straight"
     command = [a.replace(str(stopped), str(straight)) for a in command]
     subprocess.run(command, check=True, capture_output=True, env=ENV, timeout=600)

@@ -90,7 +90,7 @@ def test_finished_runs_are_not_retrained_and_interrupted_ones_continue(
     assert _compare("study=smoke", f"runs={smoke / 'runs'}", f"out={results}") == 0
     out = capsys.readouterr().out
     assert out.count("done before") == 5
-    assert "Restoring checkpoint of step 1" in out
+    assert "restored the checkpoint of step 1" in out
     assert finished.stat().st_mtime_ns == mtime
     assert (interrupted / "checkpoints" / "netG" / "netG_2_steps.pth").is_file()
 

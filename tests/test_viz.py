@@ -13,7 +13,7 @@ from test_export import make_run
 from sagan_plugin import cli, viz
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.runs import checkpoint_path, load_generator
-from sagan_plugin.sample import to_uint8
+from sagan_plugin.sample import GRID_PADDING, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_viz_writes_the_grid_and_the_attention_maps(run, tmp_path, capsys):
     code = cli.main(["viz", f"run={run}", f"out={out}", "per_class=3", "classes=0,4,9",
                      "images=2", "queries=0.1,0.1;0.5,0.5;0.9,0.2", "scale=2"])
     assert code == 0, capsys.readouterr().err
-    tile, pad = 32, viz.PAD
+    tile, pad = 32, GRID_PADDING
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (3 * (tile + pad) + pad, 3 * (tile + pad) + pad)
     with Image.open(out / "attention.png") as figure:
@@ -64,7 +64,7 @@ def test_grid_rows_hold_one_class_each(run):
     z = torch.randn(4, netG.nz, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():  # sample() labels image i with classes[i % 2]
         expected = to_uint8(netG(z, torch.tensor([1, 5, 1, 5])))
-    pad, r = viz.PAD, 32
+    pad, r = GRID_PADDING, 32
     for row, col, index in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 3)]:
         top, left = pad + row * (r + pad), pad + col * (r + pad)
         tile = grid[top : top + r, left : left + r].permute(2, 0, 1)

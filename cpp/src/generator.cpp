@@ -4,7 +4,12 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <iomanip>
+#include <limits>
 #include <sstream>
+#include <type_traits>
+
+#include <unistd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -18,8 +23,29 @@ namespace {
 
 constexpr const char* kExportKind = "sagan-plugin generator export";
 constexpr const char* kEmbedded = "sagan.json";  // sagan_plugin/export.py EMBEDDED
+// How the TorchScript interpreter's error (a std::runtime_error) starts; it ends with the error
+// itself ("RuntimeError: mat1 and mat2 shapes cannot be multiplied ...").
+constexpr const char* kInterpreterError =
+    "The following operation failed in the TorchScript interpreter";
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+std::string describe(const torch::Tensor& t) {
+  if (!t.defined()) return "no tensor";
+  std::ostringstream text;
+  text << c10::toString(t.scalar_type()) << " of shape " << t.sizes();
+  return text.str();
+}
+
+// Bytes of memory this process could still take, as sagan_plugin.machine.available_memory.
+double available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kilobytes = 0;
+  while (meminfo >> key >> kilobytes) {
+    if (key == "MemAvailable:") return kilobytes * 1024;
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+}
 
 std::string sha256_of_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -47,6 +73,14 @@ std::string sha256_of_file(const std::filesystem::path& path) {
 template <typename T>
 T field(const nlohmann::json& doc, const char* key, const std::filesystem::path& sidecar) {
   if (!doc.contains(key)) throw UsageError(sidecar.string() + " has no \"" + key + "\" field");
+  const nlohmann::json& value = doc.at(key);
+  // get<int64_t>() would truncate 128.5 or wrap 2^64 - 1 without a word.
+  if constexpr (std::is_integral_v<T>)
+    if (!value.is_number_integer() ||
+        (value.is_number_unsigned() &&
+         value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      throw UsageError(sidecar.string() + ": field \"" + key + "\" must be an integer, got " +
+                       value.dump());
   try {
     return doc.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -78,18 +112,48 @@ void check_embedded(const ExportInfo& info, const std::string& embedded,
 
 }  // namespace
 
+std::string error_message(const std::string& message) {
+  std::istringstream text(message);
+  std::string line, first, last;
+  while (std::getline(text, line)) {
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    if (first.empty()) first = line;
+    last = line;
+  }
+  return first.rfind(kInterpreterError, 0) == 0 ? last : first;
+}
+
+void check_fits_in_memory(const std::string& what, int64_t n, double bytes_per_image) {
+  const double needed = bytes_per_image * static_cast<double>(n);
+  const double available = available_memory();
+  if (needed > available / 2) {
+    std::ostringstream message;
+    message << std::setprecision(3) << what << " need about " << needed / 1e9
+            << " GB of memory, more than half of the " << available / 1e9
+            << " GB this machine has free; sample at most "
+            << static_cast<int64_t>(available / 2 / bytes_per_image) << " images a run";
+    throw UsageError(message.str());
+  }
+}
+
 ExportInfo read_export_info(const std::filesystem::path& model_path) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(model_path, ec))
+  if (!fs::is_regular_file(model_path, ec))
     throw UsageError("model file " + model_path.string() +
-                     (std::filesystem::is_directory(model_path, ec) ? " is a folder"
-                                                                    : " does not exist") +
+                     (fs::is_directory(model_path, ec) ? " is a folder"
+                      : fs::exists(model_path, ec)     ? " is not a regular file"
+                                                       : " does not exist") +
                      " (expected a .pt or .pt2 from `sagan-plugin export`)");
-  const std::filesystem::path sidecar = model_path.string() + ".json";
-  std::ifstream in(sidecar);
-  if (!in)
+  const fs::path sidecar = model_path.string() + ".json";
+  if (!fs::exists(sidecar, ec))
     throw UsageError("no sidecar " + sidecar.string() +
                      " next to the model (write exports with `sagan-plugin export`)");
+  if (!fs::is_regular_file(sidecar, ec))
+    throw UsageError("sidecar " + sidecar.string() + " is not a regular file (expected the " +
+                     "JSON written by `sagan-plugin export`)");
+  std::ifstream in(sidecar);
+  if (!in) throw UsageError("cannot read sidecar " + sidecar.string());
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(in);
@@ -128,23 +192,26 @@ torch::Device parse_device(const std::string& name, const ExportInfo& info) {
     if (info.format == "aoti") return parse_device(info.device, info);
     return torch::Device(torch::cuda::is_available() ? "cuda" : "cpu");
   }
-  std::optional<torch::Device> device;
-  try {
-    device.emplace(name);
-  } catch (const c10::Error&) {
-  }
-  if (!device || !(device->is_cpu() || device->is_cuda()))
-    throw UsageError("device must be cpu, cuda or cuda:<index>, got \"" + name + "\"");
-  if (device->is_cuda()) {
+  // torch::Device would also take "cpu:0", which the AOTInductor loader refuses only after
+  // extracting the package to a temporary folder that it then leaves behind: take only the
+  // forms that --help names.
+  const std::string index = name.rfind("cuda:", 0) == 0 ? name.substr(5) : "";
+  const bool cuda_index = !index.empty() && index.size() <= 3 &&
+                          index.find_first_not_of("0123456789") == std::string::npos &&
+                          (index == "0" || index[0] != '0');  // torch refuses "cuda:01"
+  if (name != "cpu" && name != "cuda" && !cuda_index)
+    throw UsageError("device must be auto, cpu, cuda or cuda:<index>, got \"" + name + "\"");
+  const torch::Device device(name);
+  if (device.is_cuda()) {
     if (!torch::cuda::is_available())
       throw UsageError("device " + name + " asked for, but no CUDA GPU is available to this " +
                        "torch build (use --device cpu)");
-    if (device->has_index() &&
-        device->index() >= static_cast<int>(torch::cuda::device_count()))
+    if (device.has_index() &&
+        device.index() >= static_cast<int>(torch::cuda::device_count()))
       throw UsageError("device " + name + " does not exist (" +
                        std::to_string(torch::cuda::device_count()) + " CUDA devices)");
   }
-  return *device;
+  return device;
 }
 
 torch::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64_t num_classes) {
@@ -171,7 +238,7 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
           torch::jit::load(model_path.string(), device_, extra));
     } catch (const c10::Error& e) {
       throw UsageError("cannot load " + model_path.string() +
-                       " as TorchScript: " + first_line(e.what_without_backtrace()));
+                       " as TorchScript: " + error_message(e.what_without_backtrace()));
     }
     script_->eval();
     check_embedded(info_, extra[kEmbedded], model_path);
@@ -187,7 +254,7 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
         model_path.string(), "model", false, 1, index);
   } catch (const c10::Error& e) {
     throw UsageError("cannot load " + model_path.string() +
-                     " as an AOTInductor package: " + first_line(e.what_without_backtrace()));
+                     " as an AOTInductor package: " + error_message(e.what_without_backtrace()));
   }
   const auto metadata = package_->get_metadata();
   const auto embedded = metadata.find(kEmbedded);
@@ -197,15 +264,50 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
 Generator::~Generator() = default;
 
 torch::Tensor Generator::forward(const torch::Tensor& z, const torch::Tensor& y) {
-  std::vector<torch::Tensor> inputs{z.to(device_), y.to(device_)};
+  // A bad input must fail here: inside an AOTInductor kernel's OpenMP region an out-of-range
+  // label ends the process with an abort that no caller can catch.
+  const std::string nz = std::to_string(info_.nz);
+  if (!z.defined() || z.dim() != 2 || z.size(1) != info_.nz || z.scalar_type() != torch::kFloat32)
+    throw UsageError("z must be a float32 tensor of shape (N, " + nz + "), got " + describe(z));
+  const std::string n = std::to_string(z.size(0));
+  if (!y.defined() || y.dim() != 1 || y.size(0) != z.size(0) || y.scalar_type() != torch::kInt64)
+    throw UsageError("y must be an int64 tensor of shape (" + n + ",), as many labels as z has " +
+                     "rows, got " + describe(y));
+  // For an export made before the shape was embedded in it, num_classes is the sidecar's word
+  // alone (its sha256 covers the artefact, not the sidecar), and nothing cheaper than reading
+  // the embedding's weights could check it: a sidecar edited to claim more classes than the
+  // model has lets an out-of-range label through to the model.
+  if (info_.num_classes > 0 && y.numel() > 0) {
+    const auto [low, high] = torch::aminmax(y);
+    const int64_t bad = low.item<int64_t>() < 0 ? low.item<int64_t>() : high.item<int64_t>();
+    if (bad < 0 || bad >= info_.num_classes)
+      throw UsageError("y holds label " + std::to_string(bad) + ", out of range: the model has " +
+                       std::to_string(info_.num_classes) + " classes (0.." +
+                       std::to_string(info_.num_classes - 1) + ")");
+  }
+  // TorchScript fails on no rows where AOTInductor returns no images: return none for both.
+  if (z.size(0) == 0)
+    return torch::empty({0, info_.channels, info_.resolution, info_.resolution},
+                        torch::TensorOptions(torch::kFloat32).device(device_));
+  std::vector<torch::Tensor> inputs{z.to(device_).contiguous(), y.to(device_).contiguous()};
   if (script_) return script_->forward({inputs[0], inputs[1]}).toTensor();
   return package_->run(inputs).at(0);
+}
+
+double Generator::sample_bytes_per_image() const {
+  return 4.0 * info_.nz + 8 + 2 * 4.0 * info_.channels * info_.resolution * info_.resolution;
 }
 
 torch::Tensor Generator::sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
                                 int64_t batch) {
   if (batch <= 0)
     throw UsageError("batch must be a positive number of images, got " + std::to_string(batch));
+  if (n > 0) {
+    const std::string r = std::to_string(info_.resolution);
+    check_fits_in_memory("n=" + std::to_string(n) + " images of " +
+                             std::to_string(info_.channels) + "x" + r + "x" + r,
+                         n, sample_bytes_per_image());
+  }
   torch::Tensor labels = class_labels(n, classes, info_.num_classes);
   torch::Tensor z = torch::randn({n, info_.nz}, at::make_generator<at::CPUGeneratorImpl>(seed),
                                  torch::kFloat32);

