@@ -1,10 +1,14 @@
-"""Crash-safe checkpoints in Mimicry's layout, with what an exact resume needs.
+"""Checkpoint files in Mimicry's layout: crash-safe writes, with what an exact resume needs,
+and checked reads.
 
     checkpoints/netG/netG_<step>_steps.pth   model_state_dict, optimizer_state_dict, global_step,
                                              ema_state_dict (when train.ema_decay is set),
                                              model (family, resolution, classes),
                                              training_state (below)
     checkpoints/netD/netD_<step>_steps.pth   model_state_dict, optimizer_state_dict, global_step
+
+Reading one back (read_checkpoint) tells a damaged file from a foreign one, in one line, and
+checks the model a checkpoint records against the one it is loaded into.
 
 training_state holds the random-number states of every rank and the data position (epoch,
 batches read), so a resumed run draws the same noise and sees the same batches. Files are written
@@ -16,17 +20,109 @@ or corrupt latest step is skipped with a warning.
 from __future__ import annotations
 
 import contextlib
+import errno
+import pickle
 import random
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.files import write_atomically
-from sagan_plugin.runs import CorruptCheckpoint, checkpoint_path, checkpoint_steps, read_checkpoint
+from sagan_plugin.nets.layers import refresh_spectral_norm
 
 NETS = ("netD", "netG")  # the order they are written in
+CHECKPOINT_KEYS = ("model_state_dict", "optimizer_state_dict", "global_step")
+EMA_POWER_ITERATIONS = 30
+_STEP = re.compile(r"_(\d+)_steps\.pth$")
+
+
+def checkpoint_dir(run_dir: str | Path, net: str = "netG") -> Path:
+    return Path(run_dir) / "checkpoints" / net
+
+
+def checkpoint_path(run_dir: str | Path, step: int, net: str = "netG") -> Path:
+    return checkpoint_dir(run_dir, net) / f"{net}_{step}_steps.pth"
+
+
+def checkpoint_steps(run_dir: str | Path, net: str = "netG") -> list[int]:
+    """The training steps that have a checkpoint of net, ascending."""
+    folder = checkpoint_dir(run_dir, net)
+    if not folder.is_dir():
+        return []
+    return sorted(step for p in folder.iterdir() if (step := step_of(p)) is not None)
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint file's name gives (net?_<step>_steps.pth); None if it has none."""
+    match = _STEP.search(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+class CorruptCheckpoint(UsageError):
+    """A checkpoint file that cannot be read back whole, or is not a checkpoint."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint in Mimicry's format (a dict with the weights, optimizer and step)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
+        if isinstance(error, OSError) and error.errno != errno.EINVAL:
+            reason = error.strerror or str(error)  # not allowed to read it, a folder...
+        elif isinstance(error, pickle.UnpicklingError | KeyError):  # torch's text would advise
+            reason = "not tensors and plain values (a damaged file, or another kind of file)"
+        else:  # torch's zip reader, or EINVAL from its seek before the start of a cut file
+            reason = f"a damaged or incomplete file ({first_line(error).split('. ')[0]})"
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(ckpt, dict):
+        raise CorruptCheckpoint(f"{path} is not a checkpoint: it holds a "
+                                f"{type(ckpt).__name__}, not Mimicry's dict of weights and step")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CorruptCheckpoint(f"{path} is not a checkpoint: it has no {', '.join(missing)}")
+    if not isinstance(ckpt["model_state_dict"], dict) or not isinstance(ckpt["global_step"], int):
+        raise CorruptCheckpoint(f"{path} is not a checkpoint: model_state_dict must be a dict "
+                                "and global_step an integer")
+    return ckpt
+
+
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """What load_state_dict reports, shortened to one line: each kind of difference with its
+    first key and a count (a net of another size lists hundreds of keys)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    parts, size_mismatches = [], [line for line in lines if line.startswith("size mismatch")]
+    for line in lines[1:]:
+        kind, _, listed = line.partition(" in state_dict: ")
+        keys = re.findall(r'"([^"]+)"', listed)
+        if keys:  # Missing key(s) / Unexpected key(s)
+            parts.append(f"{kind.split()[0].lower()} {len(keys)} key(s): {keys[0]}"
+                         + (", ..." if len(keys) > 1 else ""))
+    if size_mismatches:
+        more = f" ({len(size_mismatches)} in all)" if len(size_mismatches) > 1 else ""
+        parts.append(size_mismatches[0].rstrip(".") + more)
+    return "; ".join(parts) or " ".join(lines[:2])
+
+
+def check_model_info(ckpt: dict, expected: dict, path: Path) -> None:
+    """A checkpoint that records its model (family, resolution, classes) must be `expected`."""
+    saved = ckpt.get("model")
+    if saved and expected and saved != expected:
+        found = ", ".join(f"{k}={saved.get(k)!r}" for k in expected)
+        wanted = ", ".join(f"{k}={v!r}" for k, v in expected.items())
+        raise UsageError(f"{path} is a checkpoint of another model ({found}); expected {wanted}")
+
+
+def load_weights(netG: nn.Module, ckpt: dict, ema: bool) -> None:
+    """Load a checkpoint's weights of G, or of its EMA, into netG. A net of another shape
+    raises load_state_dict's RuntimeError."""
+    netG.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["model_state_dict"])
+    if ema:  # the EMA weights normalised by their own sigma, converged once more
+        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
 
 
 def atomic_save(obj: object, path: Path) -> None:

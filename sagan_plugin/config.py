@@ -21,6 +21,7 @@ from torch import nn
 
 from sagan_plugin.datasets import get_dataset
 from sagan_plugin.errors import UsageError
+from sagan_plugin.precision import PRECISIONS, SDPA_BACKENDS
 from sagan_plugin.registry import ModelFamily, get_model
 from sagan_plugin.schema import (
     POSITIVE,
@@ -85,12 +86,12 @@ class TrainConfig:
     save_steps: int = option(5000, "steps between checkpoints", at_least(1))
     # Speed (sagan_plugin/precision.py); none of these changes what is learnt beyond rounding.
     precision: str = option("fp32", "fp32 or bf16 (autocast; spectral norm and losses stay fp32)",
-                            one_of("fp32", "bf16"))
+                            one_of(*PRECISIONS))
     channels_last: bool = option(False, "channels-last memory format")
     compile: bool = option(False, "torch.compile the forward of G and D")
     fused_adam: bool = option(True, "the fused Adam kernel")
     sdpa_backend: str = option("auto", "attention kernel",
-                               one_of("auto", "flash", "efficient", "cudnn", "math"))
+                               one_of("auto", *SDPA_BACKENDS))
     sync_bn: bool = option(False, "batch-norm statistics over the global batch (torchrun, GPUs)")
     deterministic: bool = option(False, "deterministic kernels: a resumed run repeats bit for bit")
     ema_decay: float | None = option(None, "BigGAN-style EMA of G, preferred for sampling; null: "

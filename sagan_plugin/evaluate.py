@@ -217,7 +217,8 @@ def _evaluate_folders(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
 
 def checkpoints_to_evaluate(cfg: Any) -> list[int | None]:
     """The steps `run=` and `steps=` select; [None] for a checkpoint file."""
-    from sagan_plugin.runs import checkpoint_steps, resolve_checkpoint
+    from sagan_plugin.checkpoint import checkpoint_steps
+    from sagan_plugin.runs import resolve_checkpoint
 
     run_dir, _ = resolve_checkpoint(cfg.run)
     return [None] if Path(cfg.run).is_file() else select_steps(checkpoint_steps(run_dir), cfg.steps)

@@ -59,7 +59,7 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
-def check_writable(folder: str | Path) -> None:
+def check_writable(folder: str | Path, what: str = "output directory") -> None:
     """Prove that files can be made in folder, before any long work, creating nothing: a
     missing folder is judged by the nearest folder above it (writers create the rest)."""
     folder = Path(folder)
@@ -67,13 +67,12 @@ def check_writable(folder: str | Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"cannot write to output directory {folder}: {existing} is not a "
-                         "folder")
+        raise UsageError(f"cannot write to {what} {folder}: {existing} is not a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise UsageError(f"cannot write to output directory {folder}: {error.strerror}") from None
+        raise UsageError(f"cannot write to {what} {folder}: {error.strerror}") from None
 
 
 def check_output_file(path: str | Path, key: str = "out") -> Path:

@@ -12,11 +12,8 @@ config.yaml: the commands that read runs take its model=NAME, data=NAME (and mod
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import pickle
-import re
 import socket
 import time
 from collections.abc import Sequence
@@ -28,6 +25,17 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sagan_plugin.checkpoint import (
+    CorruptCheckpoint,
+    check_model_info,
+    checkpoint_dir,
+    checkpoint_path,
+    checkpoint_steps,
+    load_weights,
+    read_checkpoint,
+    state_dict_mismatch,
+    step_of,
+)
 from sagan_plugin.config import (
     MODEL_INFO_KEYS,
     SELECTORS,
@@ -37,13 +45,9 @@ from sagan_plugin.config import (
     dotlist,
 )
 from sagan_plugin.errors import UsageError, first_line
-from sagan_plugin.nets.layers import refresh_spectral_norm
 
 CONFIG_FILE = "config.yaml"
 MIMICRY_PARAMS = "params.json"  # what Mimicry's Trainer writes (ours too)
-CHECKPOINT_KEYS = ("model_state_dict", "optimizer_state_dict", "global_step")
-EMA_POWER_ITERATIONS = 30
-_STEP = re.compile(r"_(\d+)_steps\.pth$")
 
 
 @dataclass
@@ -52,22 +56,6 @@ class LoadedGenerator:
     config: DictConfig
     step: int
     ema: bool  # whether the weights are the EMA of G's
-
-
-def checkpoint_dir(run_dir: str | Path, net: str = "netG") -> Path:
-    return Path(run_dir) / "checkpoints" / net
-
-
-def checkpoint_path(run_dir: str | Path, step: int, net: str = "netG") -> Path:
-    return checkpoint_dir(run_dir, net) / f"{net}_{step}_steps.pth"
-
-
-def checkpoint_steps(run_dir: str | Path, net: str = "netG") -> list[int]:
-    """The training steps that have a checkpoint of net, ascending."""
-    folder = checkpoint_dir(run_dir, net)
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP.search(p.name)))
 
 
 def read_run_config(path: Path) -> dict:
@@ -143,68 +131,6 @@ def resolve_checkpoint(path: str | Path, step: int | None = None) -> tuple[Path,
     return path, checkpoint_path(path, step)
 
 
-class CorruptCheckpoint(UsageError):
-    """A checkpoint file that cannot be read back whole, or is not a checkpoint."""
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint in Mimicry's format (a dict with the weights, optimizer and step)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated zip, a foreign pickle, an empty file...
-        if isinstance(error, OSError) and error.errno != errno.EINVAL:
-            reason = error.strerror or str(error)  # not allowed to read it, a folder...
-        elif isinstance(error, pickle.UnpicklingError | KeyError):  # torch's text would advise
-            reason = "not tensors and plain values (a damaged file, or another kind of file)"
-        else:  # torch's zip reader, or EINVAL from its seek before the start of a cut file
-            reason = f"a damaged or incomplete file ({first_line(error).split('. ')[0]})"
-        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {reason}") from None
-    if not isinstance(ckpt, dict):
-        raise CorruptCheckpoint(f"{path} is not a checkpoint: it holds a "
-                                f"{type(ckpt).__name__}, not Mimicry's dict of weights and step")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise CorruptCheckpoint(f"{path} is not a checkpoint: it has no {', '.join(missing)}")
-    if not isinstance(ckpt["model_state_dict"], dict) or not isinstance(ckpt["global_step"], int):
-        raise CorruptCheckpoint(f"{path} is not a checkpoint: model_state_dict must be a dict "
-                                "and global_step an integer")
-    return ckpt
-
-
-def state_dict_mismatch(error: RuntimeError) -> str:
-    """What load_state_dict reports, shortened to one line: each kind of difference with its
-    first key and a count (a net of another size lists hundreds of keys)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    parts, size_mismatches = [], [line for line in lines if line.startswith("size mismatch")]
-    for line in lines[1:]:
-        kind, _, listed = line.partition(" in state_dict: ")
-        keys = re.findall(r'"([^"]+)"', listed)
-        if keys:  # Missing key(s) / Unexpected key(s)
-            parts.append(f"{kind.split()[0].lower()} {len(keys)} key(s): {keys[0]}"
-                         + (", ..." if len(keys) > 1 else ""))
-    if size_mismatches:
-        more = f" ({len(size_mismatches)} in all)" if len(size_mismatches) > 1 else ""
-        parts.append(size_mismatches[0].rstrip(".") + more)
-    return "; ".join(parts) or " ".join(lines[:2])
-
-
-def check_model_info(ckpt: dict, expected: dict, path: Path) -> None:
-    """A checkpoint that records its model (family, resolution, classes) must be `expected`."""
-    saved = ckpt.get("model")
-    if saved and expected and saved != expected:
-        found = ", ".join(f"{k}={saved.get(k)!r}" for k in expected)
-        wanted = ", ".join(f"{k}={v!r}" for k, v in expected.items())
-        raise UsageError(f"{path} is a checkpoint of another model ({found}); expected {wanted}")
-
-
-def load_weights(netG: nn.Module, ckpt: dict, ema: bool) -> None:
-    """Load a checkpoint's weights of G, or of its EMA, into netG. A net of another shape
-    raises load_state_dict's RuntimeError."""
-    netG.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["model_state_dict"])
-    if ema:  # the EMA weights normalised by their own sigma, converged once more
-        refresh_spectral_norm(netG, EMA_POWER_ITERATIONS)
-
-
 def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool = True,
                    device: str | torch.device = "cpu",
                    run_tokens: Sequence[str] = ()) -> LoadedGenerator:
@@ -217,9 +143,8 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
     try:
         ckpt = read_checkpoint(ckpt_file)
     except CorruptCheckpoint as error:
-        step_read = _STEP.search(ckpt_file.name)
-        earlier = [s for s in checkpoint_steps(run_dir)
-                   if step_read and s < int(step_read.group(1))]
+        step_read = step_of(ckpt_file)
+        earlier = [s for s in checkpoint_steps(run_dir) if step_read and s < step_read]
         if not earlier:
             raise
         raise CorruptCheckpoint(f"{error}; step={earlier[-1]} reads the one before it") from None

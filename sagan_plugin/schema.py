@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import MISSING
+
 from sagan_plugin.errors import UsageError
 
 # torch's generators take seeds below 2^64 (negative ones are wrapped, silently); staying below
@@ -77,7 +79,7 @@ def field_lines(schema: type, values: Mapping[str, Any] | None = None,
         if values is not None:
             default = values[f.name]
         else:
-            default = "(required)" if f.default == "???" else f.default
+            default = "(required)" if f.default == MISSING else f.default
         yield key_line(f"{prefix}{f.name}", default, f.metadata.get("help", ""),
                        f.metadata.get("rule"))
 

@@ -32,12 +32,12 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sagan_plugin.checkpoint import checkpoint_steps
 from sagan_plugin.config import build_models, compose, parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.machine import git_commit
 from sagan_plugin.presets import load_preset, preset_names
-from sagan_plugin.runs import checkpoint_steps
 from sagan_plugin.schema import at_least, option
 
 RESULT_FILE = "study_run.json"

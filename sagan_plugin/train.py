@@ -31,7 +31,7 @@ from sagan_plugin.distributed import (
 )
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import write_atomically
+from sagan_plugin.files import check_writable, write_atomically
 from sagan_plugin.precision import check_options, prepare_for_training, step_context
 from sagan_plugin.runs import (
     CONFIG_FILE,
@@ -90,7 +90,10 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
                          "use another run_dir or the same settings")
 
 
-def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+def _claim_run_dir(held: contextlib.ExitStack, run_dir: Path, cfg: DictConfig) -> None:
+    """Lock the run folder for the rest of the run, then write its configuration. Called once
+    the checkpoint resumed from fits, so that a refused run leaves no trace, not even a lock."""
+    held.enter_context(RunLock(run_dir))
     try:
         write_atomically(run_dir / CONFIG_FILE, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
     except OSError as error:
@@ -119,6 +122,7 @@ def run(cfg: DictConfig):
     train = cfg.train
     run_dir = Path(cfg.run_dir)
     local_batch = per_rank_batch(train.batch_size, world)
+    check_writable(run_dir, "run folder")
     check_resume(run_dir, cfg)
     device = device_for_rank(resolve_device(train.device, "train.device"), world)
     check_options(train.precision, train.sdpa_backend, device)
@@ -189,8 +193,11 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
                             fused=train.fused_adam)
     optD = torch.optim.Adam(netD.parameters(), lr=train.lr_d, betas=betas,
                             fused=train.fused_adam)
+    try:  # here, not in the host's Trainer, whose exists-then-make races between ranks
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write to run folder {cfg.run_dir}: {error.strerror}") from None
     with contextlib.ExitStack() as held:
-        _on_main(world, lambda: held.enter_context(RunLock(cfg.run_dir)))
         trainer = SAGANTrainer(
             netD=netD, netG=netG, optD=optD, optG=optG, dataloader=dataloader,
             num_steps=train.steps, log_dir=cfg.run_dir, n_dis=train.n_dis,
@@ -200,7 +207,8 @@ def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int
             step_context=partial(step_context, device, train.precision, train.sdpa_backend),
             model_info={k: cfg.model[k] for k in MODEL_INFO_KEYS},
             stop=held.enter_context(stop),
-            on_start=partial(_on_main, world, partial(_prepare_run_dir, Path(cfg.run_dir), cfg)),
+            on_start=partial(_on_main, world, partial(_claim_run_dir, held, Path(cfg.run_dir),
+                                                      cfg)),
         )
         trainer.train()
     if world.is_main:

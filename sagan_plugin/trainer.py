@@ -27,18 +27,18 @@ import torch
 from tqdm.auto import tqdm
 
 from sagan_plugin import checkpoint
+from sagan_plugin.checkpoint import (
+    check_model_info,
+    checkpoint_path,
+    checkpoint_steps,
+    state_dict_mismatch,
+)
 from sagan_plugin.distributed import EpochSampler, World, gather_to_main, max_over_ranks
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, MetricLog, Trainer
 from sagan_plugin.registry import eval_mode
-from sagan_plugin.runs import (
-    check_model_info,
-    checkpoint_path,
-    checkpoint_steps,
-    state_dict_mismatch,
-)
 from sagan_plugin.stopping import Interrupted, StopRequests
 
 
@@ -112,7 +112,8 @@ class SAGANTrainer(Trainer):
     `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0),
     `stop` (the StopRequests that SIGTERM and Ctrl-C set: the run saves and stops after the
     step in which any rank saw one), `on_start` (called on every rank once the checkpoint
-    resumed from, if any, fits: the run folder's own files are written then, not before).
+    resumed from, if any, fits: the run folder is claimed and its own files written then,
+    not before).
     """
 
     def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
@@ -129,6 +130,9 @@ class SAGANTrainer(Trainer):
         self.model_info = model_info or {}
         self.data_position = {"epoch": 0, "batches": 0}
         super().__init__(*args, **kwargs)
+        # The host records the dataloader's batch, which under torchrun is one rank's share:
+        # params.json says train.batch_size, the global batch, instead.
+        self.params["batch_size"] = self.dataloader.batch_size * self.world.world_size
         self.logger = ProgressLogger(log_dir=self.log_dir, num_steps=self.num_steps,
                                      dataset_size=len(self.dataloader), device=self.device,
                                      flush_secs=kwargs.get("flush_secs", 30))
@@ -243,10 +247,13 @@ class SAGANTrainer(Trainer):
 
     def _restore_models_and_step(self) -> int:
         step = self._restore_latest()
-        if self.world.is_main:
-            write_json(Path(self.log_dir) / "params.json", self.params)
         if self.on_start is not None:
             self.on_start()
+        if self.world.is_main:
+            write_json(Path(self.log_dir) / "params.json", self.params)
+        if step:
+            # Said only once the run is this process's, so a refused one never reads as resumed.
+            print(f"INFO: restored the checkpoint of step {step}")
         return step
 
     def _restore_latest(self) -> int:
@@ -274,8 +281,6 @@ class SAGANTrainer(Trainer):
                 opt.load_state_dict(ckpt["optimizer_state_dict"])
         self._restore_ema(ckpts["netG"], step)
         self._restore_training_state(ckpts["netG"].get("training_state"))
-        # Said only once the checkpoint is in the nets, so a refused one never reads as resumed.
-        print(f"INFO: restored the checkpoint of step {step}")
         return step
 
     def _restore_ema(self, ckpt: dict, step: int) -> None:
@@ -298,8 +303,8 @@ class SAGANTrainer(Trainer):
         if state["world_size"] == self.world.world_size:
             checkpoint.set_rng_state(state["rng"][self.world.rank])
         else:
-            print(f"INFO: the checkpoint was written by {state['world_size']} processes, this "
-                  f"run has {self.world.world_size}: random streams restart from the seed")
+            print(f"INFO: the checkpoint was written by {_processes(state['world_size'])}, "
+                  f"this run has {self.world.world_size}: random streams restart from the seed")
 
     def last_grid(self) -> Path | None:
         """The newest fixed-noise sample grid the run wrote."""
@@ -307,3 +312,7 @@ class SAGANTrainer(Trainer):
         grid = Path(self.log_dir) / "images" / f"fixed_fake_samples_step_{steps[-1]}.png" \
             if steps else None
         return grid if grid is not None and grid.is_file() else None
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"

@@ -16,9 +16,9 @@ import yaml
 from test_checkpoint import folder_contents
 from test_export import STEP, make_run
 
+from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.cli import main as cli
 from sagan_plugin.config import build_models, compose_saved
-from sagan_plugin.runs import checkpoint_path
 
 # A training run small enough to be over at once if a case were wrongly accepted.
 TRAIN = ["model=sagan", "data=procedural", "model.ngf=4", "model.ndf=4", "train.batch_size=4",
@@ -90,7 +90,8 @@ TRAIN_CASES = [
      "no usable GPU" if not torch.cuda.is_available() else "train.seed must be"),
     # the run folder
     (["run_dir=/proc/sagan_run"], "cannot write to run folder /proc/sagan_run"),
-    (["run_dir={file}"], "cannot write to run folder"),
+    (["run_dir={file}"], "cannot write to run folder {file}: {file} is not a folder"),
+    (["run_dir={file}/run"], "cannot write to run folder {file}/run: {file} is not a folder"),
     (["run_dir={bad_yaml}"], "bad_yaml/config.yaml: "),
     (["run_dir={list_yaml}"], "is not a run configuration: expected a mapping"),
 ]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from sagan_plugin import checkpoint
+from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
 from sagan_plugin.config import compose
 from sagan_plugin.errors import UsageError
-from sagan_plugin.runs import checkpoint_path, checkpoint_steps
 from sagan_plugin.train import run
 
 
@@ -169,10 +169,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder. The lock names its holder only while held: a refused run
-    leaves it as it was, or empty where there was none (it is never unlinked: see RunLock)."""
+    """Every file of a run folder, train.lock included (a refused run never takes it)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not (p.name == "train.lock" and p.stat().st_size == 0)}
+            if p.is_file()}
 
 
 def test_checkpoint_of_another_model_is_refused_and_the_folder_left_as_it_was(
@@ -196,7 +195,8 @@ def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(
     cfg = compose(tiny + ["train.steps=2"])
     run(cfg)
     run_dir = Path(cfg.run_dir)
-    (run_dir / "config.yaml").unlink()  # what Mimicry's own Trainer leaves: params.json,
+    for ours in ("config.yaml", "train.lock"):  # what Mimicry's own Trainer leaves: params.json,
+        (run_dir / ours).unlink()
     ckpt = torch.load(checkpoint_path(run_dir, 2), weights_only=True)  # checkpoints that do
     del ckpt["model"]  # not name their model
     torch.save(ckpt, checkpoint_path(run_dir, 2))

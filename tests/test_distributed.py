@@ -1,6 +1,7 @@
 """Data-parallel training on two CPU processes (gloo): DDP maths, the real trainer, torchrun."""
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -104,7 +105,8 @@ def _trainer_worker(rank: int, port: int, overrides: list[str], out: str) -> Non
                 trainer.ema.state_dict()], f"{out}.{rank}")
 
 
-def test_trainer_keeps_ranks_identical_and_resumes_on_one_process(tmp_path: Path) -> None:
+def test_trainer_keeps_ranks_identical_and_resumes_on_one_process(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from sagan_plugin.checkpoint import load_latest
     from sagan_plugin.train import run
 
@@ -127,12 +129,15 @@ def test_trainer_keeps_ranks_identical_and_resumes_on_one_process(tmp_path: Path
     assert ckpts["netG"]["training_state"]["data"] == {"epoch": 0, "batches": 3}
     for key, value in rank0[0].items():
         assert torch.equal(ckpts["netG"]["model_state_dict"][key], value)
+    assert json.loads((run_dir / "params.json").read_text())["batch_size"] == 8  # global
 
     # The same checkpoint format: one process takes over and trains on.
     trainer = run(compose(overrides[:-3] + ["train.batch_size=8", "train.steps=5",
                                             "train.save_steps=3", "train.ema_decay=0.9"]))
     assert trainer.data_position == {"epoch": 0, "batches": 5}
     assert load_latest(run_dir)[0] == 5
+    assert "the checkpoint was written by 2 processes, this run has 1: random streams " \
+           "restart from the seed" in capsys.readouterr().out
 
 
 def _torchrun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:

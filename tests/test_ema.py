@@ -5,10 +5,11 @@ import copy
 import torch
 from torch.nn.utils import parametrize
 
+from sagan_plugin.checkpoint import checkpoint_path, read_checkpoint
 from sagan_plugin.config import compose
 from sagan_plugin.ema import EMA
 from sagan_plugin.nets import GENERATORS
-from sagan_plugin.runs import checkpoint_path, load_generator, read_checkpoint
+from sagan_plugin.runs import load_generator
 from sagan_plugin.train import run
 
 

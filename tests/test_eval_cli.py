@@ -11,9 +11,10 @@ from inception_helpers import converted_weights, with_classifier
 from test_export import make_run
 
 from sagan_plugin import cli
+from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.scores import frechet_distance, inception_score
-from sagan_plugin.runs import checkpoint_path, checkpoint_steps, load_generator
+from sagan_plugin.runs import load_generator
 from sagan_plugin.sample import sample, to_uint8
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import torch
 from conftest import REPO
 from PIL import Image
 
+from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
 from sagan_plugin.cli import main as cli
-from sagan_plugin.runs import checkpoint_path, checkpoint_steps
 
 
 @pytest.fixture(scope="module")

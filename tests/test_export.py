@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
 from sagan_plugin import export
+from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import file_digest
-from sagan_plugin.runs import checkpoint_path, load_generator
+from sagan_plugin.runs import load_generator
 
 STEP = 7
 

@@ -13,13 +13,13 @@ from inception_helpers import converted_weights, with_classifier
 from test_export import STEP, make_run
 
 from sagan_plugin import cli, metrics
+from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.errors import UsageError
 from sagan_plugin.metrics import mimicry
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.real_stats import subset_features
 from sagan_plugin.metrics.scores import frechet_distance
 from sagan_plugin.registry import get_model
-from sagan_plugin.runs import checkpoint_path
 from sagan_plugin.sample import sample, to_uint8
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*Inception features")]

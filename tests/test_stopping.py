@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from test_checkpoint import _assert_identical, _final_state, _train_command
 
+from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
 from sagan_plugin.errors import UsageError
-from sagan_plugin.runs import LOCK_FILE, RunLock, checkpoint_path, checkpoint_steps
+from sagan_plugin.runs import LOCK_FILE, RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STOPPED = re.compile(r"interrupted: stopped by (SIG\w+) after step (\d+): its checkpoint is in ")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sagan_plugin.checkpoint import checkpoint_steps, read_checkpoint
 from sagan_plugin.config import compose
-from sagan_plugin.runs import checkpoint_steps, load_generator, read_checkpoint
+from sagan_plugin.runs import load_generator
 from sagan_plugin.stopping import Interrupted
 from sagan_plugin.train import run
 

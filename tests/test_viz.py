@@ -11,8 +11,9 @@ from PIL import Image
 from test_export import make_run
 
 from sagan_plugin import cli, viz
+from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.config import build_models, compose
-from sagan_plugin.runs import checkpoint_path, load_generator
+from sagan_plugin.runs import load_generator
 from sagan_plugin.sample import GRID_PADDING, to_uint8
 
 

@@ -31,6 +31,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from sagan_plugin.checkpoint import (
+    checkpoint_dir,
+    checkpoint_path,
+    load_weights,
+    read_checkpoint,
+    state_dict_mismatch,
+)
 from sagan_plugin.errors import UsageError
 from sagan_plugin.evaluate import (
     IS_UNAVAILABLE,
@@ -43,13 +50,6 @@ from sagan_plugin.files import check_writable, write_json, write_npz
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.real_stats import real_features, subset_features
 from sagan_plugin.registry import eval_mode
-from sagan_plugin.runs import (
-    checkpoint_dir,
-    checkpoint_path,
-    load_weights,
-    read_checkpoint,
-    state_dict_mismatch,
-)
 
 NAMES = {"fid": "FID", "kid": "KID", "inception_score": "Inception Score"}
 OUR_METRIC = {"fid": "fid", "kid": "kid", "inception_score": "is"}
