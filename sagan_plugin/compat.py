@@ -31,7 +31,7 @@ import importlib.util
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -140,7 +140,8 @@ class _PatchOnLoad:
     def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
         self.name, self.patch = name, patch
 
-    def find_spec(self, name: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if name != self.name:
             return None
         sys.meta_path.remove(self)

@@ -11,7 +11,9 @@ import gzip
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
 from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.files import write_atomically
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 DEFAULT_ROOT = "./datasets"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -120,13 +125,13 @@ def host_dataset(data: DictConfig) -> Dataset:
 class CentredSquareCrop:
     """The largest centred square of a PIL image (the reference's ImageNet crop)."""
 
-    def __call__(self, image):
+    def __call__(self, image: PIL.Image.Image) -> PIL.Image.Image:
         from sagan_plugin.host import torchvision
 
         return torchvision.transforms.functional.center_crop(image, min(image.size))
 
 
-def square_crop_transform(resolution: int):
+def square_crop_transform(resolution: int) -> Callable[[PIL.Image.Image], Tensor]:
     """PIL image -> (3, R, R) in [-1, 1]: largest centred square, resized bilinearly to R."""
     from sagan_plugin.host import torchvision
 

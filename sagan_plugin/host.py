@@ -15,6 +15,7 @@ from torch_mimicry.nets.gan import cgan, gan  # noqa: E402
 from torch_mimicry.training import Trainer  # noqa: E402
 from torch_mimicry.training.logger import Logger  # noqa: E402
 from torch_mimicry.training.metric_log import MetricLog  # noqa: E402
+from torch_mimicry.training.scheduler import LRScheduler  # noqa: E402
 
-__all__ = ["Logger", "MetricLog", "Trainer", "cgan", "gan", "load_dataset", "torch_mimicry",
-           "torchvision"]
+__all__ = ["LRScheduler", "Logger", "MetricLog", "Trainer", "cgan", "gan", "load_dataset",
+           "torch_mimicry", "torchvision"]

@@ -13,13 +13,18 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.files import write_atomically, write_json
 from sagan_plugin.machine import describe
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FIGURE_DPI = 100
 CURVE_SIZE = (8.0, 5.0)  # inches: 800 x 500 pixels
@@ -131,7 +136,7 @@ def update_readme(text: str, payloads: list[dict]) -> str:
     return text
 
 
-def _figure(size: tuple[float, float]):
+def _figure(size: tuple[float, float]) -> tuple[Figure, ModuleType]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,7 +145,7 @@ def _figure(size: tuple[float, float]):
     return plt.figure(figsize=size, dpi=FIGURE_DPI), plt
 
 
-def _save(figure, plt, path: Path) -> None:
+def _save(figure: Figure, plt: ModuleType, path: Path) -> None:
     write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=FIGURE_DPI))
     plt.close(figure)
 
@@ -153,7 +158,7 @@ def _mean_band(series: list[list[list[float]]]) -> tuple[list, list, list, list]
             [max(v) for v in values])
 
 
-def _plot_mean_bands(axes, series_by_run: list[tuple[str, list]], **line_style: Any) -> bool:
+def _plot_mean_bands(axes: Axes, series_by_run: list[tuple[str, list]], **line_style: Any) -> bool:
     """Per configuration, the mean of its runs' [step, value] series with a min-max band over
     seeds; runs that logged nothing are skipped. Returns whether anything was drawn, as a
     legend with no lines is only noise."""

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from sagan_plugin.runs import (
     read_run_config,
 )
 from sagan_plugin.stopping import StopRequests
+
+if TYPE_CHECKING:
+    from sagan_plugin.trainer import SAGANTrainer
 
 # Keys that may change when a run is resumed: length, cadence (of logs, grids, checkpoints and
 # FID logging), machine, kernels. README "Using it" lists them.
@@ -113,7 +117,7 @@ def _on_main(world: World, action: Callable[[], object]) -> None:
         raise UsageError(error)
 
 
-def run(cfg: DictConfig):
+def run(cfg: DictConfig) -> SAGANTrainer:
     """Train as cfg says; returns the trainer (its run folder holds everything written).
 
     Under torchrun every rank calls this; rank 0 writes the run folder.
@@ -152,7 +156,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _train(cfg: DictConfig, world: World, device: torch.device, local_batch: int):
+def _train(cfg: DictConfig, world: World, device: torch.device,
+           local_batch: int) -> SAGANTrainer:
     from sagan_plugin.nets import SAGANDiscriminator, SAGANGenerator
     from sagan_plugin.trainer import SAGANTrainer
 

@@ -20,10 +20,11 @@ import contextlib
 import io
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from sagan_plugin import checkpoint
@@ -37,9 +38,11 @@ from sagan_plugin.distributed import EpochSampler, World, gather_to_main, max_ov
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
-from sagan_plugin.host import Logger, MetricLog, Trainer
+from sagan_plugin.host import Logger, LRScheduler, MetricLog, Trainer
 from sagan_plugin.registry import eval_mode
 from sagan_plugin.stopping import Interrupted, StopRequests
+
+StepContext = Callable[[], contextlib.AbstractContextManager]  # what a step runs under
 
 
 class NonFiniteLoss(UsageError):
@@ -93,7 +96,8 @@ class ProgressLogger(Logger):
 class _AfterEachStep:
     """The host's scheduler, and then the trainer's per-step work (same call, same place)."""
 
-    def __init__(self, scheduler, callback) -> None:
+    def __init__(self, scheduler: LRScheduler,
+                 callback: Callable[[MetricLog, int], None]) -> None:
         self.scheduler, self.callback = scheduler, callback
 
     def step(self, log_data: MetricLog, global_step: int) -> MetricLog:
@@ -117,7 +121,7 @@ class SAGANTrainer(Trainer):
     """
 
     def __init__(self, *args, world: World | None = None, sampler: EpochSampler | None = None,
-                 ema: EMA | None = None, step_context=contextlib.nullcontext,
+                 ema: EMA | None = None, step_context: StepContext = contextlib.nullcontext,
                  channels_last: bool = False, model_info: dict | None = None,
                  fid: Callable[[torch.nn.Module, int], dict | None] | None = None,
                  stop: StopRequests | None = None,
@@ -148,7 +152,8 @@ class SAGANTrainer(Trainer):
 
     # ---- data ----------------------------------------------------------------------------
 
-    def _fetch_data(self, iter_dataloader):
+    def _fetch_data(self, iter_dataloader: Iterator[tuple[Tensor, Tensor]]
+                    ) -> tuple[Iterator[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]:
         if self.stop_after is not None:  # the first fetch of the next step: save, then stop
             signum, step = self.stop_after
             self._save_model_checkpoints(step)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from inception_helpers import converted_weights, with_classifier
+from run_helpers import exported_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +33,26 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 def conditional_run(tmp_path_factory) -> Path:
     """A tiny conditional (10 classes) run exported in both formats: one AOTInductor compile
     for the whole session (test_export, test_cpp)."""
-    from test_export import exported_run
-
     return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
 
 
 @pytest.fixture(scope="session")
 def unconditional_run(tmp_path_factory) -> Path:
-    from test_export import exported_run
-
     return exported_run(tmp_path_factory.getbasetemp(), False, ("torchscript",))
+
+
+@pytest.fixture(scope="session")
+def full_weights(tmp_path_factory) -> Path:
+    """Inception weights with a (random) 1008-way classifier, so that IS can be computed."""
+    path = tmp_path_factory.mktemp("weights") / "full.pth"
+    state = with_classifier(torch.load(converted_weights(), weights_only=True))
+    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0))
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def inception_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's own metric caches, and the converted Inception weights (no download)."""
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from run_helpers import STEP, make_run
 from test_checkpoint import folder_contents
-from test_export import STEP, make_run
 
 from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.cli import main as cli

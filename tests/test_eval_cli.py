@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from inception_helpers import converted_weights, with_classifier
-from test_export import make_run
+from run_helpers import make_run
 
 from sagan_plugin import cli
 from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
@@ -17,7 +16,7 @@ from sagan_plugin.metrics.scores import frechet_distance, inception_score
 from sagan_plugin.runs import load_generator
 from sagan_plugin.sample import sample, to_uint8
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("inception_caches")]
 SCORING = ["batch_size=8", "device=cpu", "kid_subsets=3", "kid_subset_size=4", "is_splits=2"]
 FAST = ["n=4", "n_real=4", *SCORING]
 
@@ -25,22 +24,6 @@ FAST = ["n=4", "n_real=4", *SCORING]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("eval") / "run")
-
-
-@pytest.fixture(scope="module")
-def full_weights(tmp_path_factory):
-    """Weights with a (random) 1008-way classifier, so that IS can be computed."""
-    path = tmp_path_factory.mktemp("weights") / "full.pth"
-    state = with_classifier(torch.load(converted_weights(), weights_only=True))
-    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0))
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
 
 
 def _eval(capsys, *args):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch_mimicry as mmc
-from inception_helpers import converted_weights, with_classifier
-from test_export import STEP, make_run
+from inception_helpers import converted_weights
+from run_helpers import STEP, make_run
 
 from sagan_plugin import cli, metrics
 from sagan_plugin.checkpoint import checkpoint_path
@@ -22,15 +22,10 @@ from sagan_plugin.metrics.scores import frechet_distance
 from sagan_plugin.registry import get_model
 from sagan_plugin.sample import sample, to_uint8
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*Inception features")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("inception_caches"),
+              pytest.mark.filterwarnings("ignore:.*Inception features")]
 N = 4
 FAST = {"batch_size": 8, "device": "cpu", "verbose": False}
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +43,6 @@ def run(tmp_path_factory):
 def sagan_netG():
     """What a Mimicry user builds by hand: make_run's architecture, fresh weights."""
     return get_model("sagan").build(32, 10, ngf=8)[0]
-
-
-@pytest.fixture(scope="module")
-def full_weights(tmp_path_factory):
-    """Weights with a (random) 1008-way classifier, so that IS can be computed."""
-    path = tmp_path_factory.mktemp("weights") / "full.pth"
-    state = with_classifier(torch.load(converted_weights(), weights_only=True))
-    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0))
-    torch.save(state, path)
-    return path
 
 
 def cli_scores(run, tmp_path, seed, metric, weights, ema=False):

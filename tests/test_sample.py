@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import run_cli
 from PIL import Image
-from test_export import make_run
+from run_helpers import make_run
 
 from sagan_plugin import sample as sampling
 from sagan_plugin.errors import UsageError

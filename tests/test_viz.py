@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from test_export import make_run
+from run_helpers import make_run
 
 from sagan_plugin import cli, viz
 from sagan_plugin.checkpoint import checkpoint_path

@@ -111,8 +111,10 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
                         device: torch.device | None = None) -> Tensor:
         return self.generate_images_with_labels(num_images, c, device)[0]
 
-    def train_step(self, real_batch, netD, optG, log_data: MetricLog, device=None,
-                   global_step=None, **kwargs) -> MetricLog:
+    def train_step(self, real_batch: tuple[Tensor, Tensor], netD: nn.Module,
+                   optG: torch.optim.Optimizer, log_data: MetricLog,
+                   device: torch.device | str | None = None, global_step: int | None = None,
+                   **kwargs: object) -> MetricLog:
         """One generator update on the hinge (or configured) loss; the host's contract.
 
         G's forward runs through its DDP wrapper when distributed (gradient all-reduce). D is
@@ -182,8 +184,10 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
             out = out + (self.embedding(y) * h).sum(dim=1, keepdim=True)
         return out
 
-    def train_step(self, real_batch, netG, optD, log_data: MetricLog, device=None,
-                   global_step=None, **kwargs) -> MetricLog:
+    def train_step(self, real_batch: tuple[Tensor, Tensor], netG: nn.Module,
+                   optD: torch.optim.Optimizer, log_data: MetricLog,
+                   device: torch.device | str | None = None, global_step: int | None = None,
+                   **kwargs: object) -> MetricLog:
         """One discriminator update on real and (detached) generated images.
 
         As in the reference, spectral norm runs its one power iteration of the step on the real
