@@ -291,15 +291,10 @@ def _with_earlier_rows(payload: dict, out: Path) -> dict:
     return {**payload, "rows": sorted(kept + payload["rows"], key=lambda row: row["step"])}
 
 
-def main(argv: list[str]) -> None:
-    from sagan_plugin.runs import load_generator, split_run_tokens
-
-    argv, run_tokens = split_run_tokens(argv)
-    cfg = parse_overrides(EvalConfig, argv, "eval")
-    metrics = parse_metrics(cfg.metrics)
+def _refuse_keys_of_the_other_source(cfg: Any, argv: list[str], run_tokens: list[str]) -> None:
+    """A key that only the other source (run= or images=) reads would be ignored silently."""
     if (cfg.run is None) == (cfg.images is None):
         raise UsageError("eval: give run=<run folder or checkpoint> or images=<folder>")
-    # A key that the other mode reads would be ignored silently: refused instead.
     given = {t.split("=", 1)[0]: t for t in argv}
     ignored = [given[k] for k in (FOLDER_ONLY_KEYS if cfg.run else RUN_ONLY_KEYS) if k in given]
     if cfg.images and (run_tokens or ignored):
@@ -308,6 +303,40 @@ def main(argv: list[str]) -> None:
     if cfg.run and ignored:
         raise UsageError(f"eval: run= scores against the run's data set: leave out "
                          f"{' '.join(ignored)} (a key of images=DIR)")
+
+
+def _sample_counts(cfg: Any, metrics: list[str],
+                   folders: tuple[list[Path], list[Path] | None] | None) -> dict[str, int]:
+    """How many images each side of the comparison has (named by the key that sets it)."""
+    if folders is None:
+        counts = {"n": cfg.n}
+        if _needs_reference(metrics):
+            counts["n_real"] = cfg.n_real or cfg.n
+        return counts
+    files, ref_files = folders
+    return {"images": len(files)} | ({} if ref_files is None else {"ref": len(ref_files)})
+
+
+def _report(result: dict, metrics: list[str], cfg: Any, extractor: FeatureExtractor) -> dict:
+    """The JSON written: the scores and everything needed to reproduce them."""
+    return {
+        **result, "metrics": metrics, "settings": OmegaConf.to_container(cfg),
+        "inception": {"source": extractor.weights.source, "path": str(extractor.weights.path),
+                      "sha256": extractor.weights.sha256, "has_logits": extractor.has_logits},
+        "is_unavailable": None if extractor.has_logits else IS_UNAVAILABLE,
+        "image_mapping": "uint8 = trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)), then "
+                         "bilinear resize to 299x299 as pytorch-fid",
+        "device": str(extractor.device), "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str]) -> None:
+    from sagan_plugin.runs import load_generator, split_run_tokens
+
+    argv, run_tokens = split_run_tokens(argv)
+    cfg = parse_overrides(EvalConfig, argv, "eval")
+    metrics = parse_metrics(cfg.metrics)
+    _refuse_keys_of_the_other_source(cfg, argv, run_tokens)
     # bad input fails before the Inception network loads
     ema = False
     if cfg.run:
@@ -318,15 +347,8 @@ def main(argv: list[str]) -> None:
     out = check_output_file(cfg.out or default_output(cfg, ema))
     if cfg.stats_cache is not None:
         check_writable(cfg.stats_cache)
-    if cfg.run:
-        counts = {"n": cfg.n}
-        if _needs_reference(metrics):
-            counts["n_real"] = cfg.n_real or cfg.n
-    else:
-        files, ref_files = _image_folders(cfg, metrics)
-        counts = {"images": len(files)}
-        if ref_files is not None:
-            counts["ref"] = len(ref_files)
+    folders = None if cfg.run else _image_folders(cfg, metrics)
+    counts = _sample_counts(cfg, metrics, folders)
     for what, count in counts.items():
         check_sample_count(count, what, warn=False)
     extractor = FeatureExtractor(resolve_weights(cfg.inception_weights), cfg.device,
@@ -342,16 +364,8 @@ def main(argv: list[str]) -> None:
     if cfg.run:
         result = _evaluate_run(cfg, metrics, extractor, run_tokens)
     else:
-        result = _evaluate_folders(cfg, metrics, extractor, files, ref_files)
-    payload = {
-        **result, "metrics": metrics, "settings": OmegaConf.to_container(cfg),
-        "inception": {"source": extractor.weights.source, "path": str(extractor.weights.path),
-                      "sha256": extractor.weights.sha256, "has_logits": extractor.has_logits},
-        "is_unavailable": None if extractor.has_logits else IS_UNAVAILABLE,
-        "image_mapping": "uint8 = trunc(clamp((x + 1) * 127.5 + 0.5, 0, 255)), then "
-                         "bilinear resize to 299x299 as pytorch-fid",
-        "device": str(extractor.device), "torch": torch.__version__,
-    }
+        result = _evaluate_folders(cfg, metrics, extractor, *folders)
+    payload = _report(result, metrics, cfg, extractor)
     if cfg.run and not cfg.out and Path(cfg.run).is_dir():
         payload = _with_earlier_rows(payload, out)
     write_json(out, payload)

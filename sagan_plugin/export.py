@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -33,7 +32,7 @@ from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_output_file, check_writable, file_digest
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
-from sagan_plugin.schema import at_least, one_of, option
+from sagan_plugin.schema import ema_option, one_of, option, run_option, step_option
 
 FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
 EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this marker
@@ -209,12 +208,12 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
 
 @dataclass
 class ExportConfig:
-    run: str = option(MISSING, "a run folder or a netG checkpoint file")
+    run: str = run_option()
     format: str = option("torchscript", "torchscript (.pt) or aoti (.pt2)",
                          one_of("torchscript", "aoti"))
     out: str | None = option(None, "null: <run>/export/generator.pt or .pt2")
-    step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
-    ema: bool = option(True, "the EMA weights when the checkpoint has them")
+    step: int | None = step_option()
+    ema: bool = ema_option()
     device: str = option("cpu", "cpu or cuda: an AOTInductor package runs only on the device "
                          "it was compiled for")
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 from PIL import Image
 from torch import Tensor, nn
 
@@ -38,7 +37,7 @@ from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_atomically
 from sagan_plugin.machine import require_memory
 from sagan_plugin.registry import class_count, generate
-from sagan_plugin.schema import SEED, at_least, option
+from sagan_plugin.schema import SEED, at_least, ema_option, option, run_option, step_option
 
 GRID_PADDING = 2
 MIN_FILE_BYTES = 4096  # a file takes one file-system block at least
@@ -193,9 +192,9 @@ def parse_classes(value: Any) -> list[int]:
 
 @dataclass
 class SampleConfig:
-    run: str = option(MISSING, "a run folder or a netG checkpoint file")
-    step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
-    ema: bool = option(True, "the EMA weights when the checkpoint has them")
+    run: str = run_option()
+    step: int | None = step_option()
+    ema: bool = ema_option()
     n: int = option(64, "images", at_least(1))
     seed: int = option(0, "seed of the noise", SEED)
     classes: Any = option(None, "3, 0,3,7 or [0,3,7]: label i is classes[i % len]; "

@@ -61,6 +61,20 @@ def option(default: Any, help: str, rule: Rule | None = None) -> Any:
     return field(default=default, metadata={"help": help, "rule": rule})
 
 
+# The keys by which sample, export and viz pick a run's generator (eval has its own run=:
+# there it is one of two sources).
+def run_option() -> Any:
+    return option(MISSING, "a run folder or a netG checkpoint file")
+
+
+def step_option() -> Any:
+    return option(None, "checkpoint step; null: the latest", at_least(0))
+
+
+def ema_option() -> Any:
+    return option(True, "the EMA weights when the checkpoint has them")
+
+
 def check(name: str, value: Any, rule: Rule | None) -> None:
     if rule is not None and value is not None and not rule.accepts(value):
         raise UsageError(f"{name} must be {rule.expected}, got {value!r}")

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
@@ -39,7 +38,7 @@ from sagan_plugin.sample import (
     save_png,
     to_uint8,
 )
-from sagan_plugin.schema import SEED, at_least, option
+from sagan_plugin.schema import SEED, at_least, ema_option, option, run_option, step_option
 
 QUERY_COLOURS = [(0, 255, 0), (0, 160, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
 NO_ATTENTION = "this generator has no attention layer (G.attention is None)"
@@ -47,12 +46,12 @@ NO_ATTENTION = "this generator has no attention layer (G.attention is None)"
 
 @dataclass
 class VizConfig:
-    run: str = option(MISSING, "a run folder or a netG checkpoint file")
+    run: str = run_option()
     out: str = option("viz", "folder for grid.png, attention.png and attention.npz")
     what: str | None = option(None, "grid, attention or grid,attention; null: the grid, and "
                               "the attention maps when G has an attention layer")
-    step: int | None = option(None, "checkpoint step; null: the latest", at_least(0))
-    ema: bool = option(True, "the EMA weights when the checkpoint has them")
+    step: int | None = step_option()
+    ema: bool = ema_option()
     seed: int = option(0, "seed of the noise", SEED)
     per_class: int = option(8, "grid columns", at_least(1))
     classes: Any = option(None, "grid rows: a comma list of classes; null: every class (at "
