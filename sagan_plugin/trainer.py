@@ -216,8 +216,8 @@ class SAGANTrainer(Trainer):
             # Ctrl-C, or no handler installed): the state is half a step, and under torchrun
             # ranks stop at different points, where a collective save could hang.
             self.stopped_at_once = True
-            print("INFO: stopped at once, mid-step: nothing saved; a resume continues from "
-                  "the last checkpoint")
+            print("INFO: ... not saved after all: the second Ctrl-C came mid-step; a resume "
+                  "continues from the last checkpoint")  # after the host's "Saving ..." line
             return
         rng_states = gather_to_main(checkpoint.rng_state(), self.world)
         if not self.world.is_main:

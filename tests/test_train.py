@@ -16,10 +16,11 @@ from sagan_plugin.train import run
 
 
 class _CtrlCAfter:
-    """A data loader during whose batch n a Ctrl-C (SIGINT) reaches the process."""
+    """A data loader during whose batch n a Ctrl-C (SIGINT) reaches the process, `times`
+    times."""
 
-    def __init__(self, loader, n: int) -> None:
-        self.loader, self.n = loader, n
+    def __init__(self, loader, n: int, times: int = 1) -> None:
+        self.loader, self.n, self.times = loader, n, times
         self.batch_size, self.worker_init_fn = loader.batch_size, None
 
     def __len__(self) -> int:
@@ -28,7 +29,8 @@ class _CtrlCAfter:
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == self.n:
-                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(self.times):
+                    os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
 
@@ -73,6 +75,24 @@ def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
     with torch.no_grad():
         images = loaded.netG(torch.randn(2, 128), torch.tensor([0, 1]))
     assert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_a_second_ctrl_c_stops_at_once_saving_nothing(tiny_overrides: list[str], monkeypatch,
+                                                      capsys) -> None:
+    from sagan_plugin import train
+
+    cfg = compose(tiny_overrides + ["train.steps=10", "train.save_steps=5"])
+    build = train.build_dataloader
+    monkeypatch.setattr(train, "build_dataloader",
+                        lambda *a, **k: _CtrlCAfter(build(*a, **k), 6, times=2))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert checkpoint_steps(cfg.run_dir) == [5]  # step 7 was half done: not saved
+    out = capsys.readouterr().out
+    assert "not saved after all: the second Ctrl-C came mid-step" in out
+    monkeypatch.setattr(train, "build_dataloader", build)
+    run(compose(tiny_overrides + ["train.steps=10", "train.save_steps=5"]))
+    assert "restored the checkpoint of step 5" in capsys.readouterr().out
 
 
 def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[str]) -> None:
