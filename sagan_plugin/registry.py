@@ -13,6 +13,7 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 from __future__ import annotations
 
 import functools
+import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,6 +73,18 @@ class ModelFamily:
 
         checked_build.family_build = build
         return checked_build
+
+    def __reduce__(self) -> tuple[Callable[[str], ModelFamily], tuple[str]]:
+        """Pickled by name (its checked build is a closure, which pickle cannot take): a
+        worker process unpickles the family its own registry holds under that name."""
+        if self.name not in MODELS.names() or get_model(self.name) is not self:
+            raise pickle.PicklingError(f"model family {self.name!r} is not the registered one: "
+                                       "only families in the registry (register_model) pickle")
+        return _registered_family, (self.name,)
+
+
+def _registered_family(name: str) -> ModelFamily:
+    return get_model(name)
 
 
 def generate(netG: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -76,9 +76,18 @@ class ProgressLogger(Logger):
             return
         net = self.sample_net or netG
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), eval_mode(net), \
-                torch.autocast(self.device.type, enabled=False):
-            super().vis_images(net, global_step, num_images)
+        try:
+            with torch.random.fork_rng(devices=devices), eval_mode(net), \
+                    torch.autocast(self.device.type, enabled=False):
+                super().vis_images(net, global_step, num_images)
+        except OSError as error:  # a full disk: one line, and no half-written grid
+            folder = Path(self.log_dir) / "images"
+            for kind in ("fixed_fake", "fake"):
+                (folder / f"{kind}_samples_step_{global_step}.png").unlink(missing_ok=True)
+            steps = checkpoint.complete_steps(Path(self.log_dir))
+            kept = f"the last checkpoint is step {steps[-1]}" if steps else "no checkpoint"
+            raise UsageError(f"cannot write the sample grids of step {global_step} in {folder}: "
+                             f"{error.strerror or error}; training stopped, {kept}") from None
 
     def write_scalar(self, name: str, value: float, global_step: int) -> None:
         if self.enabled:

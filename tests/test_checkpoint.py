@@ -121,6 +121,25 @@ def test_full_disk_or_read_only_while_saving_keeps_the_previous_checkpoint(
         _assert_identical(_final_state(run_dir, 2), before)
 
 
+def test_a_full_disk_while_drawing_a_sample_grid_is_one_line_and_leaves_no_half_grid(
+        tiny: list[str], monkeypatch) -> None:
+    import torch_mimicry.training.logger as host_logger
+
+    def failing_save(images, path, **kwargs) -> None:
+        Path(path).write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(host_logger.vutils, "save_image", failing_save)
+    cfg = compose(tiny + ["train.steps=4", "train.vis_steps=3"])
+    with pytest.raises(UsageError) as failure:
+        run(cfg)
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("cannot write the sample grids of step 3")
+    assert message.endswith("No space left on device; training stopped, the last checkpoint is "
+                            "step 2")
+    assert not list((Path(cfg.run_dir) / "images").glob("*step_3.png"))
+
+
 def test_a_failed_rewrite_of_a_saved_step_keeps_it(tiny: list[str], monkeypatch) -> None:
     """Training a finished run again rewrites its last checkpoint: failing, it must not lose it."""
     cfg = compose(tiny + ["train.steps=2"])

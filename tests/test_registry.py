@@ -98,6 +98,23 @@ def test_a_broken_distribution_is_skipped_and_named_when_asked_for(tmp_path: Pat
             "ModelFamily named 'notgan'") in result.stderr
 
 
+def test_a_registered_family_pickles_as_itself_and_builds_in_a_spawned_process() -> None:
+    import multiprocessing
+    import pickle
+
+    family = get_model("sagan")
+    assert pickle.loads(pickle.dumps(family)) is family
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # what a worker receives
+        assert pool.apply(_generator_class, (family,)) == "SAGANGenerator32"
+    stranger = ModelFamily(name="sagan", build=family.build, resolutions=(32,))
+    with pytest.raises(pickle.PicklingError, match="'sagan' is not the registered one"):
+        pickle.dumps(stranger)
+
+
+def _generator_class(family: ModelFamily) -> str:
+    return type(family.build(32, 10, ngf=8, ndf=8)[0]).__name__
+
+
 def test_register_refuses_a_taken_name() -> None:
     from sagan_plugin.registry import register_model
 
