@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return UsageError.exit_code
+    except OSError as error:  # the file system refused (a full disk, a lost mount)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except Interrupted as stop:  # SIGTERM or Ctrl-C during training: a checkpoint was saved
         print(f"interrupted: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -13,9 +13,9 @@ is loaded back and must reproduce the eager generator on fixed inputs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
-from sagan_plugin.files import check_output_file, check_writable, file_digest
+from sagan_plugin.files import check_output_file, check_writable, failures_named_by, file_digest
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
 from sagan_plugin.schema import ema_option, one_of, option, run_option, step_option
@@ -99,8 +99,12 @@ def check_inputs(netG: nn.Module, batch: int, device: torch.device) -> tuple[Ten
 
 def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
                        embedded: str) -> None:
+    # Through memory: a write that fails inside torch's zip writer (a full disk) ends the
+    # process from a destructor, an abort with no cleanup; Python's own write raises OSError.
+    buffer = io.BytesIO()
     with _quiet_known_notices():
-        torch.jit.trace(module, example).save(str(path), _extra_files={EMBEDDED: embedded})
+        torch.jit.save(torch.jit.trace(module, example), buffer, _extra_files={EMBEDDED: embedded})
+    path.write_bytes(buffer.getbuffer())
 
 
 def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
@@ -175,9 +179,10 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
     out.parent.mkdir(parents=True, exist_ok=True)
     device = next(folded.parameters()).device
     reference, module = SamplingModule(reference), SamplingModule(folded)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        staged = work / out.name
+    staging = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.",
+                                          ignore_cleanup_errors=True)
+    with staging as work, failures_named_by(out):  # named by out, not by the staged file
+        staged = Path(work) / out.name
         with torch.inference_mode():
             channels = reference(*check_inputs(folded, 1, device)).shape[1]
         shape = {"nz": folded.nz, "num_classes": folded.num_classes,
@@ -201,8 +206,6 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
         sidecar_path(staged).write_text(json.dumps(sidecar, indent=2) + "\n")
         os.replace(staged, out)
         os.replace(sidecar_path(staged), sidecar_path(out))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

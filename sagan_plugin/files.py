@@ -3,11 +3,12 @@ output folders checked before the work that fills them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +23,29 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(stream, algorithm).hexdigest()
 
 
+def file_system_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write, if there is one: torch.save and AOTInductor report a
+    full disk or a file-size limit as a RuntimeError raised while handling the OSError."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+        return error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def failures_named_by(path: str | Path) -> Iterator[None]:
+    """Report a file-system failure inside as one of path, the file being made (not of the
+    temporary file that was being written), in an OSError that the CLI prints as one line."""
+    try:
+        yield
+    except BaseException as error:
+        failed = file_system_error(error)
+        if failed is None:
+            raise
+        raise OSError(failed.errno, failed.strerror, str(path)) from error
+
+
 def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],
                      durable: bool = False) -> None:
     """Call write(file) on a temporary file beside path, then rename it to path.
@@ -32,17 +56,18 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with failures_named_by(path):
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     if durable:
         directory = os.open(path.parent, os.O_RDONLY)
         try:

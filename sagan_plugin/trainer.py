@@ -247,16 +247,11 @@ class SAGANTrainer(Trainer):
         run_dir = Path(self.log_dir)
         try:
             checkpoint.save_pair(run_dir, global_step, {"netG": netG, "netD": netD})
-        except (OSError, RuntimeError) as error:
-            # torch.save reports a failed write (a full disk, a file-size limit) as a
-            # RuntimeError raised while handling the OSError.
-            cause = error if isinstance(error, OSError) else error.__context__
-            if not isinstance(cause, OSError):
-                raise
+        except OSError as error:  # a full disk, a file-size limit (see write_atomically)
             steps = checkpoint.complete_steps(run_dir)
             kept = f"the checkpoint of step {steps[-1]} is kept" if steps else "none was saved"
             raise UsageError(f"cannot save the checkpoint of step {global_step} in "
-                             f"{run_dir / 'checkpoints'}: {cause.strerror or cause}; "
+                             f"{run_dir / 'checkpoints'}: {error.strerror or error}; "
                              f"{kept}") from None
 
     def _restore_models_and_step(self) -> int:

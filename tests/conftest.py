@@ -1,4 +1,6 @@
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m sagan_plugin ARGS` and capture its output."""
+            timeout: int = 600, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m sagan_plugin ARGS` and capture its output. max_file_bytes: no file may
+    grow past it (RLIMIT_FSIZE), so writes fail as on a full disk."""
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+
     return subprocess.run([sys.executable, "-m", "sagan_plugin", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})},
+                          preexec_fn=limit_files if max_file_bytes is not None else None)
 
 
 @pytest.fixture

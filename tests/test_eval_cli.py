@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from run_helpers import make_run
 
 from sagan_plugin import cli
@@ -260,3 +261,22 @@ def test_fid_callback_scores_every_k_steps_and_restores_training_mode(run, tmp_p
     assert set(scores) == {"fid", "kid"} and scores["fid"] > 0
     assert netG.training
     assert len(list(tmp_path.glob("*.npz"))) == 1  # real features cached for the next calls
+
+
+def test_a_full_disk_skips_the_cache_with_a_warning_and_refuses_a_half_report(run, tmp_path):
+    cache = tmp_path / "cache" / "real_stats"  # inception_caches' folder
+    report = run / "eval" / "ema_n4.json"
+    report.unlink(missing_ok=True)
+    # Room for the report (about 1 kB), not for the real features (4 x 2048 float32).
+    result = run_cli("eval", f"run={run}", *FAST, "metrics=fid", max_file_bytes=5_000)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "could not cache the real-image features in" in result.stderr
+    assert "File too large; they will be computed again next time" in result.stderr
+    assert json.loads(report.read_text())["rows"][0]["fid"] > 0
+    assert list(cache.iterdir()) == []
+
+    report.unlink()
+    result = run_cli("eval", f"run={run}", *FAST, "metrics=fid", max_file_bytes=200)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {report}: File too large"
+    assert list(report.parent.iterdir()) == [] and list(cache.iterdir()) == []

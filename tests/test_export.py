@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import torch
-from run_helpers import STEP
+from conftest import run_cli
+from run_helpers import STEP, make_run
 from torch.nn.utils import parametrize
 
 from sagan_plugin import export
@@ -108,3 +109,15 @@ def test_bad_export_input_is_a_usage_error(conditional_run, tmp_path, argv, mess
     argv = [a.format(run=conditional_run, tmp=tmp_path) for a in argv]
     with pytest.raises(UsageError, match=message):
         export.main(argv)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, fmt):
+    # torchscript: was a SIGABRT in torch's zip writer; aoti: an InductorError's traceback
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "out" / f"generator{export.FORMATS[fmt]}"
+    result = run_cli("export", f"run={run}", f"format={fmt}", f"out={out}",
+                     max_file_bytes=100_000)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip() == f"error: {out}: File too large"
+    assert list(out.parent.iterdir()) == []  # no staged folder, no sidecar

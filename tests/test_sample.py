@@ -118,3 +118,11 @@ def test_bad_sample_input_is_a_usage_error(run, tmp_path, argv, message):
     with pytest.raises(UsageError, match=message):
         sampling.main(argv)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(run, tmp_path):
+    out = tmp_path / "out" / "grid.png"
+    result = run_cli("sample", f"run={run}", "n=64", f"out={out}", max_file_bytes=20_000)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip() == f"error: {out}: File too large"
+    assert list(tmp_path.rglob("*")) == [out.parent]  # the folder it made, empty

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 from run_helpers import make_run
@@ -130,3 +131,11 @@ def test_asking_for_attention_maps_without_attention_writes_nothing(
     assert (code, err.count("\n"), stdout) == (2, 1, ""), err
     assert f"what={what}: this generator has no attention layer" in err
     assert not out.exists()
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(run, tmp_path):
+    out = tmp_path / "viz"
+    result = run_cli("viz", f"run={run}", f"out={out}", max_file_bytes=2_000)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip() == f"error: {out / 'grid.png'}: File too large"
+    assert list(out.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: in
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             path.unlink()  # a damaged cache entry is recomputed
     features = subset_features(dataset, n, extractor)
-    write_npz(path, features=features)
+    try:
+        write_npz(path, features=features)
+    except OSError as error:  # a cache: the features just computed are still good
+        warnings.warn(f"could not cache the real-image features in {path}: {error.strerror}; "
+                      "they will be computed again next time", stacklevel=2)
     return features.astype(np.float64), path
 
 
