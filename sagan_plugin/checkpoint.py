@@ -152,6 +152,12 @@ def complete_steps(run_dir: Path) -> list[int]:
     return sorted(set(checkpoint_steps(run_dir, "netG")) & set(checkpoint_steps(run_dir, "netD")))
 
 
+def last_checkpoint_said(run_dir: Path) -> str:
+    """'the last checkpoint is step N' or 'no checkpoint', for the message that stops a run."""
+    steps = complete_steps(run_dir)
+    return f"the last checkpoint is step {steps[-1]}" if steps else "no checkpoint"
+
+
 def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
     """(step, {net: checkpoint}) of the newest readable step; None when there is none at all.
 

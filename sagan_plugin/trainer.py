@@ -84,10 +84,9 @@ class ProgressLogger(Logger):
             folder = Path(self.log_dir) / "images"
             for kind in ("fixed_fake", "fake"):
                 (folder / f"{kind}_samples_step_{global_step}.png").unlink(missing_ok=True)
-            steps = checkpoint.complete_steps(Path(self.log_dir))
-            kept = f"the last checkpoint is step {steps[-1]}" if steps else "no checkpoint"
             raise UsageError(f"cannot write the sample grids of step {global_step} in {folder}: "
-                             f"{error.strerror or error}; training stopped, {kept}") from None
+                             f"{error.strerror or error}; training stopped, "
+                             f"{checkpoint.last_checkpoint_said(Path(self.log_dir))}") from None
 
     def write_scalar(self, name: str, value: float, global_step: int) -> None:
         if self.enabled:
@@ -168,17 +167,30 @@ class SAGANTrainer(Trainer):
             self._save_model_checkpoints(step)
             raise Interrupted(signum, step, str(Path(self.log_dir) / "checkpoints"))
         try:
-            images, labels = next(iter_dataloader)
+            images, labels = self._next_batch(iter_dataloader)
         except StopIteration:
             self.data_position = {"epoch": self.data_position["epoch"] + 1, "batches": 0}
             if self.sampler is not None:
                 self.sampler.start_at(self.data_position["epoch"], 0)
             iter_dataloader = iter(self.dataloader)
-            images, labels = next(iter_dataloader)
+            images, labels = self._next_batch(iter_dataloader)
         self.data_position["batches"] += 1
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         images = images.to(self.device, non_blocking=True, memory_format=memory_format)
         return iter_dataloader, (images, labels.to(self.device, non_blocking=True))
+
+    def _next_batch(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        try:
+            return next(batches)
+        except RuntimeError as error:
+            # Workers hand batches over in /dev/shm, which containers keep small (Docker: 64 MB)
+            # and torch reports filling up in several ways, all naming it or its torch_ files.
+            if "shared memory" not in str(error) and "</torch_" not in str(error):
+                raise
+            raise UsageError("the DataLoader's workers ran out of shared memory (/dev/shm): "
+                             "give them more (docker run --shm-size=8g) or set "
+                             "data.num_workers=0; training stopped, "
+                             f"{checkpoint.last_checkpoint_said(Path(self.log_dir))}") from None
 
     # ---- per step -------------------------------------------------------------------------
 

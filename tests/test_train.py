@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from sagan_plugin.checkpoint import checkpoint_steps, read_checkpoint
 from sagan_plugin.config import compose
@@ -115,3 +116,16 @@ def test_host_baseline_trains_the_same_way(tmp_path: Path) -> None:
                  "model.ndf=16", "train.batch_size=4", "train.n_dis=2", "train.steps=2",
                  "data.size=32", "data.num_workers=0"]))
     assert checkpoint_steps(run_dir) == [2]
+
+
+def test_workers_out_of_shared_memory_is_one_line_saying_what_to_do(
+        tiny_overrides: list[str]) -> None:
+    # A file-size limit fails the workers' shared-memory files as a full /dev/shm would
+    # (Docker's 64 MB): one batch of 4 images is 49 kB.
+    overrides = [o for o in tiny_overrides if not o.startswith("data.num_workers")]
+    result = run_cli("train", *overrides, "data.num_workers=1", "train.steps=2",
+                     max_file_bytes=20_000)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the DataLoader's workers ran out of shared memory (/dev/shm): give them more "
+        "(docker run --shm-size=8g) or set data.num_workers=0; training stopped, no checkpoint")
