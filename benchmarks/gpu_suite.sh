@@ -154,7 +154,11 @@ pack() {
   mkdir -p "$OUT_DIR"
   local trace=$R/trace/bench_train_trace.json.gz
   [[ -f $trace ]] && cp "$trace" "$OUT_DIR/"
-  tar -czf "$OUT_DIR/results.tar.gz" -C "$WORK" --exclude='results/trace' results 2>/dev/null
+  # Figures, logs and images only: cpp_check's run folder and exports (a CUDA .pt2 holds its
+  # kernels) would use up the 16 MiB that one returned file may have, and lose everything.
+  tar -czf "$OUT_DIR/results.tar.gz" -C "$WORK" --exclude='results/trace' \
+      --exclude='*/checkpoints' --exclude='*.pt' --exclude='*.pt2' --exclude='*.pth' \
+      results 2>/dev/null
   local big
   big=$(find "$OUT_DIR" -type f -size +16M)
   [[ -z $big ]] || echo "WARNING: over the 16 MiB a returned file may have: $big"

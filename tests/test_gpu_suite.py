@@ -139,11 +139,15 @@ def test_wheels_dry_run_downloads_for_the_device_python(tmp_path):
     assert not (tmp_path / "whl").exists()  # a dry run writes nothing
 
 
+def _script_function(name: str, **env: str) -> subprocess.CompletedProcess:
+    """One of the script's functions alone, run under `env` (empty values unset)."""
+    body = re.search(rf"^{name}\(\) \{{.*?^\}}", SCRIPT.read_text(), re.MULTILINE | re.DOTALL)
+    return subprocess.run(["bash", "-c", f"{body.group(0)}\n{name}"], capture_output=True,
+                          text=True, env={k: v for k, v in {**os.environ, **env}.items() if v})
+
+
 def _cuda_root(**env: str) -> str:
-    """The script's cuda_root function alone, run under `env`."""
-    body = re.search(r"^cuda_root\(\) \{.*?^\}", SCRIPT.read_text(), re.MULTILINE | re.DOTALL)
-    result = subprocess.run(["bash", "-c", f"{body.group(0)}\ncuda_root"], capture_output=True,
-                            text=True, env={k: v for k, v in {**os.environ, **env}.items() if v})
+    result = _script_function("cuda_root", **env)
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
@@ -172,6 +176,28 @@ def test_cuda_root_is_the_toolkit_not_the_folder_of_a_wrapper(tmp_path):
     os.symlink(toolkit / "bin" / "nvcc", tmp_path / "nvcc")
     linked = _cuda_root(CUDA_HOME="", PATH=f"{tmp_path}:/usr/bin:/bin")
     assert linked in (str(toolkit), "/usr/local/cuda")
+
+
+def test_results_come_back_without_checkpoints_or_exports(tmp_path):
+    """Only figures, logs and images: a CUDA .pt2 and cpp_check's run would use up the 16 MiB
+    that one returned file may have."""
+    results = tmp_path / "work" / "results"
+    kept = ["bench_train_cuda.json", "logs/cpp_build.log", "cpp/cpp_aoti.png",
+            "cpp/run/config.yaml", "study/fid_curve.png"]
+    dropped = ["cpp/run/checkpoints/netG/netG_20_steps.pth", "cpp/run/export/generator.pt2",
+               "cpp/run/export/generator.pt", "cpp/cpp_aoti.pt", "trace/bench_train_trace.json.gz"]
+    for name in kept + dropped:
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text(name)
+    out = tmp_path / "out"
+    result = _script_function("pack", WORK=str(tmp_path / "work"), R=str(results),
+                              OUT_DIR=str(out))
+    assert result.returncode == 0, result.stderr
+    listing = subprocess.run(["tar", "-tzf", str(out / "results.tar.gz")], capture_output=True,
+                             text=True, check=True).stdout.split()
+    packed = {name.removeprefix("results/") for name in listing if not name.endswith("/")}
+    assert packed == set(kept)
+    assert (out / "bench_train_trace.json.gz").is_file()  # the trace comes back on its own
 
 
 def _ddp_estimate(*args: str) -> subprocess.CompletedProcess:
