@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import signal
 import sys
 
@@ -29,6 +30,14 @@ COMMANDS = {
                 "a study: configurations x seeds, scored alike (study=NAME)"),
 }
 HELP_FLAGS = ("-h", "--help")
+# What to change when a command runs out of GPU memory.
+MEMORY_ADVICE = {
+    "train": "lower train.batch_size (the global batch: torchrun spreads it over GPUs) or set "
+             "train.precision=bf16",
+    "sample": "lower batch",
+    "eval": "lower batch_size",
+    "compare": "lower parallel (runs trained at once on the GPU)",
+}
 
 
 def _keys(command: str, argv: list[str]) -> str:
@@ -79,6 +88,24 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(error: Exception, command: str) -> str | None:
+    """One line for torch's CUDA out-of-memory error (a paragraph with advice that does not
+    apply here); None for any other error."""
+    torch = sys.modules.get("torch")  # not imported: the error cannot be torch's
+    if torch is None or not isinstance(error, torch.OutOfMemoryError):
+        return None
+    text = str(error)
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", text)
+    free = re.search(r"GPU (\d+) has a total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) "
+                     r"is free", text)
+    facts = ""
+    if asked:
+        where = f", {free[3]} of GPU {free[1]}'s {free[2]} free" if free else ""
+        facts = f" (asked for {asked[1]} more{where})"
+    advice = MEMORY_ADVICE.get(command, "free the GPU's memory (nvidia-smi lists its users)")
+    return f"out of GPU memory during {command}{facts}: {advice}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -103,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_CODES[signal.SIGINT]
+    except RuntimeError as error:
+        message = _out_of_memory(error, args.command)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sagan_plugin.checkpoint import complete_steps
 from sagan_plugin.config import build_models, compose, compose_saved, resolve_device
 from sagan_plugin.data import build_dataloader, build_dataset
 from sagan_plugin.distributed import (
@@ -90,6 +91,10 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
                      if k not in RESUMABLE_KEYS and saved[k] != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        if not complete_steps(run_dir):  # nothing trained to keep consistent with
+            print(f"INFO: {run_dir} has no checkpoint yet: it starts again with the new "
+                  f"configuration ({details})")
+            return
         raise UsageError(f"{run_dir} was started with another configuration ({details}); "
                          "use another run_dir or the same settings")
 

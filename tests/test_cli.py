@@ -51,3 +51,51 @@ def test_missing_fashion_mnist_says_where_to_get_it(tmp_path: Path, monkeypatch)
                             "num_classes": 10, "split": "train", "fit": "pad"})
     with pytest.raises(UsageError, match="apt-get install dataset-fashion-mnist"):
         data.build_dataset(cfg)
+
+
+# torch's own wording (c10's CUDA caching allocator), figures and advice included.
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.10 GiB of which 1.25 GiB is free. Including non-PyTorch memory, this process "
+            "has 77.84 GiB memory in use. Of the allocated memory 76.10 GiB is allocated by "
+            "PyTorch, and 1.02 GiB is reserved by PyTorch but unallocated. If reserved but "
+            "unallocated memory is large try setting "
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+
+
+def _raise(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+def test_out_of_gpu_memory_is_one_line_saying_what_to_lower(tiny_overrides, monkeypatch,
+                                                            capsys) -> None:
+    import torch
+
+    from sagan_plugin import cli
+    from sagan_plugin.nets.sagan_base import SAGANDiscriminator
+
+    monkeypatch.setattr(SAGANDiscriminator, "train_step", _raise(torch.OutOfMemoryError(CUDA_OOM)))
+    assert cli.main(["train", *tiny_overrides, "train.steps=2"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: out of GPU memory during train (asked for 2.00 GiB more, 1.25 GiB of GPU "
+        "0's 79.10 GiB free): lower train.batch_size (the global batch: torchrun spreads it "
+        "over GPUs) or set train.precision=bf16"]
+
+
+def test_out_of_gpu_memory_without_figures_and_other_runtime_errors(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    import torch
+    from run_helpers import make_run
+
+    from sagan_plugin import cli, viz
+
+    run = make_run(tmp_path / "run")
+    monkeypatch.setattr(viz, "class_grid", _raise(torch.OutOfMemoryError("out of memory")))
+    assert cli.main(["viz", f"run={run}", f"out={tmp_path / 'viz'}"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: out of GPU memory during viz: free the GPU's memory (nvidia-smi lists its users)"]
+    # Any other RuntimeError is a bug to report, with its traceback: not turned into a line.
+    monkeypatch.setattr(viz, "class_grid", _raise(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["viz", f"run={run}", f"out={tmp_path / 'viz'}"])

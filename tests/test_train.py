@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from omegaconf import OmegaConf
 
 from sagan_plugin.checkpoint import checkpoint_steps, read_checkpoint
 from sagan_plugin.config import compose
@@ -108,6 +109,27 @@ def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[s
                                   "train.fid_every=50", "train.fid_n=100"]))
     with pytest.raises(UsageError, match=r"train.lr_g: 0.0001 -> 0.0002"):
         run(compose(tiny_overrides + ["train.steps=4", "train.lr_g=2e-4"]))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again_with_new_settings(
+        tiny_overrides: list[str], monkeypatch, capsys) -> None:
+    # As after a first step that ran out of GPU memory: lowering the batch must not be refused.
+    from sagan_plugin.nets.sagan_base import SAGANDiscriminator
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SAGANDiscriminator, "train_step", out_of_memory)
+        with pytest.raises(torch.OutOfMemoryError):
+            run(compose(tiny_overrides + ["train.steps=2", "train.batch_size=8"]))
+    cfg = compose(tiny_overrides + ["train.steps=2"])
+    assert (Path(cfg.run_dir) / "config.yaml").is_file() and not checkpoint_steps(cfg.run_dir)
+    run(cfg)
+    assert "has no checkpoint yet: it starts again with the new configuration " \
+           "(train.batch_size: 8 -> 4)" in capsys.readouterr().out
+    assert checkpoint_steps(cfg.run_dir) == [2]
+    assert OmegaConf.load(Path(cfg.run_dir) / "config.yaml").train.batch_size == 4
 
 
 def test_host_baseline_trains_the_same_way(tmp_path: Path) -> None:
