@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sagan_plugin.errors import UsageError, first_line
+from sagan_plugin.errors import PluginWarning, UsageError, first_line
 from sagan_plugin.files import write_atomically
 from sagan_plugin.nets.layers import refresh_spectral_norm
 
@@ -176,7 +176,7 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
             skipped.append(f"the checkpoint of step {step}: G and D disagree on the step")
             continue
         for reason in skipped:
-            warnings.warn(f"skipping {reason}", stacklevel=2)
+            warnings.warn(f"skipping {reason}", PluginWarning, stacklevel=2)
         return step, pair
     if steps:
         raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} can be "

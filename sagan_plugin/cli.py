@@ -10,8 +10,9 @@ import importlib
 import re
 import signal
 import sys
+import warnings
 
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import PluginWarning, UsageError
 from sagan_plugin.stopping import EXIT_CODES, Interrupted
 
 # Subcommand -> ("module:function" taking the key=value tokens, "module:Schema" of its keys,
@@ -106,8 +107,19 @@ def _out_of_memory(error: Exception, command: str) -> str | None:
     return f"out of GPU memory during {command}{facts}: {advice}"
 
 
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Ours as one line, like the errors; the libraries' with the source line they point at."""
+    if issubclass(category, PluginWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _format_warning
     try:
         args = _parser(argv).parse_args(argv)
     except UsageError as error:  # e.g. --help for model=NAME of an unknown family

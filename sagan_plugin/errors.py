@@ -1,4 +1,5 @@
-"""The one error type the command line turns into a one-line message and exit code 2."""
+"""The error type the command line turns into a one-line message and exit code 2, and the
+warning type it prints as one line."""
 
 
 class UsageError(Exception):
@@ -8,6 +9,11 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+class PluginWarning(UserWarning):
+    """Something the user should know that does not stop the command (few images for FID, a
+    skipped file). The command line prints it as `warning: message`, without a source line."""
 
 
 def first_line(error: BaseException) -> str:

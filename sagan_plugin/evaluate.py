@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sagan_plugin.config import parse_overrides
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import PluginWarning, UsageError
 from sagan_plugin.files import check_output_file, check_writable, write_json
 from sagan_plugin.machine import require_memory
 from sagan_plugin.metrics.features import (
@@ -98,12 +98,18 @@ def check_sample_count(n: int, what: str = "n", warn: bool = True) -> None:
         warn_if_biased(n, what)
 
 
-def warn_if_biased(n: int, what: str = "n") -> None:
+COMPARE_WITH_PAPERS = "use n>=10000 to compare with published numbers"
+# A curve during training is read against itself: only its final model meets the papers.
+COMPARE_ALONG_CURVE = ("fine for comparing steps and runs at the same n; score the final "
+                       "model with `sagan-plugin eval n=10000` to compare with published numbers")
+
+
+def warn_if_biased(n: int, what: str = "n", advice: str = COMPARE_WITH_PAPERS) -> None:
     """Warn when n images are too few for an unbiased FID."""
     if n < FEATURE_DIM:
         warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
-                      "covariance is singular and FID is biased upwards; use n>=10000 to "
-                      "compare with published numbers", stacklevel=3)
+                      f"covariance is singular and FID is biased upwards; {advice}",
+                      PluginWarning, stacklevel=3)
 
 
 def score(fake: Features, real: np.ndarray | None, metrics: list[str],
@@ -378,16 +384,18 @@ def main(argv: list[str]) -> None:
 def fid_callback(data_cfg: Any, every: int, n: int = 5000, n_real: int | None = None,
                  metrics: tuple[str, ...] = ("fid",), seed: int = 0, batch_size: int = 50,
                  device: str = "auto", inception_weights: str | None = None,
-                 stats_cache: str | None = None,
+                 stats_cache: str | None = None, what: str = "n",
                  ) -> Callable[[nn.Module, int], dict[str, float] | None]:
     """A function for a training loop: `scores = callback(netG, step)` returns
     {"fid": ..., ...} every `every` steps and None otherwise. netG is put in eval mode for
-    sampling and restored. The Inception network and real features load on first use."""
+    sampling and restored. The Inception network and real features load on first use.
+    `what` names n in messages (the config key it came from)."""
     from sagan_plugin.data import build_dataset
 
     if every < 1:
         raise UsageError(f"FID every {every} steps: expected at least 1")
-    check_sample_count(n)
+    check_sample_count(n, what, warn=False)
+    warn_if_biased(n, what, COMPARE_ALONG_CURVE)
     state: dict[str, Any] = {}
 
     def callback(netG: nn.Module, step: int) -> dict[str, float] | None:

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sagan_plugin.data import square_crop_transform
-from sagan_plugin.errors import UsageError, first_line
+from sagan_plugin.errors import PluginWarning, UsageError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXPECTED = "PNG, JPEG or WebP images, in one sub-folder per class or all loose"
@@ -145,7 +145,7 @@ class FolderImages(Dataset):
         except Exception as error:  # whatever the decoder raises (truncated, not an image...)
             self._unreadable[i] = True
             warnings.warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})",
-                          stacklevel=2)
+                          PluginWarning, stacklevel=2)
             return None
 
     def fingerprint(self) -> str:

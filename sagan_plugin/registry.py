@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import PluginWarning, UsageError
 
 ENTRY_POINT_GROUP = "mimicry.models"
 T = TypeVar("T")
@@ -157,7 +157,7 @@ class Registry(Generic[T]):
 
     def _skip(self, name: str, why: str) -> None:
         self._broken[name] = " ".join(why.split())  # one line, whatever the error said
-        warnings.warn(f"skipped {self._broken[name]}", stacklevel=2)
+        warnings.warn(f"skipped {self._broken[name]}", PluginWarning, stacklevel=2)
 
     def names(self) -> list[str]:
         """Names of everything registered, sorted."""

@@ -193,7 +193,8 @@ def _train(cfg: DictConfig, world: World, device: torch.device,
     if train.fid_every and world.is_main:
         from sagan_plugin.evaluate import fid_callback
 
-        fid = fid_callback(cfg.data, every=train.fid_every, n=train.fid_n, device=str(device))
+        fid = fid_callback(cfg.data, every=train.fid_every, n=train.fid_n, device=str(device),
+                           what="train.fid_n")
     for net in (netG, netD):
         if train.compile:
             net.compile()

@@ -202,6 +202,10 @@ def test_two_training_steps_on_a_folder(tmp_path: Path, capsys) -> None:
     result = run_cli("train", *args)  # 2 batches of 5: all 10 files, the broken one included
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(f"skipping {bad}") == 1, result.stderr
+    # one line, as the errors are: no file and line of the code that warned, no source line
+    warned = [line for line in result.stderr.splitlines() if f"skipping {bad}" in line]
+    assert warned[0].startswith(f"warning: skipping {bad}: not a readable image ("), warned
+    assert "Warning" not in result.stderr, result.stderr
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["data"]["classes"] == ["ant", "moth", "zebra"]
     assert saved["data"]["num_classes"] == saved["model"]["num_classes"] == 3
