@@ -11,7 +11,8 @@ hooks into the places the loop calls out to:
 - `_save_model_checkpoints` / `_restore_models_and_step`: atomic files with optimizer, EMA,
   every rank's RNG state and the data position (see checkpoint.py); rank 0 writes.
 - the logger: rank 0 only; sample grids from the EMA generator when there is one, in eval mode
-  (what `sample` and `eval` will draw), without touching the training random stream.
+  (what `sample` and `eval` will draw), without touching the training random stream; what an
+  earlier attempt logged after the step resumed from is hidden from TensorBoard.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from sagan_plugin import checkpoint
@@ -55,6 +58,15 @@ class ProgressLogger(Logger):
     bar: tqdm | None = None
     enabled: bool = True
     sample_net: torch.nn.Module | None = None  # drawn instead of netG when set (the EMA)
+    first_step: int = 1  # the first step this attempt logs: the one after its checkpoint
+
+    def _build_writer(self, metric: str) -> SummaryWriter:
+        # An earlier attempt may have logged past the checkpoint this one resumed from (or,
+        # without one, started again from): purge_step has TensorBoard drop those steps
+        # rather than draw two curves over them. Its Rust loader drops them by itself; the
+        # Python one (EventAccumulator, the study report) needs the marker.
+        return SummaryWriter(log_dir=os.path.join(self.log_dir, "data", metric),
+                             flush_secs=self.flush_secs, purge_step=self.first_step)
 
     def print_log(self, global_step: int, log_data: MetricLog, time_taken: float) -> str:
         if not self.enabled:
@@ -268,6 +280,7 @@ class SAGANTrainer(Trainer):
 
     def _restore_models_and_step(self) -> int:
         step = self._restore_latest()
+        self.logger.first_step = step + 1
         if self.on_start is not None:
             self.on_start()
         if self.world.is_main:

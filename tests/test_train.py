@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from sagan_plugin.checkpoint import checkpoint_steps, read_checkpoint
+from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps, read_checkpoint
 from sagan_plugin.config import compose
 from sagan_plugin.runs import load_generator
 from sagan_plugin.stopping import Interrupted
@@ -36,6 +37,14 @@ class _CtrlCAfter:
             yield batch
 
 
+def _next_second() -> None:
+    """Wait for the clock's next second. TensorBoard reads a folder's event files in the order
+    of their names, which begin with the second they were made in (then pid and a counter, not
+    zero-padded): attempts in one process within one second could be read out of order, which
+    a real restart, a new process seconds later, never is."""
+    time.sleep(1 - time.time() % 1 + 0.01)
+
+
 def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
                                          capsys) -> None:
     from sagan_plugin import train
@@ -57,6 +66,7 @@ def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
 
     # Second run, same configuration: resumes at step 7 and finishes the remaining 3 steps.
     capsys.readouterr()
+    _next_second()
     trainer = run(compose(overrides))
     assert "Starting training from global step 7" in capsys.readouterr().out
     assert checkpoint_steps(run_dir) == [5, 7, 10]
@@ -71,6 +81,18 @@ def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
         values = [e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
         assert len(values) == 10 and all(math.isfinite(v) for v in values), metric
     assert trainer.last_grid() is not None
+
+    # An attempt that logged past the checkpoint it resumes from: steps 8-10 are logged again,
+    # and TensorBoard's Python loader (the study report's) shows each step once, the new value.
+    for net in ("netG", "netD"):
+        checkpoint_path(run_dir, 10, net).unlink()
+    _next_second()
+    run(compose(overrides))
+    for metric in ("errD", "errG"):
+        events = EventAccumulator(str(run_dir / "data" / metric))
+        events.Reload()
+        steps = [e.step for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+        assert steps == list(range(1, 11)), metric
 
     loaded = load_generator(run_dir)
     assert loaded.step == 10 and not loaded.ema and not loaded.netG.training
