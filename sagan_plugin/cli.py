@@ -110,7 +110,8 @@ def _out_of_memory(error: Exception, command: str) -> str | None:
 _python_format_warning = warnings.formatwarning
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+def _format_warning(message: Warning | str, category: type[Warning], filename: str,
+                    lineno: int, line: str | None = None) -> str:
     """Ours as one line, like the errors; the libraries' with the source line they point at."""
     if issubclass(category, PluginWarning):
         return f"warning: {message}\n"
