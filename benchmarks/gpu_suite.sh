@@ -37,8 +37,9 @@
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
 # so; results are packed after every step, so a call stopped early still returns what it did.
 #
-# Output ($OUT, else $SUITE_WORK/out): suite.log (everything printed), results.tar.gz (every
-# JSON, log and PNG, study included), bench_train_trace.json.gz (torch.profiler, Perfetto).
+# Output ($OUT, else $SUITE_WORK/out): suite.log (everything printed, ending with the issue's
+# goals met or missed, benchmarks/goals.py), results.tar.gz (every JSON, log and PNG, study
+# included), bench_train_trace.json.gz (torch.profiler, Perfetto).
 # SUITE_DEVICE=cpu runs the stages for real on a CPU machine, SUITE_PYTHON a venv with torch and
 # the device's packages: a rehearsal of setup, the build and every script; no figure to keep.
 # --dry-run prints the commands and checks what a CPU can: the carried files, the scripts, the
@@ -467,6 +468,9 @@ summary() {
     echo "--- $name: last lines"
     grep -v '^\s*$' "$R/logs/$name.log" 2>/dev/null | tail -n 14 | cut -c1-160
   done
+  echo
+  note "goals of the GPU issue, from this call's results (benchmarks/goals.py)"
+  "$PY" benchmarks/goals.py --results "$R" --device "$DEVICE" || echo "FAILED goals.py"
   echo "files back: $(ls "$OUT_DIR" 2>/dev/null | tr '\n' ' ')"
 }
 
@@ -476,6 +480,7 @@ run_stages() {
   for stage in "${REQUESTED[@]}"; do
     [[ $stage == setup ]] || "stage_$stage"
   done
+  ((DRY)) && check_flags benchmarks/goals.py --results --device  # summary's verdicts
   ((DRY)) && { note "dry run done: $( ((FAILED)) && echo 'checks FAILED' || echo 'all checks passed')"; return "$FAILED"; }
   summary
   pack

@@ -1,0 +1,115 @@
+"""benchmarks/goals.py: the GPU issue's goals read from the benchmarks' JSON, met or missed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "goals.py"
+GOALS = ["attention 64x64 bf16, time vs Mimicry's",
+         "attention 64x64 bf16, peak memory vs Mimicry's",
+         "training 128 px, images/s vs Mimicry's",
+         "training 128 px, MFU (bf16 matmul rate)",
+         "C++ sampler, both formats, vs Python",
+         "sampling, fastest path vs Python eager fp32",
+         "FID vs python -m pytorch_fid",
+         "FID throughput vs python -m pytorch_fid"]
+
+
+def goals(results: Path, device: str = "cuda") -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--results", str(results), "--device",
+                           device], capture_output=True, text=True, timeout=120)
+    out = results / f"goals_{device}.json"
+    return done, json.loads(out.read_text()) if out.is_file() else {}
+
+
+def write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def suite_results(folder: Path, good: bool) -> Path:
+    """JSON as the benchmarks write them, each figure on the met side of its target when
+    `good`, just short of it otherwise."""
+    margin = 1.01 if good else 0.99
+    write(folder / "bench_attention_cuda.json", {"ratios": [
+        {"side": 64, "ours": "ours bf16", "speedup": 1.0, "memory_ratio": 1.0},
+        {"side": 64, "ours": "ours+pad bf16", "speedup": 2 * margin, "memory_ratio": 4 * margin},
+        {"side": 32, "ours": "ours+pad bf16", "speedup": 9.0, "memory_ratio": 9.0},  # not 64
+        {"side": 64, "ours": "ours+pad fp32", "speedup": 9.0, "memory_ratio": 9.0}]})  # not bf16
+    write(folder / "bench_train_cuda.json", {"rows": [
+        {"variant": "host fp32", "images_per_s": 100.0, "vs_host": 1.0, "mfu": 0.5},
+        {"variant": "ours bf16", "images_per_s": 200.0 * margin, "vs_host": 2 * margin,
+         "mfu": 0.30 * margin}]})
+    write(folder / "bench_sample_cuda.json", {"goal": {
+        "path": "CUDA graph bf16", "batch": 256, "target": 3.0, "ratio_to_eager": 3 * margin,
+        "met": good}})
+    short = 2 - margin  # for figures that must stay below their bound
+    ours_fid = 20.0 * (1 + 1e-3 * short)
+    write(folder / "bench_eval_cuda.json", {
+        "n": 2000,
+        "end_to_end": {"sagan_plugin_eval": {"fid": ours_fid}, "pytorch_fid_cli": {"fid": 20.0}},
+        "images_per_second": {"sagan-plugin eval, A vs B": 100.0 * margin,
+                              "pytorch-fid CLI, A vs B": 100.0}})
+    write(folder / "cpp" / "cpp_check.json", {"tolerance": 1e-3, "pass": good, "formats": {
+        "torchscript": {"max_abs_vs_python": 0.0, "max_abs_module_vs_program": 0.0},
+        "aoti": {"max_abs_vs_python": 1e-3 * short, "max_abs_module_vs_program": 0.0}}})
+    return folder
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_each_goal_is_met_or_missed_at_its_target(tmp_path: Path, good: bool) -> None:
+    done, report = goals(suite_results(tmp_path, good))
+    assert done.returncode == 0, done.stderr
+    assert [row["goal"] for row in report["rows"]] == GOALS
+    assert [row["met"] for row in report["rows"]] == [good] * len(GOALS), report["rows"]
+    measured = {row["goal"]: row["measured"] for row in report["rows"]}
+    assert measured[GOALS[0]] == f"ours+pad bf16: {2 * (1.01 if good else 0.99):.2f}x"
+    assert measured[GOALS[2]].startswith("ours bf16: ")  # the best of ours, not the host
+    assert ("met" if good else "MISSED") in done.stdout
+
+
+def test_what_was_not_run_is_not_measured(tmp_path: Path) -> None:
+    results = suite_results(tmp_path, True)
+    shutil.rmtree(results / "cpp")
+    (results / "bench_train_cuda.json").unlink()
+    done, report = goals(results)
+    assert done.returncode == 0, done.stderr
+    met = {row["goal"]: row["met"] for row in report["rows"]}
+    assert [goal for goal, value in met.items() if value is None] == [GOALS[2], GOALS[3], GOALS[4]]
+    assert "3 of 5 result files found" in done.stdout
+
+
+def test_the_committed_cpu_results_are_read(tmp_path: Path) -> None:
+    """The shapes the benchmarks really write: the committed CPU runs."""
+    committed = REPO / "results" / "benchmarks"
+    shutil.copy(committed / "bench_attention_cpu_run1.json", tmp_path / "bench_attention_cpu.json")
+    for name in ("train", "sample", "eval"):
+        shutil.copy(committed / f"bench_{name}_cpu.json", tmp_path)
+    done, report = goals(tmp_path, "cpu")
+    assert done.returncode == 0, done.stderr
+    met = {row["goal"]: row["met"] for row in report["rows"]}
+    assert met[GOALS[1]] is None  # peak memory is a CUDA counter
+    assert met[GOALS[4]] is None  # no cpp_check here
+    assert all(met[goal] is not None for goal in GOALS if goal not in (GOALS[1], GOALS[4]))
+    assert report["sources"]["train"]["machine"]["device"] == "cpu"
+
+
+def test_an_unreadable_result_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    results = suite_results(tmp_path, True)
+    (results / "bench_eval_cuda.json").write_text('{"n": 20')  # cut short
+    done, report = goals(results)
+    assert done.returncode == 1 and report == {}
+    assert done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith(f"error: {results / 'bench_eval_cuda.json'}: not readable JSON")
+
+    (results / "bench_eval_cuda.json").write_text('{"n": 20}')  # another shape
+    done, report = goals(results)
+    assert done.returncode == 1 and report == {}
+    assert done.stderr.startswith("error: eval's JSON lacks what the goal reads"), done.stderr
