@@ -38,6 +38,7 @@ from _machine import (
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from sagan_plugin.errors import first_line
 from sagan_plugin.export import export_module, fold_spectral_norm
 from sagan_plugin.registry import get_model
 from sagan_plugin.sample import class_labels
@@ -105,11 +106,11 @@ def cuda_graph(netG: torch.nn.Module, batch: int, device: torch.device) -> Forwa
 
 
 def time_paths(paths: dict[str, Callable[[int], Forward]], batch: int, netG, device,
-               budget_s: float) -> dict[str, float]:
-    """images/s of each path at this batch: median of interleaved, synchronised calls."""
+               budget_s: float) -> tuple[dict[str, float], dict[str, str]]:
+    """images/s of each path at this batch: median of interleaved, synchronised calls; and
+    the paths that failed (out of memory, a graph that would not capture), with why."""
     z = torch.randn(batch, netG.nz, generator=torch.Generator().manual_seed(batch)).to(device)
     y = class_labels(batch, None, netG.num_classes).to(device)
-    forwards = {name: make(batch) for name, make in paths.items()}
 
     def timed(forward: Forward) -> float:
         start = time.perf_counter()
@@ -118,16 +119,26 @@ def time_paths(paths: dict[str, Callable[[int], Forward]], batch: int, netG, dev
         synchronize(device)
         return time.perf_counter() - start
 
-    warm = {name: min(timed(f) for _ in range(2)) for name, f in forwards.items()}
+    forwards, warm, failed = {}, {}, {}
+    for name, make in paths.items():
+        try:
+            forward = make(batch)
+            warm[name] = min(timed(forward) for _ in range(2))
+            forwards[name] = forward
+        except Exception as error:  # the other paths' figures still count
+            failed[name] = first_line(error)
+            print(f"{name} at batch {batch}: FAILED: {failed[name]}", file=sys.stderr)
+    if not forwards:
+        return {}, failed
     reps = max(3, min(30, int(budget_s / sum(warm.values()))))
     times: dict[str, list[float]] = {name: [] for name in forwards}
     for _ in range(reps):
         for name, forward in forwards.items():
             times[name].append(timed(forward))
-    return {name: batch / statistics.median(t) for name, t in times.items()}
+    return {name: batch / statistics.median(t) for name, t in times.items()}, failed
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128))
     parser.add_argument("--num-classes", type=int, default=10)
@@ -160,9 +171,10 @@ def main() -> None:
             bf16 = folded.to(torch.bfloat16)
             paths["eager bf16"] = lambda b: lambda z, y: bf16(z.to(torch.bfloat16), y)
             paths["CUDA graph bf16"] = lambda b: cuda_graph(bf16, b, device)
-        rates = {}
+        rates, failures = {}, {}
         for b in batches:
-            rates[b] = time_paths(paths, b, eager, device, args.budget)
+            rates[b], failed = time_paths(paths, b, eager, device, args.budget)
+            failures.update({f"{name}, batch {b}": why for name, why in failed.items()})
             print(f"batch {b}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     gflops = gflops_per_image(folded, device)  # the same arithmetic as eager, minus sigma
@@ -170,27 +182,35 @@ def main() -> None:
     print(f"SAGAN G {args.resolution} px, {args.num_classes} classes, {gflops:.2f} GFLOP/image, "
           f"{device.type}, {torch.get_num_threads()} threads ({cpu_model()}); "
           f"export {export_s:.0f} s; images/s:")
-    print_table(["batch", *names], [[b, *(f"{rates[b][n]:.1f}" for n in names)] for b in batches])
+    print_table(["batch", *names], [[b, *(f"{rates[b][n]:.1f}" if n in rates[b] else "failed"
+                                         for n in names)] for b in batches])
     goal_path, goal_batch, goal_ratio = GOALS[device.type]
     result = {"machine": describe(device), "resolution": args.resolution,
               "num_classes": args.num_classes, "gflops_per_image": gflops,
               "images_per_s": {str(b): rates[b] for b in batches},
               "gflops_per_s": {str(b): {n: r * gflops for n, r in rates[b].items()}
-                               for b in batches}}
+                               for b in batches}, "failed": failures}
     if goal_batch in rates:
-        ratio = rates[goal_batch][goal_path] / rates[goal_batch]["Python eager"]
+        at_goal = rates[goal_batch]
+        ratio = at_goal[goal_path] / at_goal["Python eager"] \
+            if goal_path in at_goal and "Python eager" in at_goal else None
         result["goal"] = {"path": goal_path, "batch": goal_batch, "target": goal_ratio,
-                          "ratio_to_eager": ratio, "met": ratio >= goal_ratio}
-        print(f"{goal_path} / Python eager at batch {goal_batch}: {ratio:.2f}x "
-              f"(goal {goal_ratio}x: {'met' if ratio >= goal_ratio else 'NOT met'})")
-    if device.type == "cuda":
+                          "ratio_to_eager": ratio, "met": ratio is not None and ratio >= goal_ratio}
+        print(f"{goal_path} / Python eager at batch {goal_batch}: " +
+              (f"{ratio:.2f}x (goal {goal_ratio}x: {'met' if ratio >= goal_ratio else 'NOT met'})"
+               if ratio is not None else "a path failed"))
+    if device.type == "cuda" and any(rates.values()):
         peak = bf16_matmul_flops(device) / 1e12
-        best = max(rates[b][n] for b in batches for n in names) * gflops / 1e3
+        best = max(r for b in batches for r in rates[b].values()) * gflops / 1e3
         result["bf16_matmul_tflops"] = peak
         result["best_fraction_of_bf16_rate"] = best / peak
         print(f"bf16 matmul {peak:.0f} TFLOP/s; best path reaches {best:.1f} TFLOP/s "
               f"({100 * best / peak:.1f}%)")
     write_json(args.json or RESULTS / f"bench_sample_{device.type}.json", result)
+    if failures:  # the JSON holds the others; the exit status tells the suite
+        print(f"failed: {', '.join(failures)}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ from _machine import (
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from sagan_plugin.errors import first_line
+
 RESOLUTION = 128
 
 
@@ -180,12 +182,24 @@ def scaling(args: dict, processes: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def fastest_eager(rows: list[dict], variants: list[Variant]) -> tuple[dict, Variant]:
+def fastest_eager(rows: list[dict], variants: list[Variant]) -> tuple[dict, Variant] | None:
     """Our fastest variant without torch.compile (which would compile again for every new
-    batch or process), with its row."""
+    batch or process), with its row; None when every one failed."""
     return max(((row, variant) for row, variant in zip(rows, variants, strict=True)
-                if variant.impl == "ours" and not variant.compiled),
-               key=lambda pair: pair[0]["images_per_s"])
+                if variant.impl == "ours" and not variant.compiled and "images_per_s" in row),
+               key=lambda pair: pair[0]["images_per_s"], default=None)
+
+
+def measure(variant: Variant, width: int, batch: int, num_classes: int, device: torch.device,
+            repeats: int, warmup: int, flops: int | None) -> tuple[dict, object]:
+    """The variant's row and its step function. `flops`: the FLOPs of its eager twin, which a
+    compiled step does (the counter traces eagerly); counted when None."""
+    step, _ = make_step(variant.impl, width, batch, num_classes, device, variant.precision,
+                        variant.channels_last, variant.compiled, variant.sdpa_backend)
+    seconds = median_seconds(step, device, repeats, warmup + 2 * variant.compiled)
+    flops = flops or count_flops(step)
+    return {"variant": variant.name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
+            "flops_per_step": flops}, step
 
 
 def batch_scan(rows: list[dict], variants: list[Variant], batches: list[int], batch: int,
@@ -196,7 +210,7 @@ def batch_scan(rows: list[dict], variants: list[Variant], batches: list[int], ba
     batches = sorted({b for b in batches if b != batch}, reverse=True)
     if not batches:
         return None
-    best, variant = fastest_eager(rows, variants)
+    best, variant = fastest_eager(rows, variants)  # the caller checked there is one
     scanned = [{"batch": batch, "ms": best["ms"], "images_per_s": best["images_per_s"]}]
     for b in batches:
         step, _ = make_step(variant.impl, width, b, num_classes, device, variant.precision,
@@ -213,7 +227,7 @@ def batch_scan(rows: list[dict], variants: list[Variant], batches: list[int], ba
     return {"variant": variant.name, "rows": scanned}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--width", type=int, help="ours ngf=ndf (default: 64 GPU, 16 CPU)")
@@ -255,22 +269,29 @@ def main() -> None:
     rows = []
     fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
     for variant in variants:
-        step, _ = make_step(variant.impl, width, batch, args.num_classes, device,
-                            variant.precision, variant.channels_last, variant.compiled,
-                            variant.sdpa_backend)
-        seconds = median_seconds(step, device, repeats, warmup + 2 * variant.compiled)
-        # A compiled step does the eager step's maths: count those (the counter traces eagerly).
-        flops = rows[-1]["flops_per_step"] if variant.compiled else count_flops(step)
-        rows.append({"variant": variant.name, "ms": 1000 * seconds, "images_per_s": batch / seconds,
-                     "flops_per_step": flops, "mfu": flops / seconds / peak})
-        if args.trace and (fastest is None or rows[-1]["images_per_s"] > fastest[0]):
-            fastest = (rows[-1]["images_per_s"], step, variant.name)
+        # A compiled step does the maths of the eager variant with its settings.
+        eager_twin = variant._replace(name="", compiled=False)
+        flops = next((row.get("flops_per_step") for row, v in zip(rows, variants, strict=False)
+                      if variant.compiled and v._replace(name="") == eager_twin), None)
+        step = None
+        try:
+            row, step = measure(variant, width, batch, args.num_classes, device, repeats, warmup,
+                                flops)
+            row["mfu"] = row["flops_per_step"] * row["images_per_s"] / batch / peak
+        except Exception as error:  # out of memory, a compiler error: the other rows still count
+            row = {"variant": variant.name, "error": first_line(error)}
+            print(f"{variant.name}: FAILED: {row['error']}")
+        rows.append(row)
+        if args.trace and step is not None and (fastest is None or
+                                                row["images_per_s"] > fastest[0]):
+            fastest = (row["images_per_s"], step, variant.name)
         del step
         if gpu:
             torch.cuda.empty_cache()
-    host = rows[0]["images_per_s"]
+    host = rows[0].get("images_per_s")
     for row in rows:
-        row["vs_host"] = row["images_per_s"] / host
+        if host and "images_per_s" in row:
+            row["vs_host"] = row["images_per_s"] / host
 
     print(f"SAGAN {RESOLUTION} px training step (D + G), batch {batch}, width {width} "
           f"(host ngf=ndf={16 * width}), {args.num_classes} classes")
@@ -278,30 +299,36 @@ def main() -> None:
     print(f"measured bf16 matmul rate: {peak / 1e12:.2f} TFLOP/s")
     print_table(["variant", "ms/step", "images/s", "vs host", "GFLOP/step", "MFU"],
                 [[r["variant"], f"{r['ms']:.1f}", f"{r['images_per_s']:.2f}",
-                  f"{r['vs_host']:.2f}x", f"{r['flops_per_step'] / 1e9:.1f}",
-                  f"{100 * r['mfu']:.1f}%"] for r in rows])
+                  f"{r['vs_host']:.2f}x" if "vs_host" in r else "-",
+                  f"{r['flops_per_step'] / 1e9:.1f}", f"{100 * r['mfu']:.1f}%"]
+                 if "error" not in r else [r["variant"], "failed", "-", "-", "-", "-"]
+                 for r in rows])
 
     if fastest is not None:
         print(f"\nprofile of the fastest variant, {fastest[2]}:")
-        profile(fastest[1], device, args.trace)
+        try:
+            profile(fastest[1], device, args.trace)
+        except Exception as error:  # the table above is what matters most: keep it
+            print(f"profile: FAILED: {first_line(error)}")
         fastest = None
         if gpu:
             torch.cuda.empty_cache()
 
+    eager = fastest_eager(rows, variants)
     scan = batch_scan(rows, variants, args.scan_batches if args.scan_batches is not None
                       else ([64, 32] if gpu else []), batch, width, args.num_classes, device,
-                      repeats, warmup)
+                      repeats, warmup) if eager else None
 
     processes = args.processes or (torch.cuda.device_count() if gpu else 2)
     # CPU: fp32 (bf16 is emulated on many CPUs)
-    best = fastest_eager(rows, variants)[1] if gpu else variants[1]
-    settings = {"device": args.device, "width": width, "batch": batch,
-                "num_classes": args.num_classes, "repeats": repeats, "warmup": warmup,
-                "precision": best.precision, "channels_last": best.channels_last,
-                "sdpa_backend": best.sdpa_backend,
-                "threads": max(1, (os.cpu_count() or 1) // max(processes, 1))}
+    best = (eager[1] if eager else None) if gpu else variants[1]
     scale_rows = []
-    if processes > 1:
+    if processes > 1 and best is not None:
+        settings = {"device": args.device, "width": width, "batch": batch,
+                    "num_classes": args.num_classes, "repeats": repeats, "warmup": warmup,
+                    "precision": best.precision, "channels_last": best.channels_last,
+                    "sdpa_backend": best.sdpa_backend,
+                    "threads": max(1, (os.cpu_count() or 1) // max(processes, 1))}
         tmp = Path(args.json).parent
         tmp.mkdir(parents=True, exist_ok=True)
         scale_rows = scaling(settings, processes, tmp)
@@ -312,6 +339,8 @@ def main() -> None:
                       f"{100 * r['efficiency']:.0f}%"] for r in scale_rows])
         for world in (1, processes):
             (tmp / f"scaling_{world}.pt").unlink(missing_ok=True)
+    elif processes > 1:
+        print("\nscaling: skipped, every eager variant of ours failed")
     else:
         print("\nscaling: one device only; pass --processes N on a machine with N devices")
     print("goals (H100/H200): ours >= 2x host images/s, MFU >= 30%")
@@ -319,6 +348,11 @@ def main() -> None:
                            "bf16_matmul_flops": peak, "batch": batch, "width": width,
                            "num_classes": args.num_classes, "rows": rows, "scaling": scale_rows,
                            "batch_scan": scan})
+    failed = [row["variant"] for row in rows if "error" in row]
+    if failed:  # the JSON holds the others; the exit status tells the suite
+        print(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

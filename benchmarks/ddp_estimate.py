@@ -81,7 +81,8 @@ def measured_step(path: Path) -> dict:
     and the FLOPs of that step."""
     try:
         report = json.loads(path.read_text())
-        ours = [row for row in report["rows"] if row["variant"].startswith("ours")]
+        ours = [row for row in report["rows"]  # rows that failed have no figures
+                if row["variant"].startswith("ours") and "images_per_s" in row]
         best = max(ours, key=lambda row: row["images_per_s"])
         scan = report.get("batch_scan")  # absent before 2026-12-03, None when not run
         return {"variant": best["variant"], "ms": float(best["ms"]), "batch": int(report["batch"]),

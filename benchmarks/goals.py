@@ -64,6 +64,8 @@ def sample_speed(found: dict) -> tuple[str, bool] | None:
     goal = found["sample"].get("goal")
     if goal is None:  # the goal's batch was not in the run
         return None
+    if goal["ratio_to_eager"] is None:
+        return f"{goal['path']} at batch {goal['batch']}: a path failed", False
     return (f"{goal['path']} at batch {goal['batch']}: {goal['ratio_to_eager']:.2f}x",
             bool(goal["met"]))
 

@@ -326,3 +326,67 @@ def test_an_interrupted_benchmark_ends_with_one_line_and_leaves_nothing(tmp_path
     time.sleep(0.2)
     assert not _running(int(child[0])), "the benchmark's measuring child outlived it"
 
+
+
+def _bench_train(monkeypatch, tmp_path, fails) -> tuple[dict, dict]:
+    """bench_train's main with `measure` stubbed: which variants fail, and the FLOPs each was
+    handed. The one GPU call must not lose every row to one variant's out-of-memory error."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_train
+
+    handed = {}
+
+    def measure(variant, width, batch, num_classes, device, repeats, warmup, flops):
+        handed[variant.name] = flops
+        if fails(variant):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"variant": variant.name, "ms": 10.0, "images_per_s": batch / 0.01,
+                "flops_per_step": flops or 1e9 * (2 if variant.precision == "bf16" else 1)}, None
+
+    out = tmp_path / "train.json"
+    monkeypatch.setattr(bench_train, "measure", measure)
+    monkeypatch.setattr(bench_train, "bf16_matmul_flops", lambda device: 1e12)
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cpu", "--batch", "4",
+                                      "--processes", "1", "--compile", "--json", str(out)])
+    assert bench_train.main() == 1  # a failed variant fails the step; the JSON has the rest
+    return json.loads(out.read_text()), handed
+
+
+def test_bench_train_keeps_every_other_row_when_a_variant_fails(monkeypatch, tmp_path, capsys):
+    report, handed = _bench_train(monkeypatch, tmp_path, lambda v: v.name == "host fp32")
+    host, *ours = report["rows"]
+    assert host == {"variant": "host fp32", "error": "CUDA out of memory. Tried to allocate "
+                    "2.00 GiB"}
+    assert "host fp32: FAILED: CUDA out of memory" in capsys.readouterr().out
+    assert all(row["images_per_s"] == 400.0 and "vs_host" not in row for row in ours)
+    assert ours[-1]["variant"] == "ours bf16 cl compile"
+    # the compiled step is handed its eager twin's count (bf16, channels_last), not counted
+    assert handed["ours bf16 cl compile"] == 2e9 and ours[-1]["mfu"] == 2e9 * 100 / 1e12
+
+    report, _ = _bench_train(monkeypatch, tmp_path, lambda v: v.impl == "ours")
+    assert [row.get("error") is None for row in report["rows"]] == [True] + [False] * 5
+    assert report["batch_scan"] is None and report["scaling"] == []
+
+
+def test_bench_sample_times_the_other_paths_when_one_fails(monkeypatch, capsys):
+    """A CUDA graph that will not capture, or a batch out of memory, costs its own cell only."""
+    import types
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_sample
+
+    def out_of_memory(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    paths = {"Python eager": lambda b: lambda z, y: z * 2, "CUDA graph bf16": out_of_memory,
+             "C++ AOTInductor": lambda b: lambda z, y: z + 1}
+    netG = types.SimpleNamespace(nz=4, num_classes=10)
+    rates, failed = bench_sample.time_paths(paths, 8, netG, torch.device("cpu"), budget_s=0.01)
+    assert set(rates) == {"Python eager", "C++ AOTInductor"}
+    assert all(rate > 0 for rate in rates.values())
+    assert failed == {"CUDA graph bf16": "CUDA out of memory. Tried to allocate 1.00 GiB"}
+    assert "CUDA graph bf16 at batch 8: FAILED: CUDA out of memory" in capsys.readouterr().err
