@@ -18,6 +18,7 @@ hooks into the places the loop calls out to:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -46,6 +47,10 @@ from sagan_plugin.registry import eval_mode
 from sagan_plugin.stopping import Interrupted, StopRequests
 
 StepContext = Callable[[], contextlib.AbstractContextManager]  # what a step runs under
+# Grids and FID draw G in eval mode, without gradients, at their own batch: under
+# train.compile each would compile G again (tens of seconds, and towards dynamo's recompile
+# limit) for a few forwards. They run eagerly instead.
+SAMPLE_EAGERLY = functools.partial(torch.compiler.set_stance, "force_eager")
 
 
 class NonFiniteLoss(UsageError):
@@ -90,7 +95,7 @@ class ProgressLogger(Logger):
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), eval_mode(net), \
-                    torch.autocast(self.device.type, enabled=False):
+                    torch.autocast(self.device.type, enabled=False), SAMPLE_EAGERLY():
                 super().vis_images(net, global_step, num_images)
         except OSError as error:  # a full disk: one line, and no half-written grid
             folder = Path(self.log_dir) / "images"
@@ -222,7 +227,9 @@ class SAGANTrainer(Trainer):
         if self.ema is not None:
             self.ema.update(self.netG, global_step)
         if self.fid is not None:
-            scores = self.fid(self.ema.model if self.ema is not None else self.netG, global_step)
+            with SAMPLE_EAGERLY():
+                scores = self.fid(self.ema.model if self.ema is not None else self.netG,
+                                  global_step)
             for name, value in (scores or {}).items():
                 self.logger.write_scalar(f"eval/{name}", value, global_step)
         if signum:  # every rank stops after this step, once the loop has logged it

@@ -173,3 +173,46 @@ def test_workers_out_of_shared_memory_is_one_line_saying_what_to_do(
     assert result.stderr.strip().splitlines()[-1] == (
         "error: the DataLoader's workers ran out of shared memory (/dev/shm): give them more "
         "(docker run --shm-size=8g) or set data.num_workers=0; training stopped, no checkpoint")
+
+
+def test_grids_and_fid_of_a_compiled_generator_do_not_compile_it_again(tmp_path: Path) -> None:
+    """train.compile: G is compiled for training; the sample grid (eval mode, no gradients,
+    64 images) and the FID callback run it eagerly instead of compiling it again."""
+    import types
+
+    from sagan_plugin.host import MetricLog
+    from sagan_plugin.nets import GENERATORS
+    from sagan_plugin.registry import eval_mode
+    from sagan_plugin.trainer import ProgressLogger, SAGANTrainer
+
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    netG = GENERATORS[32](num_classes=10, ngf=8)
+    netG.compile(backend=counting_backend)
+    netG(torch.randn(4, netG.nz), torch.zeros(4, dtype=torch.int64)).mean().backward()
+    compiled = len(graphs)
+    assert compiled >= 1
+
+    logger = ProgressLogger(log_dir=str(tmp_path), num_steps=1, dataset_size=1,
+                            device=torch.device("cpu"))
+    logger.vis_images(netG, global_step=1)
+    assert (tmp_path / "images" / "fixed_fake_samples_step_1.png").is_file()
+    assert len(graphs) == compiled
+
+    def fid(net, step):  # as evaluate.fid_callback draws its images
+        with eval_mode(net), torch.no_grad():
+            return {"fid": net(torch.randn(50, net.nz), torch.zeros(50, dtype=torch.int64)
+                               ).mean().item()}
+
+    trainer = types.SimpleNamespace(stop=None, device=torch.device("cpu"), ema=None, netG=netG,
+                                    fid=fid, logger=logger, log_dir=str(tmp_path))
+    log_data = MetricLog()
+    log_data.add_metric("errD", 1.0, group="loss")
+    SAGANTrainer._after_step(trainer, log_data, 1)
+    assert len(graphs) == compiled
+    torch._dynamo.reset()
