@@ -92,7 +92,7 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
     netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     prepare_for_training(netG, netD, precision=precision, sdpa_backend=sdpa_backend,
-                         channels_last=channels_last, compiled=compile)
+                         channels_last=channels_last)
     if compile:
         netG.compile(), netD.compile()
     real = (torch.rand(batch, 3, RESOLUTION, RESOLUTION, device=device) * 2 - 1

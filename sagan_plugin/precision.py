@@ -91,34 +91,12 @@ class _FP32SpectralNorm(_SpectralNorm):
             return super().forward(weight.float())
 
 
-class _EagerFP32SpectralNorm(_FP32SpectralNorm):
-    """The same, left out of torch.compile graphs (see keep_spectral_norm_eager)."""
-
-    @torch.compiler.disable
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return super().forward(weight)
-
-
-def _swap_spectral_norm(net: nn.Module, kind: type) -> nn.Module:
-    for module in net.modules():
-        if isinstance(module, _SpectralNorm) and issubclass(kind, type(module)):
-            module.__class__ = kind  # only ever to a subclass: an eager one stays eager
-    return net
-
-
 def keep_spectral_norm_fp32(net: nn.Module) -> nn.Module:
     """Make every spectral-norm parametrization of net ignore autocast (in place)."""
-    return _swap_spectral_norm(net, _FP32SpectralNorm)
-
-
-def keep_spectral_norm_eager(net: nn.Module) -> nn.Module:
-    """Run net's spectral norms outside compiled graphs (in place; also fp32 under autocast).
-
-    D runs two forwards (real, fake) before one backward; in a compiled graph the power
-    iteration's in-place update of u/v reaches the tensors saved for backward (eager spectral
-    norm clones them first), and the backward fails. Eager, the rest of D still compiles.
-    """
-    return _swap_spectral_norm(net, _EagerFP32SpectralNorm)
+    for module in net.modules():
+        if type(module) is _SpectralNorm:
+            module.__class__ = _FP32SpectralNorm
+    return net
 
 
 @contextlib.contextmanager
@@ -138,15 +116,12 @@ def to_memory_format(net: nn.Module, channels_last: bool) -> nn.Module:
 
 
 def prepare_for_training(netG: nn.Module, netD: nn.Module, *, precision: str = "fp32",
-                         sdpa_backend: str = "auto", channels_last: bool = False,
-                         compiled: bool = False) -> None:
+                         sdpa_backend: str = "auto", channels_last: bool = False) -> None:
     """Set G and D up in place for the training options (train.precision, sdpa_backend,
-    channels_last; compiled: train.compile). torch.compile itself is the caller's: training
-    compiles only once EMA has deep-copied G, so that the average stays an eager module."""
+    channels_last). torch.compile (train.compile) is the caller's: training compiles only once
+    EMA has deep-copied G, so that the average stays an eager module."""
     for net in (netG, netD):
         to_memory_format(net, channels_last)
         use_attention_kernel(net, sdpa_backend)
         if precision == "bf16":
             keep_spectral_norm_fp32(net)
-    if compiled:
-        keep_spectral_norm_eager(netD)

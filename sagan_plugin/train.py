@@ -185,7 +185,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device,
     _seed_everything(train.seed + world.rank)  # each rank its own noise
     netG.to(device), netD.to(device)
     prepare_for_training(netG, netD, precision=train.precision, sdpa_backend=train.sdpa_backend,
-                         channels_last=train.channels_last, compiled=train.compile)
+                         channels_last=train.channels_last)
     if train.sync_bn:
         netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None

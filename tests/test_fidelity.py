@@ -54,7 +54,7 @@ def _count_power_iterations(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
     return counts
 
 
-def test_spectral_norm_of_d_iterates_once_per_d_step_on_the_real_pass(
+def test_spectral_norm_of_d_iterates_once_per_d_step_before_its_passes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     netG, netD = GENERATORS[32](num_classes=10, ngf=4), DISCRIMINATORS[32](num_classes=10, ndf=4)
@@ -67,7 +67,7 @@ def test_spectral_norm_of_d_iterates_once_per_d_step_on_the_real_pass(
     x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(10, (4,))
 
     netD.train_step((x, y), netG, optD, MetricLog(), device="cpu")
-    assert after_each_forward == [[1] * len(norms)] * 2  # the real pass iterated, the fake not
+    assert after_each_forward == [[1] * len(norms)] * 2  # once, before the two passes
     netG.train_step((x, y), netD, optG, MetricLog(), device="cpu")
     assert [counts.get(n, 0) for n in norms] == [1] * len(norms)  # G's step leaves D's alone
     assert all(m.training for m in netD.modules())

@@ -32,8 +32,9 @@ def sn(layer: nn.Module) -> nn.Module:
 def spectral_norm_frozen(net: nn.Module) -> Iterator[None]:
     """Forwards inside reuse each layer's current sigma: no power iteration.
 
-    The reference D updates its u vectors once per D step, on the real pass; its fake pass and
-    G's step reuse that sigma. torch's spectral norm iterates on every training-mode forward.
+    The reference D updates its u vectors once per D step (refresh_spectral_norm, before its
+    passes); its passes and G's step use that sigma. torch's spectral norm iterates on every
+    training-mode forward.
     """
     norms = [m for m in net.modules() if isinstance(m, _SpectralNorm) and m.training]
     for module in norms:
@@ -47,7 +48,11 @@ def spectral_norm_frozen(net: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def refresh_spectral_norm(net: nn.Module, iterations: int = 1) -> nn.Module:
-    """Power iterations on net's own weights, in place: its u/v then estimate its own sigma."""
+    """Power iterations on net's own weights, in place: its u/v then estimate its own sigma.
+
+    In fp32 under any autocast (CUDA's would run torch.mv in bf16), as the spectral norm of a
+    forward does (precision.keep_spectral_norm_fp32).
+    """
     for module in net.modules():
         if not parametrize.is_parametrized(module):
             continue
@@ -55,7 +60,8 @@ def refresh_spectral_norm(net: nn.Module, iterations: int = 1) -> nn.Module:
             for norm in weights:
                 if isinstance(norm, _SpectralNorm) and weights.original.ndim > 1:
                     weight_mat = norm._reshape_weight_to_matrix(weights.original)
-                    norm._power_method(weight_mat, iterations)
+                    with torch.autocast(weight_mat.device.type, enabled=False):
+                        norm._power_method(weight_mat, iterations)
     return net
 
 

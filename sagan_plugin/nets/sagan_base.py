@@ -21,6 +21,7 @@ from sagan_plugin.nets.layers import (
     DBlock,
     DBlockFirst,
     GBlock,
+    refresh_spectral_norm,
     sn,
     sn_conv3x3,
     spectral_norm_frozen,
@@ -190,8 +191,10 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
                    **kwargs: object) -> MetricLog:
         """One discriminator update on real and (detached) generated images.
 
-        As in the reference, spectral norm runs its one power iteration of the step on the real
-        pass; the fake pass reuses that sigma.
+        As in the reference, spectral norm runs one power iteration per D step and both passes
+        use the sigma it gives. The iteration runs first, on its own: the passes then only
+        read u and v, so that under torch.compile D's spectral norm stays inside the graph
+        (an in-place update there would reach tensors saved for the backward).
         """
         self.zero_grad(set_to_none=True)
         real, real_labels = real_batch
@@ -200,8 +203,9 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         with torch.no_grad():
             fake, fake_labels = netG.generate_images_with_labels(real.shape[0], device=device)
         net = training_module(self)  # the DDP wrapper when distributed: gradient all-reduce
-        output_real = net(real, real_labels).float()  # losses in fp32 under bf16 autocast
+        refresh_spectral_norm(self)
         with spectral_norm_frozen(self):
+            output_real = net(real, real_labels).float()  # losses in fp32 under bf16 autocast
             output_fake = net(fake, fake_labels).float()
         errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
         errD.backward()
