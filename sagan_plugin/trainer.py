@@ -48,8 +48,8 @@ from sagan_plugin.stopping import Interrupted, StopRequests
 
 StepContext = Callable[[], contextlib.AbstractContextManager]  # what a step runs under
 # Grids and FID draw G in eval mode, without gradients, at their own batch: under
-# train.compile each would compile G again (tens of seconds, and towards dynamo's recompile
-# limit) for a few forwards. They run eagerly instead.
+# train.compile each would compile G again (seconds on a tiny CPU model, more for a large one,
+# and a step towards dynamo's recompile limit) for a few forwards. They run eagerly instead.
 SAMPLE_EAGERLY = functools.partial(torch.compiler.set_stance, "force_eager")
 
 

@@ -193,8 +193,7 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
 
         As in the reference, spectral norm runs one power iteration per D step and both passes
         use the sigma it gives. The iteration runs first, on its own: the passes then only
-        read u and v, so that under torch.compile D's spectral norm stays inside the graph
-        (an in-place update there would reach tensors saved for the backward).
+        read u and v, and under torch.compile D's spectral norm compiles with the rest of D.
         """
         self.zero_grad(set_to_none=True)
         real, real_labels = real_batch
