@@ -30,17 +30,19 @@ def _best(rows: list[dict], key: str) -> dict | None:
     return max(rows, key=lambda r: r[key]) if rows else None
 
 
+def _attention_bf16(found: dict) -> list[dict]:
+    return [r for r in found["attention"]["ratios"]
+            if r["side"] == GOAL_SIDE and r["ours"].endswith("bf16")]
+
+
 def attention_speed(found: dict) -> tuple[str, bool] | None:
-    ratios = [r for r in found["attention"]["ratios"]
-              if r["side"] == GOAL_SIDE and r["ours"].endswith("bf16")]
-    best = _best(ratios, "speedup")
+    best = _best(_attention_bf16(found), "speedup")
     return (f"{best['ours']}: {best['speedup']:.2f}x", best["speedup"] >= 2) if best else None
 
 
 def attention_memory(found: dict) -> tuple[str, bool] | None:
-    ratios = [r for r in found["attention"]["ratios"]
-              if r["side"] == GOAL_SIDE and r["ours"].endswith("bf16")]
-    best = _best(ratios, "memory_ratio")  # none on a CPU: peak memory is a CUDA counter
+    # none on a CPU: peak memory is a CUDA counter
+    best = _best(_attention_bf16(found), "memory_ratio")
     return (f"{best['ours']}: {best['memory_ratio']:.2f}x",
             best["memory_ratio"] >= 4) if best else None
 
