@@ -12,7 +12,8 @@ hooks into the places the loop calls out to:
   every rank's RNG state and the data position (see checkpoint.py); rank 0 writes.
 - the logger: rank 0 only; sample grids from the EMA generator when there is one, in eval mode
   (what `sample` and `eval` will draw), without touching the training random stream; what an
-  earlier attempt logged after the step resumed from is hidden from TensorBoard.
+  earlier attempt logged after the step resumed from is hidden from TensorBoard, and the
+  grids it drew after that step are deleted.
 """
 
 from __future__ import annotations
@@ -292,10 +293,20 @@ class SAGANTrainer(Trainer):
             self.on_start()
         if self.world.is_main:
             write_json(Path(self.log_dir) / "params.json", self.params)
+            self._forget_grids_after(step)
         if step:
             # Said only once the run is this process's, so a refused one never reads as resumed.
             print(f"INFO: restored the checkpoint of step {step}")
         return step
+
+    def _forget_grids_after(self, step: int) -> None:
+        """Delete the sample grids an earlier attempt drew after `step`: this attempt trains
+        another path from there, and a grid left from a vis_steps it no longer uses would
+        pass for its own (TensorBoard's scalars are hidden by purge_step)."""
+        for grid in (Path(self.log_dir) / "images").glob("*_samples_step_*.png"):
+            drawn_at = grid.stem.rpartition("_step_")[2]
+            if drawn_at.isdigit() and int(drawn_at) > step:
+                grid.unlink(missing_ok=True)
 
     def _restore_latest(self) -> int:
         run_dir = Path(self.log_dir)

@@ -84,10 +84,18 @@ def test_ten_steps_checkpoint_and_resume(tiny_overrides: list[str], monkeypatch,
 
     # An attempt that logged past the checkpoint it resumes from: steps 8-10 are logged again,
     # and TensorBoard's Python loader (the study report's) shows each step once, the new value.
+    # Grids the earlier attempt drew after step 7 go (as with another vis_steps, here one at
+    # step 9 that this attempt does not draw); those up to step 7 stay.
     for net in ("netG", "netD"):
         checkpoint_path(run_dir, 10, net).unlink()
+    images = run_dir / "images"
+    for step in (6, 9):
+        for kind in ("fake", "fixed_fake"):
+            (images / f"{kind}_samples_step_{step}.png").write_bytes(b"an earlier attempt's")
     _next_second()
     run(compose(overrides))
+    assert sorted(p.name for p in images.glob("*.png")) == [
+        f"{kind}_samples_step_{step}.png" for kind in ("fake", "fixed_fake") for step in (10, 6)]
     for metric in ("errD", "errG"):
         events = EventAccumulator(str(run_dir / "data" / metric))
         events.Reload()
