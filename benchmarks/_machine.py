@@ -81,6 +81,17 @@ def write_json(path: str | Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+_so_far: tuple[Path, Callable[[], dict | None]] | None = None
+
+
+def keep_if_interrupted(path: str | Path, so_far: Callable[[], dict | None]) -> None:
+    """Should the benchmark be interrupted, write `so_far()` (its rows until then; None: none
+    yet) to `path`, marked "interrupted", unless `path` already holds results: an interrupted
+    run never replaces a finished one. The GPU suite's stages end by a timeout's SIGINT."""
+    global _so_far
+    _so_far = (Path(path), so_far)
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a benchmark's main; an interrupt (Ctrl-C, or the GPU suite's `timeout -s INT`) ends it
     with one line and exit 130 instead of a traceback that buries the log's last lines."""
@@ -88,9 +99,22 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(main())
     except KeyboardInterrupt:
         _stop_children()
-        print(f"stopped: {Path(sys.argv[0]).name} was interrupted before it finished; "
-              "it wrote no JSON", file=sys.stderr)
+        kept = _keep_what_was_measured()
+        print(f"stopped: {Path(sys.argv[0]).name} was interrupted before it finished; " +
+              (f"what it measured is in {kept}" if kept else "it wrote no JSON"),
+              file=sys.stderr)
         sys.exit(130)
+
+
+def _keep_what_was_measured() -> Path | None:
+    if _so_far is None or _so_far[0].exists():
+        return None
+    path, so_far = _so_far
+    payload = so_far()
+    if payload is None:
+        return None
+    write_json(path, {**payload, "interrupted": True})
+    return path
 
 
 def _stop_children() -> None:

@@ -34,6 +34,7 @@ import torch
 from _machine import (
     RESULTS,
     describe,
+    keep_if_interrupted,
     median_seconds,
     print_table,
     run_main,
@@ -112,14 +113,32 @@ def run_case(spec: dict) -> dict:
 def _in_subprocess(spec: dict) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                           capture_output=True, text=True)
-    if done.returncode:
-        return {**spec, "error": done.stderr.strip().splitlines()[-1][:80]}
+    if done.returncode:  # a crash in a kernel may print nothing: then say how it ended
+        last = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        return {**spec, "error": last[-1][:80]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _find(rows: list[dict], side: int, impl: str, precision: str) -> dict:
-    return next(r for r in rows if r["side"] == side and r["impl"] == impl
-                and r["precision"] == precision and r.get("backend", "auto") == "auto")
+    """The row measured under the dispatcher's own choice; {} when it was not reached."""
+    return next((r for r in rows if r["side"] == side and r["impl"] == impl
+                 and r["precision"] == precision and r.get("backend", "auto") == "auto"), {})
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Ours against the host's fp32 at each feature-map size, where both were measured."""
+    found = []
+    for _, side in CASES:
+        host = _find(rows, side, "host", "fp32")
+        for impl in ("ours", "ours+pad"):
+            for precision in ("fp32", "bf16"):
+                ours = _find(rows, side, impl, precision)
+                if "ms" in ours and "ms" in host:
+                    memory = host["peak_mib"] / ours["peak_mib"] if "peak_mib" in ours \
+                        and "peak_mib" in host else None
+                    found.append({"side": side, "ours": f"{impl} {precision}",
+                                  "speedup": host["ms"] / ours["ms"], "memory_ratio": memory})
+    return found
 
 
 def main() -> None:
@@ -139,7 +158,13 @@ def main() -> None:
     args.json = args.json or str(RESULTS / f"bench_attention_{device.type}.json")
     batch = args.batch or (64 if gpu else 4)
     repeats = args.repeats or (20 if gpu else 5)
-    rows = []
+    rows: list[dict] = []
+
+    def report() -> dict | None:
+        return {"benchmark": "attention", "machine": describe(device), "batch": batch,
+                "rows": rows, "ratios": ratios(rows)} if rows else None
+
+    keep_if_interrupted(args.json, report)
     for channels, side in CASES:
         common = {"device": args.device, "channels": channels, "side": side, "batch": batch,
                   "repeats": repeats}
@@ -149,7 +174,8 @@ def main() -> None:
             # flash as train.sdpa_backend=flash runs it: on the padded layer
             specs += [{"impl": "ours+pad" if b == "flash" else "ours", "precision": "bf16",
                        "backend": b, **common} for b in BACKENDS]
-        rows += [_in_subprocess(spec) for spec in specs]
+        for spec in specs:
+            rows.append(_in_subprocess(spec))
 
     table = []
     for r in rows:
@@ -162,25 +188,12 @@ def main() -> None:
                       f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-"])
     print(f"attention forward+backward, batch {batch}, {describe(device)}")
     print_table(["feature map", "layer [SDPA kernel]", "ms", "peak MiB"], table)
-
-    goals = []
-    for _, side in CASES:
-        host = _find(rows, side, "host", "fp32")
-        for impl in ("ours", "ours+pad"):
-            for precision in ("fp32", "bf16"):
-                ours = _find(rows, side, impl, precision)
-                if "ms" in ours and "ms" in host:
-                    memory = host["peak_mib"] / ours["peak_mib"] if "peak_mib" in ours \
-                        and "peak_mib" in host else None
-                    goals.append({"side": side, "ours": f"{impl} {precision}",
-                                  "speedup": host["ms"] / ours["ms"], "memory_ratio": memory})
-    for g in goals:
+    for g in ratios(rows):
         memory = f", {g['memory_ratio']:.2f}x less peak memory" if g["memory_ratio"] else ""
         print(f"{g['side']}x{g['side']}: {g['ours']} vs host fp32: "
               f"{g['speedup']:.2f}x as fast{memory}")
     print("goals: GPU 64x64 ours bf16 >= 2x faster and >= 4x less memory; CPU not slower")
-    write_json(Path(args.json), {"benchmark": "attention", "machine": describe(device),
-                                 "batch": batch, "rows": rows, "ratios": goals})
+    write_json(Path(args.json), report())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from _machine import (
     bf16_matmul_flops,
     cpu_model,
     describe,
+    keep_if_interrupted,
     print_table,
     run_main,
     synchronize,
@@ -105,6 +106,18 @@ def cuda_graph(netG: torch.nn.Module, batch: int, device: torch.device) -> Forwa
     return replay
 
 
+def at_any_batch(forward: Forward) -> Callable[[int], Forward]:
+    """A path that calls the same forward at every batch size."""
+    return lambda batch: forward
+
+
+def failing_path(why: str) -> Callable[[int], Forward]:
+    """A path that could not be built: every batch size reports it failed, and why."""
+    def make(batch: int) -> Forward:
+        raise RuntimeError(why)
+    return make
+
+
 def time_paths(paths: dict[str, Callable[[int], Forward]], batch: int, netG, device,
                budget_s: float) -> tuple[dict[str, float], dict[str, str]]:
     """images/s of each path at this batch: median of interleaved, synchronised calls; and
@@ -154,48 +167,64 @@ def main() -> int:
     ext = cpp_module(args.cpp_build)
     eager, folded = build_generators(args.resolution, args.num_classes, device)
     provenance = {"model": "sagan", "step": 0, "ema": False}
+    gflops = gflops_per_image(folded, device)  # the same arithmetic as eager, minus sigma
+    goal_path, goal_batch, goal_ratio = GOALS[device.type]
+    rates: dict[int, dict[str, float]] = {}
+    failures: dict[str, str] = {}
+
+    def report() -> dict | None:
+        if not rates:
+            return None
+        done = [b for b in batches if b in rates]
+        result = {"machine": describe(device), "resolution": args.resolution,
+                  "num_classes": args.num_classes, "gflops_per_image": gflops,
+                  "images_per_s": {str(b): rates[b] for b in done},
+                  "gflops_per_s": {str(b): {n: r * gflops for n, r in rates[b].items()}
+                                   for b in done}, "failed": failures}
+        if goal_batch in rates:
+            at_goal = rates[goal_batch]
+            ratio = at_goal[goal_path] / at_goal["Python eager"] \
+                if goal_path in at_goal and "Python eager" in at_goal else None
+            result["goal"] = {"path": goal_path, "batch": goal_batch, "target": goal_ratio,
+                              "ratio_to_eager": ratio,
+                              "met": ratio is not None and ratio >= goal_ratio}
+        return result
+
+    json_path = args.json or RESULTS / f"bench_sample_{device.type}.json"
+    keep_if_interrupted(json_path, report)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        cpp = {fmt: ext.Generator(str(export_module(eager, folded, fmt, f"{tmp}/G{suffix}",
-                                                    provenance)), device.type)
-               for fmt, suffix in (("torchscript", ".pt"), ("aoti", ".pt2"))}
+        paths: dict[str, Callable[[int], Forward]] = {"Python eager": at_any_batch(eager)}
+        for fmt, suffix, name in (("torchscript", ".pt", "C++ TorchScript"),
+                                  ("aoti", ".pt2", "C++ AOTInductor")):
+            try:
+                artefact = export_module(eager, folded, fmt, f"{tmp}/G{suffix}", provenance)
+                paths[name] = at_any_batch(ext.Generator(str(artefact), device.type).forward)
+            except Exception as error:  # a compile error, a failed check: the rest goes on
+                print(f"{name}: export FAILED: {first_line(error)}", file=sys.stderr)
+                paths[name] = failing_path(f"export failed: {first_line(error)}")
         export_s = time.perf_counter() - start
         print(f"exported in {export_s:.0f} s", file=sys.stderr)
-        paths: dict[str, Callable[[int], Forward]] = {
-            "Python eager": lambda b: eager,
-            "C++ TorchScript": lambda b: cpp["torchscript"].forward,
-            "C++ AOTInductor": lambda b: cpp["aoti"].forward,
-        }
         if device.type == "cuda":
             bf16 = folded.to(torch.bfloat16)
-            paths["eager bf16"] = lambda b: lambda z, y: bf16(z.to(torch.bfloat16), y)
+            paths["eager bf16"] = at_any_batch(lambda z, y: bf16(z.to(torch.bfloat16), y))
             paths["CUDA graph bf16"] = lambda b: cuda_graph(bf16, b, device)
-        rates, failures = {}, {}
-        for b in batches:
+        # The goal's batch first: a stage stopped early by the suite keeps what matters most.
+        for b in sorted(batches, key=lambda b: b != goal_batch):
             rates[b], failed = time_paths(paths, b, eager, device, args.budget)
             failures.update({f"{name}, batch {b}": why for name, why in failed.items()})
             print(f"batch {b}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
-    gflops = gflops_per_image(folded, device)  # the same arithmetic as eager, minus sigma
     names = list(paths)
     print(f"SAGAN G {args.resolution} px, {args.num_classes} classes, {gflops:.2f} GFLOP/image, "
           f"{device.type}, {torch.get_num_threads()} threads ({cpu_model()}); "
           f"export {export_s:.0f} s; images/s:")
     print_table(["batch", *names], [[b, *(f"{rates[b][n]:.1f}" if n in rates[b] else "failed"
                                          for n in names)] for b in batches])
-    goal_path, goal_batch, goal_ratio = GOALS[device.type]
-    result = {"machine": describe(device), "resolution": args.resolution,
-              "num_classes": args.num_classes, "gflops_per_image": gflops,
-              "images_per_s": {str(b): rates[b] for b in batches},
-              "gflops_per_s": {str(b): {n: r * gflops for n, r in rates[b].items()}
-                               for b in batches}, "failed": failures}
-    if goal_batch in rates:
-        at_goal = rates[goal_batch]
-        ratio = at_goal[goal_path] / at_goal["Python eager"] \
-            if goal_path in at_goal and "Python eager" in at_goal else None
-        result["goal"] = {"path": goal_path, "batch": goal_batch, "target": goal_ratio,
-                          "ratio_to_eager": ratio, "met": ratio is not None and ratio >= goal_ratio}
+    result = report()
+    if "goal" in result:
+        ratio = result["goal"]["ratio_to_eager"]
         print(f"{goal_path} / Python eager at batch {goal_batch}: " +
               (f"{ratio:.2f}x (goal {goal_ratio}x: {'met' if ratio >= goal_ratio else 'NOT met'})"
                if ratio is not None else "a path failed"))
@@ -206,7 +235,7 @@ def main() -> int:
         result["best_fraction_of_bf16_rate"] = best / peak
         print(f"bf16 matmul {peak:.0f} TFLOP/s; best path reaches {best:.1f} TFLOP/s "
               f"({100 * best / peak:.1f}%)")
-    write_json(args.json or RESULTS / f"bench_sample_{device.type}.json", result)
+    write_json(json_path, result)
     if failures:  # the JSON holds the others; the exit status tells the suite
         print(f"failed: {', '.join(failures)}")
         return 1

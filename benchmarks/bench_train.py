@@ -41,6 +41,7 @@ from _machine import (
     RESULTS,
     bf16_matmul_flops,
     describe,
+    keep_if_interrupted,
     median_seconds,
     print_table,
     run_main,
@@ -266,7 +267,19 @@ def main() -> int:
                                 compiled=True))
 
     peak = bf16_matmul_flops(device)
-    rows = []
+    rows: list[dict] = []
+    scan, scale_rows = None, []
+
+    def report() -> dict | None:
+        host = rows[0].get("images_per_s") if rows else None
+        for row in rows:
+            if host and "images_per_s" in row:
+                row["vs_host"] = row["images_per_s"] / host
+        return {"benchmark": "train", "machine": describe(device), "bf16_matmul_flops": peak,
+                "batch": batch, "width": width, "num_classes": args.num_classes, "rows": rows,
+                "scaling": scale_rows, "batch_scan": scan} if rows else None
+
+    keep_if_interrupted(args.json, report)
     fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
     for variant in variants:
         # A compiled step does the maths of the eager variant with its settings.
@@ -288,10 +301,7 @@ def main() -> int:
         del step
         if gpu:
             torch.cuda.empty_cache()
-    host = rows[0].get("images_per_s")
-    for row in rows:
-        if host and "images_per_s" in row:
-            row["vs_host"] = row["images_per_s"] / host
+    report()  # each row's vs_host
 
     print(f"SAGAN {RESOLUTION} px training step (D + G), batch {batch}, width {width} "
           f"(host ngf=ndf={16 * width}), {args.num_classes} classes")
@@ -322,7 +332,6 @@ def main() -> int:
     processes = args.processes or (torch.cuda.device_count() if gpu else 2)
     # CPU: fp32 (bf16 is emulated on many CPUs)
     best = (eager[1] if eager else None) if gpu else variants[1]
-    scale_rows = []
     if processes > 1 and best is not None:
         settings = {"device": args.device, "width": width, "batch": batch,
                     "num_classes": args.num_classes, "repeats": repeats, "warmup": warmup,
@@ -331,7 +340,7 @@ def main() -> int:
                     "threads": max(1, (os.cpu_count() or 1) // max(processes, 1))}
         tmp = Path(args.json).parent
         tmp.mkdir(parents=True, exist_ok=True)
-        scale_rows = scaling(settings, processes, tmp)
+        scale_rows += scaling(settings, processes, tmp)
         print(f"\nscaling, {best.name}, batch {batch} per process "
               f"({settings['threads']} threads each on CPU):")
         print_table(["processes", "ms/step", "images/s", "efficiency"],
@@ -344,10 +353,7 @@ def main() -> int:
     else:
         print("\nscaling: one device only; pass --processes N on a machine with N devices")
     print("goals (H100/H200): ours >= 2x host images/s, MFU >= 30%")
-    write_json(args.json, {"benchmark": "train", "machine": describe(device),
-                           "bf16_matmul_flops": peak, "batch": batch, "width": width,
-                           "num_classes": args.num_classes, "rows": rows, "scaling": scale_rows,
-                           "batch_scan": scan})
+    write_json(args.json, report())
     failed = [row["variant"] for row in rows if "error" in row]
     if failed:  # the JSON holds the others; the exit status tells the suite
         print(f"failed: {', '.join(failed)}")

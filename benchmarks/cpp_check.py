@@ -33,10 +33,19 @@ FORMATS = {"torchscript": "generator.pt", "aoti": "generator.pt2"}
 N, SEED, CLASSES, BATCH = 24, 3, (0, 3, 7), 8
 
 
+class CommandFailed(Exception):
+    """A `sagan-plugin` command exited non-zero; the message is its last line of stderr."""
+
+
 def cli(*args: str) -> float:
     """Run `python -m sagan_plugin ARGS` from the repository root; seconds taken."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sagan_plugin", *args], cwd=REPO, check=True)
+    done = subprocess.run([sys.executable, "-m", "sagan_plugin", *args], cwd=REPO,
+                          stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode:
+        last = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise CommandFailed(f"sagan-plugin {args[0]}: {last[-1]}")
     return time.perf_counter() - start
 
 
@@ -53,12 +62,23 @@ def main() -> int:
     run = args.work / "run"
     result: dict = {"device": args.device, "n": N, "seed": SEED, "classes": list(CLASSES),
                     "tolerance": CHECK_TOLERANCE[device.type], "formats": {}}
+    out = args.json or args.work / "cpp_check.json"
 
-    result["train_s"] = cli(
-        "train", "model=sagan", "data=procedural", f"run_dir={run}", "model.ngf=16",
-        "model.ndf=16", "train.batch_size=16", f"train.steps={args.steps}",
-        f"train.save_steps={args.steps}", f"train.vis_steps={args.steps}", "data.size=256",
-        "data.num_workers=0", f"train.device={args.device}")
+    def save(passed: bool) -> None:  # after every format: a stage stopped early keeps them
+        result["pass"] = passed
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    try:
+        result["train_s"] = cli(
+            "train", "model=sagan", "data=procedural", f"run_dir={run}", "model.ngf=16",
+            "model.ndf=16", "train.batch_size=16", f"train.steps={args.steps}",
+            f"train.save_steps={args.steps}", f"train.vis_steps={args.steps}",
+            "data.size=256", "data.num_workers=0", f"train.device={args.device}")
+    except CommandFailed as error:
+        result["error"] = str(error)
+        save(False)
+        print(error, file=sys.stderr)
+        return 1
     expected = sample(load_generator(run, device=device).netG, N, SEED, list(CLASSES),
                       batch=BATCH, device=device)
     sys.path.insert(0, str(args.build.resolve()))
@@ -67,8 +87,13 @@ def main() -> int:
     ok = True
     for fmt, name in FORMATS.items():
         model = run / "export" / name
-        entry = {"export_s": cli("export", f"run={run}", f"format={fmt}",
-                                 f"device={args.device}")}
+        try:
+            entry = {"export_s": cli("export", f"run={run}", f"format={fmt}",
+                                     f"device={args.device}")}
+        except CommandFailed as error:  # the other format is still checked
+            result["formats"][fmt], ok = {"error": str(error)}, False
+            save(ok)
+            continue
         tensor = args.work / f"cpp_{fmt}.pt"
         done = subprocess.run(
             [str(args.build / "sagan_sample"), "--model", str(model), "--n", str(N), "--seed",
@@ -77,8 +102,10 @@ def main() -> int:
              "--save-tensor", str(tensor)], capture_output=True, text=True)
         print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n")
         if done.returncode:
-            entry["error"] = done.stderr.strip().splitlines()[-1:]
+            entry["error"] = (done.stderr.strip().splitlines() or
+                              [f"exit status {done.returncode}"])[-1]
             result["formats"][fmt], ok = entry, False
+            save(ok)
             continue
         rate = re.search(r"([0-9.e+]+) images/s", done.stdout)
         entry["program_images_per_s"] = float(rate.group(1)) if rate else None
@@ -91,9 +118,7 @@ def main() -> int:
                             entry["max_abs_module_vs_program"]) <= result["tolerance"]
         ok &= entry["pass"]
         result["formats"][fmt] = entry
-    result["pass"] = ok
-    out = args.json or args.work / "cpp_check.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        save(ok)
     print(json.dumps(result, indent=2))
     return 0 if ok else 1
 

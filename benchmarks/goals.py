@@ -74,10 +74,12 @@ def sample_speed(found: dict) -> tuple[str, bool] | None:
 
 def cpp_parity(found: dict) -> tuple[str, bool] | None:
     check = found["cpp"]
+    if "error" in check:  # before any export: the tiny training run failed
+        return f"failed: {check['error']}", False
     words = []
     for fmt, entry in check["formats"].items():
         if "error" in entry:
-            words.append(f"{fmt}: failed ({' '.join(entry['error'])})")
+            words.append(f"{fmt}: failed ({entry['error']})")
         else:
             worst = max(entry["max_abs_vs_python"], entry["max_abs_module_vs_program"])
             words.append(f"{fmt}: {worst:.2g}")

@@ -35,7 +35,8 @@
 # steps, n=10000) needs about an hour of GPU time: not in any 15-minute session, and its run
 # folders cannot come back (checkpoints exceed the 16 MiB a returned file may have).
 # A stage that no longer fits in the call (SUITE_CALL_MINUTES, default 9.5) is skipped and says
-# so; results are packed after every step, so a call stopped early still returns what it did.
+# so; results are packed after every step, so a call stopped early still returns what it did,
+# and a benchmark its cap stops writes the rows it measured (marked "interrupted").
 #
 # Output ($OUT, else $SUITE_WORK/out): suite.log (everything printed, ending with the issue's
 # goals met or missed, benchmarks/goals.py), results.tar.gz (every JSON, log and PNG, study
@@ -276,6 +277,30 @@ export_env() {
   # script on the PATH gets wrong (see cuda_root).
   local cuda
   cuda=$(cuda_root) && export CUDA_HOME=$cuda
+  if [[ $DEVICE == cuda ]]; then
+    if ((DRY)); then echo "+ link_libcuda   (if g++ cannot link -lcuda)"; else link_libcuda; fi
+  fi
+}
+
+# AOTInductor links a CUDA package with -lcuda, which needs a libcuda.so: a toolkit's stubs/
+# or the driver's development link. A toolkit without stubs (pip-assembled, as on these
+# images) beside a driver that has only libcuda.so.1 fails with "cannot find -lcuda": give the
+# linker a libcuda.so of our own that points at the driver's library.
+link_libcuda() {
+  local cxx=${CXX:-g++} lib dir=${SUITE_LIBCUDA_LINK:-/tmp/suite-libcuda} d
+  echo 'int main() { return 0; }' | "$cxx" -x c++ - -lcuda -o /dev/null 2>/dev/null && return 0
+  lib=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}')
+  for d in ${SUITE_DRIVER_DIRS:-/usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib64}; do
+    [[ -z $lib && -e $d/libcuda.so.1 ]] && lib=$d/libcuda.so.1
+  done
+  if [[ -z $lib ]]; then
+    echo "WARNING: $cxx cannot link -lcuda and no libcuda.so.1 was found: AOTInductor's CUDA" \
+         "packages will not link"
+    return 1
+  fi
+  mkdir -p "$dir" && ln -sfn "$lib" "$dir/libcuda.so" || return 1
+  export LIBRARY_PATH=$dir${LIBRARY_PATH:+:$LIBRARY_PATH}
+  echo "== -lcuda links through $dir/libcuda.so -> $lib"
 }
 
 stage_setup() {
@@ -296,6 +321,7 @@ stage_setup() {
   mkdir -p "$R/logs" "$CACHE" "$SITE"
   {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+    echo "CUDA_HOME=${CUDA_HOME:-} LIBRARY_PATH=${LIBRARY_PATH:-}"
     if [[ -f $SITE/.suite-done ]]; then
       echo "setup: done earlier on this machine"
     else

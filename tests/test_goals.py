@@ -86,6 +86,24 @@ def test_what_was_not_run_is_not_measured(tmp_path: Path) -> None:
     assert "3 of 5 result files found" in done.stdout
 
 
+def test_a_failed_export_or_run_of_the_cpp_check_is_missed_with_why(tmp_path: Path) -> None:
+    results = suite_results(tmp_path, True)
+    check = results / "cpp" / "cpp_check.json"
+    for report, said in (
+            ({"formats": {"torchscript": {"max_abs_vs_python": 2e-4,
+                                          "max_abs_module_vs_program": 0.0},
+                          "aoti": {"error": "sagan-plugin export: error: cannot find -lcuda"}}},
+             "torchscript: 0.0002, aoti: failed (sagan-plugin export: error: cannot find "
+             "-lcuda)"),
+            ({"formats": {}, "error": "sagan-plugin train: error: out of memory"},
+             "failed: sagan-plugin train: error: out of memory")):
+        check.write_text(json.dumps({"tolerance": 1e-3, "pass": False, **report}))
+        done, rows = goals(results)
+        assert done.returncode == 0, done.stderr
+        row = next(row for row in rows["rows"] if row["goal"] == GOALS[4])
+        assert row["met"] is False and said in row["measured"], row
+
+
 def test_the_committed_cpu_results_are_read(tmp_path: Path) -> None:
     """The shapes the benchmarks really write: the committed CPU runs."""
     committed = REPO / "results" / "benchmarks"

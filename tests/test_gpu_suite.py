@@ -390,3 +390,138 @@ def test_bench_sample_times_the_other_paths_when_one_fails(monkeypatch, capsys):
     assert all(rate > 0 for rate in rates.values())
     assert failed == {"CUDA graph bf16": "CUDA out of memory. Tried to allocate 1.00 GiB"}
     assert "CUDA graph bf16 at batch 8: FAILED: CUDA out of memory" in capsys.readouterr().err
+
+
+def test_bench_sample_keeps_the_other_paths_when_an_export_fails(monkeypatch, tmp_path, capsys):
+    """An AOTInductor package that will not compile or link costs its own column only."""
+    import types
+
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_sample
+
+    from sagan_plugin.export import load_export
+
+    export = bench_sample.export_module
+
+    def export_module(eager, folded, fmt, out, provenance):
+        if fmt == "aoti":
+            raise RuntimeError("/usr/bin/ld: cannot find -lcuda\nmore")
+        return export(eager, folded, fmt, out, provenance)
+
+    class Generator:  # the pybind11 module's, on the TorchScript file alone
+        def __init__(self, path: str, device: str) -> None:
+            self.forward = load_export(path, "torchscript")
+
+    monkeypatch.setattr(bench_sample, "export_module", export_module)
+    monkeypatch.setattr(bench_sample, "cpp_module",
+                        lambda build: types.SimpleNamespace(Generator=Generator))
+    out = tmp_path / "sample.json"
+    monkeypatch.setattr(sys, "argv", ["bench_sample.py", "--device", "cpu", "--batches", "1,2",
+                                      "--budget", "0.01", "--json", str(out)])
+    assert bench_sample.main() == 1
+    report = json.loads(out.read_text())
+    assert {b: set(rates) for b, rates in report["images_per_s"].items()} == \
+        {b: {"Python eager", "C++ TorchScript"} for b in ("1", "2")}
+    assert report["failed"] == {f"C++ AOTInductor, batch {b}": "export failed: /usr/bin/ld: "
+                                "cannot find -lcuda" for b in (1, 2)}
+    assert "C++ AOTInductor: export FAILED: /usr/bin/ld: cannot find -lcuda" in \
+        capsys.readouterr().err
+
+
+def test_cpp_check_says_which_command_failed_and_still_writes_its_json(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cpp_check
+
+    with pytest.raises(cpp_check.CommandFailed) as failed:
+        cpp_check.cli("export", f"run={tmp_path / 'none'}", "format=aoti")
+    assert str(failed.value).startswith("sagan-plugin export: error: ")
+    assert str(tmp_path / "none") in str(failed.value)
+
+    def cli(*args):
+        raise cpp_check.CommandFailed("sagan-plugin train: error: out of memory")
+
+    monkeypatch.setattr(cpp_check, "cli", cli)
+    monkeypatch.setattr(sys, "argv", ["cpp_check.py", "--device", "cpu", "--work", str(tmp_path)])
+    assert cpp_check.main() == 1
+    report = json.loads((tmp_path / "cpp_check.json").read_text())
+    assert report["pass"] is False and report["formats"] == {}
+    assert report["error"] == "sagan-plugin train: error: out of memory"
+
+
+def test_an_interrupted_benchmark_keeps_what_it_measured_but_never_a_finished_result(
+        monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _machine
+
+    out = tmp_path / "bench.json"
+
+    def interrupted(so_far):
+        def main():
+            _machine.keep_if_interrupted(out, so_far)
+            raise KeyboardInterrupt
+        with pytest.raises(SystemExit) as stopped:
+            _machine.run_main(main)
+        assert stopped.value.code == 130
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    monkeypatch.setattr(_machine, "_so_far", None)
+    assert interrupted(lambda: None).endswith("it wrote no JSON") and not out.exists()
+    assert interrupted(lambda: {"rows": [1]}).endswith(f"what it measured is in {out}")
+    assert {k: v for k, v in json.loads(out.read_text()).items()
+            if k in ("rows", "interrupted")} == {"rows": [1], "interrupted": True}
+    finished = out.read_text()
+    assert interrupted(lambda: {"rows": [2]}).endswith("it wrote no JSON")
+    assert out.read_text() == finished
+
+
+def test_bench_train_interrupted_keeps_the_rows_it_measured(monkeypatch, tmp_path):
+    """The suite's timeout stops bench_train with SIGINT, say while it compiles: the rows of
+    the variants before must reach the JSON that ddp_estimate and goals.py read."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _machine
+    import bench_train
+
+    def measure(variant, width, batch, num_classes, device, repeats, warmup, flops):
+        if variant.precision == "bf16":
+            raise KeyboardInterrupt
+        return {"variant": variant.name, "ms": 10.0, "images_per_s": batch / 0.01,
+                "flops_per_step": 1e9}, None
+
+    out = tmp_path / "train.json"
+    monkeypatch.setattr(_machine, "_so_far", None)
+    monkeypatch.setattr(bench_train, "measure", measure)
+    monkeypatch.setattr(bench_train, "bf16_matmul_flops", lambda device: 1e12)
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cpu", "--batch", "4",
+                                      "--json", str(out)])
+    with pytest.raises(SystemExit):
+        _machine.run_main(bench_train.main)
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and report["batch_scan"] is None
+    assert [(row["variant"], row["vs_host"]) for row in report["rows"]] == \
+        [("host fp32", 1.0), ("ours fp32", 1.0)]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_link_libcuda_lets_the_linker_find_a_driver_that_has_only_libcuda_so_1(tmp_path):
+    """AOTInductor links CUDA packages with -lcuda; a driver folder holding only libcuda.so.1
+    (no development link, no toolkit stubs) must still link."""
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    subprocess.run(["g++", "-shared", "-fPIC", "-x", "c++", "-", "-Wl,-soname,libcuda.so.1",
+                    "-o", str(driver / "libcuda.so.1")], input="int cuInit(int) { return 0; }",
+                   text=True, check=True)
+    link = "echo 'int main() { return 0; }' | g++ -x c++ - -lcuda -o /dev/null"
+    if subprocess.run(["bash", "-c", link], capture_output=True).returncode == 0:
+        pytest.skip("this machine links -lcuda by itself")
+    body = re.search(r"^link_libcuda\(\) \{.*?^\}", SCRIPT.read_text(), re.MULTILINE | re.DOTALL)
+    env = {**os.environ, "SUITE_DRIVER_DIRS": str(driver),
+           "SUITE_LIBCUDA_LINK": str(tmp_path / "link")}
+    done = subprocess.run(["bash", "-c", f"{body.group(0)}\nlink_libcuda && {link}"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"links through {tmp_path / 'link'}/libcuda.so -> {driver}/libcuda.so.1" in done.stdout
+    env["SUITE_DRIVER_DIRS"] = str(tmp_path / "none")
+    done = subprocess.run(["bash", "-c", f"{body.group(0)}\nlink_libcuda"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "WARNING: g++ cannot link -lcuda" in done.stdout

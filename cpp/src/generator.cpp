@@ -279,7 +279,10 @@ torch::Tensor Generator::forward(const torch::Tensor& z, const torch::Tensor& y)
   // model has lets an out-of-range label through to the model.
   if (info_.num_classes > 0 && y.numel() > 0) {
     const auto [low, high] = torch::aminmax(y);
-    const int64_t bad = low.item<int64_t>() < 0 ? low.item<int64_t>() : high.item<int64_t>();
+    // One copy to the host (for labels on a GPU, one synchronisation rather than three).
+    const auto range = torch::stack({low, high}).to(torch::kCPU);
+    const int64_t bad = range[0].item<int64_t>() < 0 ? range[0].item<int64_t>()
+                                                     : range[1].item<int64_t>();
     if (bad < 0 || bad >= info_.num_classes)
       throw UsageError("y holds label " + std::to_string(bad) + ", out of range: the model has " +
                        std::to_string(info_.num_classes) + " classes (0.." +
