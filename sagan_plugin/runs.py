@@ -12,8 +12,12 @@ config.yaml: the commands that read runs take its model=NAME, data=NAME (and mod
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import fcntl
+import json
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -83,6 +87,30 @@ def is_mimicry_run(run_dir: str | Path) -> bool:
     """A folder written by Mimicry's own Trainer: its params.json, no config.yaml."""
     return (Path(run_dir) / MIMICRY_PARAMS).is_file() and not (
         Path(run_dir) / CONFIG_FILE).is_file()
+
+
+def mimicry_settings(run_dir: str | Path) -> dict[str, object]:
+    """What Mimicry's Trainer recorded in a folder's params.json that training depends on, by
+    this package's keys: the batch, D steps, decay, and the Adams' rates and betas (parsed from
+    their repr; the implementation flags there, fused or foreach, may change)."""
+    path = Path(run_dir) / MIMICRY_PARAMS
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}"
+                         ) from None
+    if not isinstance(params, dict):
+        raise UsageError(f"{path} is not Mimicry's params.json: expected a mapping")
+    settings = {key: params[name] for name, key in (("batch_size", "train.batch_size"),
+                                                    ("n_dis", "train.n_dis"),
+                                                    ("lr_decay", "train.lr_decay"))
+                if name in params}
+    for opt, rate in (("optD", "train.lr_d"), ("optG", "train.lr_g")):
+        adam = dict(re.findall(r"^\s*(\w+): (.+)$", str(params.get(opt, "")), re.MULTILINE))
+        with contextlib.suppress(KeyError, ValueError, SyntaxError):
+            settings[rate] = float(adam["lr"])
+            settings["train.beta1"], settings["train.beta2"] = ast.literal_eval(adam["betas"])
+    return settings
 
 
 def load_run_config(run_dir: str | Path, run_tokens: Sequence[str] = ()) -> DictConfig:

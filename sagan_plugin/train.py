@@ -40,6 +40,7 @@ from sagan_plugin.runs import (
     MODEL_INFO_KEYS,
     RunLock,
     is_mimicry_run,
+    mimicry_settings,
     read_run_config,
 )
 from sagan_plugin.stopping import StopRequests
@@ -77,6 +78,7 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     saved_file = run_dir / CONFIG_FILE
     if not saved_file.is_file():
         if is_mimicry_run(run_dir):  # continued with this command's model=, data=, ...
+            _check_mimicry_settings(run_dir, cfg)
             print(f"INFO: {run_dir} is a run of Mimicry's own Trainer: continuing it as "
                   f"model={cfg.model.name} data={cfg.data.name}; its checkpoints must fit")
         elif run_dir.is_dir() and (run_dir / "checkpoints").exists():
@@ -87,16 +89,31 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     compose_saved(raw, str(saved_file))  # a damaged or impossible configuration is refused
     saved, new = dict(_items(raw, "")), _flat(cfg)
     # Keys the saved file lacks came with a later version of this package: not a change.
-    changed = sorted(k for k in saved
-                     if k not in RESUMABLE_KEYS and saved[k] != new.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        if not complete_steps(run_dir):  # nothing trained to keep consistent with
-            print(f"INFO: {run_dir} has no checkpoint yet: it starts again with the new "
-                  f"configuration ({details})")
-            return
-        raise UsageError(f"{run_dir} was started with another configuration ({details}); "
-                         "use another run_dir or the same settings")
+    _refuse_changes(run_dir, {k: (saved[k], new.get(k)) for k in saved
+                              if k not in RESUMABLE_KEYS},
+                    f"{run_dir} was started with another configuration")
+
+
+def _check_mimicry_settings(run_dir: Path, cfg: DictConfig) -> None:
+    """Mimicry's Trainer refuses to continue with other hyperparameters than its params.json
+    recorded; so does its continuation here (which then writes a config.yaml)."""
+    _refuse_changes(run_dir, {key: (value, OmegaConf.select(cfg, key))
+                              for key, value in mimicry_settings(run_dir).items()},
+                    f"{run_dir} was trained by Mimicry's Trainer with other settings, in its "
+                    "params.json")
+
+
+def _refuse_changes(run_dir: Path, pairs: dict[str, tuple[object, object]], lead: str) -> None:
+    """Refuse the keys whose (saved, new) values differ, unless nothing has been trained yet."""
+    changed = sorted(key for key, (saved, new) in pairs.items() if saved != new)
+    if not changed:
+        return
+    details = ", ".join(f"{k}: {pairs[k][0]!r} -> {pairs[k][1]!r}" for k in changed)
+    if not complete_steps(run_dir):  # nothing trained to keep consistent with
+        print(f"INFO: {run_dir} has no checkpoint yet: it starts again with the new "
+              f"configuration ({details})")
+        return
+    raise UsageError(f"{lead} ({details}); use another run_dir or the same settings")
 
 
 def _claim_run_dir(held: contextlib.ExitStack, run_dir: Path, cfg: DictConfig) -> None:

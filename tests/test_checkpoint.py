@@ -220,8 +220,10 @@ def test_a_run_of_mimicry_refused_for_another_model_stays_resumable(
     del ckpt["model"]  # not name their model
     torch.save(ckpt, checkpoint_path(run_dir, 2))
     before = folder_contents(run_dir)
-    with pytest.raises(UsageError, match=r"does not fit this model"):
-        run(compose(tiny + ["model=sngan", "model.ngf=8", "model.ndf=8", "train.steps=4"]))
+    with pytest.raises(UsageError, match=r"does not fit this model"):  # trained as it was
+        run(compose(tiny + ["model=sngan", "model.ngf=8", "model.ndf=8", "train.steps=4",
+                            "train.lr_g=1e-4", "train.lr_d=4e-4", "train.n_dis=1",
+                            "train.lr_decay=null"]))
     assert folder_contents(run_dir) == before
     assert "restored the checkpoint" not in capsys.readouterr().out  # refused, not resumed
     run(compose(tiny + ["train.steps=4"]))

@@ -99,11 +99,27 @@ def test_a_mimicry_run_of_another_model_is_a_one_line_error(
     assert not (tmp_path / "grid.png").exists()
 
 
-def test_train_continues_a_mimicry_run(mimicry_run: tuple[Path, list[str]],
-                                       tmp_path: Path) -> None:
+def test_train_continues_a_mimicry_run(mimicry_run: tuple[Path, list[str]], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
     log_dir, tokens = mimicry_run
     run_dir = tmp_path / "continued"
     shutil.copytree(log_dir, run_dir)
+    # Other hyperparameters than params.json recorded are refused, as Mimicry's Trainer would.
+    params = (run_dir / "params.json").read_text()
+    assert cli(["train", f"run_dir={run_dir}", *tokens, "train.steps=3", "train.batch_size=8",
+                "train.lr_g=0.01", "data.num_workers=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run_dir} was trained by Mimicry's Trainer with other settings, in "
+                   "its params.json (train.batch_size: 4 -> 8, train.lr_g: 0.0001 -> 0.01); "
+                   "use another run_dir or the same settings"), err
+    assert (run_dir / "params.json").read_text() == params
+    assert not (run_dir / "config.yaml").exists() and checkpoint_steps(run_dir) == [2]
+    (run_dir / "params.json").write_text(params[:20])  # cut short
+    assert cli(["train", f"run_dir={run_dir}", *tokens, "train.steps=3", "train.batch_size=4",
+                "data.num_workers=0"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read {run_dir / 'params.json'}: ")
+    (run_dir / "params.json").write_text(params)
+
     assert cli(["train", f"run_dir={run_dir}", *tokens, "train.steps=3", "train.batch_size=4",
                 "data.num_workers=0"]) == 0
     assert checkpoint_steps(run_dir) == [2, 3]

@@ -2,6 +2,7 @@
 `sagan-plugin eval` for every step and seed, Mimicry's JSON, its skip-what-is-done rule, and
 bad arguments refused before any work."""
 
+import inspect
 import json
 import shutil
 
@@ -137,8 +138,8 @@ class Images(torch.utils.data.Dataset):
 def test_a_dataset_object_keeps_its_features_in_stats_file(run, tmp_path, monkeypatch):
     args = dict(evaluate_step=STEP, num_runs=1, dataset=Images(), num_real_samples=N,
                 num_fake_samples=N, write_to_json=False, **FAST)
-    first = metrics.evaluate("fid", sagan_netG(), run, stats_file=str(tmp_path / "fid_stats"),
-                             **args)
+    first = metrics.evaluate("fid", sagan_netG(), run, stats_file=tmp_path / "fid_stats",
+                             **args)  # a Path, as well as a str
     assert (tmp_path / "fid_stats.npz").is_file()  # Mimicry's rule: .npz is added
     monkeypatch.setattr(mimicry, "subset_features", lambda *a: pytest.fail("not from the file"))
     again = metrics.evaluate("fid", sagan_netG(), run, stats_file=str(tmp_path / "fid_stats.npz"),
@@ -171,7 +172,7 @@ BAD = {
     "fid counts": (lambda r, t: {"num_fake_samples": None},
                    "FID needs num_real_samples= and num_fake_samples="),
     "metric": (lambda r, t: {"metric": "fids"},
-               "metric='fids': expected one of fid, kid, inception_score"),
+               r"metric must be one of fid, kid, inception_score, got 'fids' \(str\)"),
     "kid count": (lambda r, t: {"metric": "kid"}, "KID needs num_samples="),
     "log_dir": (lambda r, t: {"log_dir": t / "nowhere"}, "has no checkpoint folder"),
     "data set name": (lambda r, t: {"dataset": "imagenet"}, "unknown data set 'imagenet'"),
@@ -213,3 +214,73 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(run, tmp_path, case
         assert args["netG"].training  # the caller's net is as it was
         for key, value in args["netG"].state_dict().items():
             assert torch.equal(value, state[key]), key
+
+
+# Each case: arguments of a wrong type (or a count out of range), the argument named and what
+# the message shows of the value given.
+WRONG_TYPES = [
+    ({"num_real_samples": "20"}, "num_real_samples", "'20' (str)"),
+    ({"num_fake_samples": 20.0}, "num_fake_samples", "20.0 (float)"),
+    ({"num_fake_samples": True}, "num_fake_samples", "True (bool)"),
+    ({"evaluate_step": "6"}, "evaluate_step", "'6' (str)"),
+    ({"evaluate_step": None, "evaluate_range": [STEP, STEP, 1]}, "evaluate_range",
+     f"[{STEP}, {STEP}, 1] (list)"),
+    ({"evaluate_step": None, "evaluate_range": (STEP, STEP, False)}, "evaluate_range",
+     f"({STEP}, {STEP}, False) (tuple)"),
+    ({"netG": None}, "netG", "None (NoneType)"),
+    ({"netG": torch.nn.Sequential(torch.nn.Linear(2, 2))}, "netG", "a Sequential"),  # no nz
+    ({"log_dir": None}, "log_dir", "None (NoneType)"),
+    ({"data": "./datasets"}, "data", "'./datasets' (str)"),
+    ({"dataset": 10}, "dataset", "10 (int)"),
+    ({"metric": ["fid"]}, "metric", "['fid'] (list)"),
+    ({"num_runs": True}, "num_runs", "True (bool)"),
+    ({"num_runs": 0}, "num_runs", "0 (int)"),
+    ({"start_seed": -1}, "start_seed", "-1 (int)"),
+    ({"start_seed": 1.0}, "start_seed", "1.0 (float)"),
+    ({"num_subsets": "2"}, "num_subsets", "'2' (str)"),
+    ({"splits": None}, "splits", "None (NoneType)"),
+    ({"batch_size": 0}, "batch_size", "0 (int)"),
+    ({"ema": "false"}, "ema", "'false' (str)"),
+    ({"overwrite": 1}, "overwrite", "1 (int)"),
+    ({"write_to_json": None}, "write_to_json", "None (NoneType)"),
+    ({"verbose": 0}, "verbose", "0 (int)"),
+    ({"stats_file": 5}, "stats_file", "5 (int)"),
+    ({"feat_file": b"feats.npz"}, "feat_file", "b'feats.npz' (bytes)"),
+    ({"inception_weights": ["w.pth"]}, "inception_weights", "['w.pth'] (list)"),
+    ({"device": 0}, "device", "0 (int)"),
+]
+
+
+@pytest.mark.parametrize("change, name, shown", WRONG_TYPES,
+                         ids=[f"{name}={shown}" for _, name, shown in WRONG_TYPES])
+def test_arguments_of_a_wrong_type_are_refused_before_any_work(run, tmp_path, monkeypatch,
+                                                                 change, name, shown):
+    log = tmp_path / "log"
+    shutil.copytree(run, log, ignore=shutil.ignore_patterns("eval"))  # no scores yet
+    for step in ("checkpoint_dir", "read_checkpoint", "generator_features", "FeatureExtractor"):
+        monkeypatch.setattr(mimicry, step, lambda *a, **k: pytest.fail("work began"))
+    args = dict(metric="fid", netG=sagan_netG(), log_dir=log, evaluate_step=STEP,
+                dataset="procedural", num_real_samples=N, num_fake_samples=N, **FAST)
+    before = files_under(tmp_path)
+    with pytest.raises(UsageError) as error:
+        metrics.evaluate(**{**args, **change})
+    message = str(error.value)
+    assert message.startswith(f"{name} must be ") and message.endswith(f", got {shown}")
+    assert "\n" not in message
+    assert not (log / "eval").exists() and files_under(tmp_path) == before
+
+
+def test_every_argument_has_a_rule():
+    assert list(mimicry.ARGUMENTS) == list(inspect.signature(metrics.evaluate).parameters)
+
+
+def test_numpy_integers_are_ints_here(run):
+    """Counts and steps often come from numpy (a sweep's arange, a loaded config)."""
+    import numpy as np
+
+    args = {name: param.default for name, param in
+            inspect.signature(metrics.evaluate).parameters.items()}
+    args.update(metric="fid", netG=sagan_netG(), log_dir=run, evaluate_step=np.int64(STEP),
+                num_real_samples=np.int32(N), num_fake_samples=np.int64(N),
+                start_seed=np.uint8(1), batch_size=np.int64(10))
+    mimicry._check_arguments(args)  # raises on a refusal

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from collections.abc import Callable, Mapping
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,61 @@ from sagan_plugin.files import check_writable, write_json, write_npz
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.real_stats import real_features, subset_features
 from sagan_plugin.registry import eval_mode
+from sagan_plugin.schema import SEED, Rule, one_of
 
 NAMES = {"fid": "FID", "kid": "KID", "inception_score": "Inception Score"}
 OUR_METRIC = {"fid": "fid", "kid": "kid", "inception_score": "is"}
+
+
+def _kind(expected: str, *types: type, test: Callable[[Any], bool] = lambda v: True,
+          optional: bool = False) -> Rule:
+    """A value of one of types (True and False are not ints here) that passes test, or None
+    where optional."""
+    def accepts(v: Any) -> bool:
+        if v is None:
+            return optional
+        return isinstance(v, types) and (bool in types or not isinstance(v, bool)) and test(v)
+
+    return Rule(accepts, f"{expected} or None" if optional else expected)
+
+
+PATH = (str, os.PathLike)
+INT = _kind("an int", Integral)  # numpy's integers too
+COUNT = _kind("an int", Integral, optional=True)
+POSITIVE = _kind("a positive int", Integral, test=lambda v: v >= 1)
+FLAG = _kind("True or False", bool)
+FOLDER = _kind("a path (str or os.PathLike)", *PATH)
+FILE = _kind(FOLDER.expected, *PATH, optional=True)
+# What each argument of evaluate takes, checked before any work. Values within a right type
+# (counts below 2, a data set's name, a log_dir's checkpoints) are judged where they are used.
+ARGUMENTS = {
+    "metric": one_of(*NAMES),
+    "netG": _kind("a generator (an nn.Module with nz)", nn.Module,
+                  test=lambda v: hasattr(v, "nz")),
+    "log_dir": FOLDER,
+    "evaluate_range": _kind("a tuple of ints (start, end, step) with step >= 1, end included",
+                            tuple, optional=True,
+                            test=lambda v: len(v) == 3 and all(map(INT.accepts, v)) and v[2] >= 1),
+    "evaluate_step": _kind("an int >= 0", Integral, test=lambda v: v >= 0, optional=True),
+    "num_runs": POSITIVE,
+    "start_seed": _kind(SEED.expected, Integral, test=lambda v: SEED.accepts(int(v))),
+    "overwrite": FLAG,
+    "write_to_json": FLAG,
+    "device": _kind("a device (str or torch.device)", str, torch.device, optional=True),
+    "dataset": _kind("a data set's name (str) or a torch Dataset", str, Dataset, optional=True),
+    "num_samples": COUNT,
+    "num_real_samples": COUNT,
+    "num_fake_samples": COUNT,
+    "num_subsets": POSITIVE,
+    "splits": POSITIVE,
+    "batch_size": POSITIVE,
+    "stats_file": FILE,
+    "feat_file": FILE,
+    "data": _kind("a mapping of the data set's fields", Mapping, optional=True),
+    "ema": FLAG,
+    "inception_weights": FILE,
+    "verbose": FLAG,
+}
 
 
 def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
@@ -63,7 +117,8 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
              dataset: str | Dataset | None = None, num_samples: int | None = None,
              num_real_samples: int | None = None, num_fake_samples: int | None = None,
              num_subsets: int = 10, splits: int = 10, batch_size: int = 50,
-             stats_file: str | None = None, feat_file: str | None = None,
+             stats_file: str | os.PathLike | None = None,
+             feat_file: str | os.PathLike | None = None,
              data: Mapping[str, Any] | None = None, ema: bool = False,
              inception_weights: str | os.PathLike | None = None,
              verbose: bool = True) -> dict[int, list[float]]:
@@ -76,11 +131,10 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
     data (fields of the data set's section, e.g. {"root": "/data"}), ema (the EMA weights of a
     sagan-plugin checkpoint) and inception_weights (as `eval`'s option).
     """
+    _check_arguments(locals())  # before any other line: locals() are the arguments alone
     steps = _steps(evaluate_range, evaluate_step)
     n_fake, n_real, name = _sample_counts(metric, num_samples, num_real_samples,
                                           num_fake_samples)
-    if num_runs < 1:
-        raise UsageError(f"num_runs={num_runs}: expected at least 1")
     if metric == "kid" and n_fake // num_subsets < 2:
         raise UsageError(f"num_subsets={num_subsets}: KID's subsets of num_samples // "
                          f"num_subsets = {n_fake // num_subsets} images need at least 2")
@@ -130,16 +184,27 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
     return scores
 
 
+def _check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Refuse the first argument of evaluate whose type (or plain range) is wrong."""
+    for name, rule in ARGUMENTS.items():
+        value = arguments[name]
+        if not rule.accepts(value):
+            raise UsageError(f"{name} must be {rule.expected}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value and its type in a few words on one line (a module's repr has many)."""
+    text = reprlib.repr(value)
+    kind = type(value).__name__
+    return f"a {kind}" if "\n" in text else f"{text} ({kind})"
+
+
 def _steps(evaluate_range: tuple[int, int, int] | None, evaluate_step: int | None) -> range:
     if (evaluate_range is None) == (evaluate_step is None):
         raise UsageError("give one of evaluate_step= (a step) or evaluate_range= "
                          "(start, end, step)")
     if evaluate_range is None:
         return range(evaluate_step, evaluate_step + 1)
-    if (not isinstance(evaluate_range, tuple) or len(evaluate_range) != 3
-            or not all(isinstance(x, int) for x in evaluate_range) or evaluate_range[2] < 1):
-        raise UsageError(f"evaluate_range={evaluate_range!r}: expected a tuple of ints "
-                         "(start, end, step) with step >= 1; end is included")
     start, end, interval = evaluate_range
     return range(start, end + 1, interval)
 
@@ -151,12 +216,10 @@ def _sample_counts(metric: str, num_samples: int | None, num_real: int | None,
         if num_real is None or num_fake is None:
             raise UsageError("FID needs num_real_samples= and num_fake_samples=")
         return num_fake, num_real, f"fid_{num_real // 1000}k_{num_fake // 1000}k.json"
-    if metric in NAMES:
-        if num_samples is None:
-            raise UsageError(f"{NAMES[metric]} needs num_samples=")
-        real = None if metric == "inception_score" else num_samples
-        return num_samples, real, f"{metric}_{num_samples // 1000}k.json"
-    raise UsageError(f"metric={metric!r}: expected one of {', '.join(NAMES)}")
+    if num_samples is None:
+        raise UsageError(f"{NAMES[metric]} needs num_samples=")
+    real = None if metric == "inception_score" else num_samples
+    return num_samples, real, f"{metric}_{num_samples // 1000}k.json"
 
 
 def _device_name(device: str | torch.device | None) -> str:
@@ -198,7 +261,8 @@ def _score(metric: str, netG: nn.Module, extractor: FeatureExtractor, n: int, se
     return float(row[ours])
 
 
-def _real_images(dataset: str | Dataset | None, n: int, features_file: str | None,
+def _real_images(dataset: str | Dataset | None, n: int,
+                 features_file: str | os.PathLike | None,
                  data: Mapping[str, Any] | None,
                  netG: nn.Module) -> Callable[[FeatureExtractor], np.ndarray]:
     """Check the real images against netG now; return what computes n images' features: of a
@@ -217,9 +281,6 @@ def _real_images(dataset: str | Dataset | None, n: int, features_file: str | Non
         return lambda extractor: real_features(data_cfg, images, n, extractor)[0]
     if dataset is None:
         raise UsageError("FID and KID need dataset= (a data set's name or a Dataset)")
-    if not isinstance(dataset, Dataset):
-        raise UsageError(f"dataset={type(dataset).__name__}: expected a data set's name or a "
-                         "torch Dataset")
     if data:
         raise UsageError("data= sets fields of a named data set; dataset is a Dataset object")
     if features_file is None:
@@ -228,7 +289,8 @@ def _real_images(dataset: str | Dataset | None, n: int, features_file: str | Non
     check_generator_fits(netG, dataset, None, type(dataset).__name__)
     if n > len(dataset):
         raise UsageError(f"{n} real images asked of a Dataset of {len(dataset)}")
-    path = Path(features_file if features_file.endswith(".npz") else features_file + ".npz")
+    name = os.fspath(features_file)
+    path = Path(name if name.endswith(".npz") else name + ".npz")
     if path.is_file():
         _saved_features(path)  # a file of another kind is refused before any work
     else:
