@@ -118,9 +118,36 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
     return _python_format_warning(message, category, filename, lineno, line)
 
 
+def _options_given(argv: list[str]) -> str | None:
+    """What to give instead of a command's first --option (it takes key=value tokens only;
+    argparse would refuse the option with the usage line alone); None when there is none."""
+    command, tokens = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else (None, [])
+    for i, token in enumerate(tokens):
+        if token.startswith("--") and token not in HELP_FLAGS:
+            name, _, value = token[2:].partition("=")
+            following = tokens[i + 1] if i + 1 < len(tokens) else ""
+            if not value and following and not following.startswith("-") and "=" not in following:
+                token, value = f"{token} {following}", following
+            name = name.replace("-", "_")
+            try:
+                keys = re.findall(r"^  ([\w.]+)=", _keys(command, tokens), re.MULTILINE)
+            except UsageError:  # model=NAME of an unknown family: said once the option is fixed
+                keys = []
+            meant = [key for key in keys if name in (key, key.rpartition(".")[2])]
+            instead = " or ".join(f"{key}={value or 'VALUE'}" for key in meant) or \
+                f"KEY=VALUE (`sagan-plugin {command} --help` lists the keys)"
+            return f"{command} takes key=value overrides, not options: give {instead} " \
+                f"instead of {token!r}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _format_warning
+    options = _options_given(argv)
+    if options:
+        print(f"error: {options}", file=sys.stderr)
+        return UsageError.exit_code
     try:
         args = _parser(argv).parse_args(argv)
     except UsageError as error:  # e.g. --help for model=NAME of an unknown family

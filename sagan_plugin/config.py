@@ -263,7 +263,10 @@ def _merge(cfg: DictConfig, values: Any, source: str) -> None:
         section = error.full_key.rpartition(".")[0]
         node = OmegaConf.select(cfg, section) if section else cfg
         known = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+        meant = [f"{name}.{error.full_key}" for name, sub in cfg.items()
+                 if not section and isinstance(sub, DictConfig) and error.full_key in sub]
         raise UsageError(f"unknown key {error.full_key!r} in {source}"
+                         + (f" (did you mean {' or '.join(meant)}?)" if meant else "")
                          + (f"; keys of {section or 'the top level'}: {known}" if known else "")
                          ) from None
     except ValidationError as error:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from sagan_plugin.config import parse_overrides, resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_json, write_npz
+from sagan_plugin.image_folder import IMAGE_SUFFIXES
 from sagan_plugin.machine import require_memory
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import (
@@ -160,6 +161,9 @@ def main(argv: list[str]) -> None:
     queries = parse_queries(cfg.queries)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+        raise UsageError(f"viz: out is a folder for grid.png and attention.png, got {out}, an "
+                         f"image's name; give out={out.with_suffix('')}")
     check_writable(out)
     loaded = load_generator(cfg.run, step=cfg.step, prefer_ema=cfg.ema, device=device,
                             run_tokens=run_tokens)

@@ -99,3 +99,26 @@ def test_out_of_gpu_memory_without_figures_and_other_runtime_errors(tmp_path, mo
     monkeypatch.setattr(viz, "class_grid", _raise(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["viz", f"run={run}", f"out={tmp_path / 'viz'}"])
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--steps", "5"], "train takes key=value overrides, not options: give "
+                                "train.steps=5 instead of '--steps 5'"),
+    (["train", "model=sngan", "--model.ngf=32"], "give model.ngf=32 instead of '--model.ngf=32'"),
+    (["sample", "run=r", "--n", "4"], "sample takes key=value overrides, not options: give n=4 "
+                                      "instead of '--n 4'"),
+    (["eval", "--colour"], "give KEY=VALUE (`sagan-plugin eval --help` lists the keys) instead "
+                           "of '--colour'"),
+    (["train", "ngf=8"], "unknown key 'ngf' in override (did you mean model.ngf?); keys of the "
+                         "top level: model, data, train, run_dir"),
+])
+def test_what_a_mimicry_user_types_by_habit_says_what_to_give(argv, said, tmp_path, capsys,
+                                                              monkeypatch) -> None:
+    """Options (--steps 5) and keys without their section (ngf=8): the key=value to give."""
+    from sagan_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and said in err, err
+    assert list(tmp_path.iterdir()) == []

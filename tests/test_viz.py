@@ -139,3 +139,12 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(run, tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip() == f"error: {out / 'grid.png'}: File too large"
     assert list(out.iterdir()) == []
+
+
+def test_an_out_named_like_an_image_is_refused_not_made_a_folder(run, tmp_path, capsys):
+    out = tmp_path / "viz.png"
+    assert cli.main(["viz", f"run={run}", f"out={out}"]) == 2
+    assert capsys.readouterr().err == (f"error: viz: out is a folder for grid.png and "
+                                       f"attention.png, got {out}, an image's name; give "
+                                       f"out={tmp_path / 'viz'}\n")
+    assert list(tmp_path.iterdir()) == []
