@@ -24,14 +24,13 @@ import errno
 import pickle
 import random
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from sagan_plugin.errors import PluginWarning, UsageError, first_line
+from sagan_plugin.errors import UsageError, first_line, warn
 from sagan_plugin.files import write_atomically
 from sagan_plugin.nets.layers import refresh_spectral_norm
 
@@ -176,7 +175,7 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
             skipped.append(f"the checkpoint of step {step}: G and D disagree on the step")
             continue
         for reason in skipped:
-            warnings.warn(f"skipping {reason}", PluginWarning, stacklevel=2)
+            warn(f"skipping {reason}")
         return step, pair
     if steps:
         raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} can be "

@@ -1,6 +1,13 @@
 """The error type the command line turns into a one-line message and exit code 2, and the
 warning type it prints as one line."""
 
+import os
+import sys
+import warnings
+
+# A module's __file__ and its frames' co_filename: the same path, as it was imported.
+_PACKAGE = os.path.dirname(__file__) + os.sep
+
 
 class UsageError(Exception):
     """Bad input from the user: an unknown name, a bad override, a missing file, a wrong shape.
@@ -14,6 +21,16 @@ class UsageError(Exception):
 class PluginWarning(UserWarning):
     """Something the user should know that does not stop the command (few images for FID, a
     skipped file). The command line prints it as `warning: message`, without a source line."""
+
+
+def warn(message: str) -> None:
+    """Warn with a PluginWarning that points at the first caller outside this package (the
+    user's call), however deep in the package it is raised. (Python 3.12's skip_file_prefixes
+    does this; the package runs on 3.11.)"""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, PluginWarning, stacklevel=level)
 
 
 def first_line(error: BaseException) -> str:

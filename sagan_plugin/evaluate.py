@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sagan_plugin.config import parse_overrides
-from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.errors import UsageError, warn
 from sagan_plugin.files import check_output_file, check_writable, write_json
 from sagan_plugin.machine import require_memory
 from sagan_plugin.metrics.features import (
@@ -107,9 +106,8 @@ COMPARE_ALONG_CURVE = ("fine for comparing steps and runs at the same n; score t
 def warn_if_biased(n: int, what: str = "n", advice: str = COMPARE_WITH_PAPERS) -> None:
     """Warn when n images are too few for an unbiased FID."""
     if n < FEATURE_DIM:
-        warnings.warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the "
-                      f"covariance is singular and FID is biased upwards; {advice}",
-                      PluginWarning, stacklevel=3)
+        warn(f"{what}={n} is below the {FEATURE_DIM} Inception features: the covariance is "
+             f"singular and FID is biased upwards; {advice}")
 
 
 def score(fake: Features, real: np.ndarray | None, metrics: list[str],
@@ -157,11 +155,14 @@ def check_generator_fits(netG: nn.Module, images: Dataset, classes: int | None,
 
 
 def select_steps(available: list[int], spec: str) -> list[int]:
+    """The saved steps that spec names: a range takes those in it (at least one), and a step
+    or a comma list every one it names, each of which must be saved."""
     spec = str(spec).strip()
     if spec == "last":
         return available[-1:]
     if spec == "all":
         return available
+    saved = f"saved: {', '.join(map(str, available))}"
     try:
         if "-" in spec:
             first, last = (int(s) for s in spec.split("-"))
@@ -169,15 +170,19 @@ def select_steps(available: list[int], spec: str) -> list[int]:
                 raise UsageError(f"steps={spec}: the first step is after the last; "
                                  f"expected first-last with first <= last")
             chosen = [s for s in available if first <= s <= last]
-        else:
-            chosen = [int(s) for s in spec.split(",")]
+            if not chosen:
+                raise UsageError(f"steps={spec}: no checkpoint was saved from step {first} to "
+                                 f"{last}; {saved}")
+            return chosen
+        chosen = [int(s) for s in spec.split(",")]
     except ValueError:
         raise UsageError(f"steps={spec}: expected last, all, a step, first-last or "
                          "a comma list of steps") from None
     missing = [s for s in chosen if s not in available]
-    if missing or not chosen:
-        raise UsageError(f"steps={spec} selects no saved checkpoint (or missing "
-                         f"{missing}); saved: {', '.join(map(str, available))}")
+    if missing:
+        raise UsageError(f"steps={spec}: no checkpoint was saved at step"
+                         f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
+                         f"{saved}")
     return chosen
 
 
@@ -247,9 +252,8 @@ def _evaluate_run(cfg: Any, metrics: list[str], extractor: FeatureExtractor,
         check_generator_fits(loaded.netG, dataset, data_cfg.num_classes,
                              f"data set {data_cfg.name}")
         if real is None and _needs_reference(metrics):
-            n_real = cfg.n_real or cfg.n
-            check_sample_count(n_real, "n_real")
-            real, real_path = real_features(data_cfg, dataset, n_real, extractor,
+            # n_real was checked, and warned about, with n before the header
+            real, real_path = real_features(data_cfg, dataset, cfg.n_real or cfg.n, extractor,
                                             cfg.stats_cache)
         start = time.perf_counter()
         fake = generator_features(loaded.netG, extractor, cfg.n, cfg.seed)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sagan_plugin.data import square_crop_transform
-from sagan_plugin.errors import PluginWarning, UsageError, first_line
+from sagan_plugin.errors import UsageError, first_line, warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXPECTED = "PNG, JPEG or WebP images, in one sub-folder per class or all loose"
@@ -144,8 +143,7 @@ class FolderImages(Dataset):
                 return file.convert("RGB")
         except Exception as error:  # whatever the decoder raises (truncated, not an image...)
             self._unreadable[i] = True
-            warnings.warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})",
-                          PluginWarning, stacklevel=2)
+            warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})")
             return None
 
     def fingerprint(self) -> str:

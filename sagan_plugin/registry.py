@@ -13,8 +13,8 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 from __future__ import annotations
 
 import functools
+import numbers
 import pickle
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 
-from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.errors import UsageError, warn
 
 ENTRY_POINT_GROUP = "mimicry.models"
 T = TypeVar("T")
@@ -35,9 +35,9 @@ class ModelFamily:
 
     build(resolution, num_classes, **arch) returns (netG, netD), host models, with netG(z, y)
     (netG(z) when unconditional) giving images in [-1, 1]. Through the family, a resolution
-    outside `resolutions` is a UsageError, and netG comes back carrying `resolution` and
-    `num_classes` (0: unconditional), which sampling, eval and export read, whether or not
-    the family's own build sets them.
+    outside `resolutions` or a num_classes that is not an int >= 0 (>= 1 when conditional) is a
+    UsageError, and netG comes back carrying `resolution` and `num_classes` (0: unconditional),
+    which sampling, eval and export read, whether or not the family's own build sets them.
     defaults holds the preset: {"model": {arch defaults}, "train": {training defaults},
     "batch_size": {resolution: batch size}}.
     conditional: True (needs labels), False (ignores them) or None (both, num_classes=0 off).
@@ -61,9 +61,8 @@ class ModelFamily:
         @functools.wraps(build)
         def checked_build(resolution: int, num_classes: int = 0, **arch: Any
                           ) -> tuple[nn.Module, nn.Module]:
-            if resolution not in self.resolutions:
-                raise UsageError(f"model {self.name} does not support {resolution}x{resolution}"
-                                 f" images; supported: {', '.join(map(str, self.resolutions))}")
+            self._check_arguments(resolution, num_classes)
+            resolution, num_classes = int(resolution), int(num_classes)  # numpy's as Python's
             netG, netD = build(resolution, num_classes, **arch)
             if getattr(netG, "resolution", None) is None:
                 netG.resolution = resolution
@@ -74,6 +73,21 @@ class ModelFamily:
         checked_build.family_build = build
         return checked_build
 
+    def _check_arguments(self, resolution: Any, num_classes: Any) -> None:
+        supported = ", ".join(map(str, self.resolutions))
+        if not _is_int(resolution):
+            raise UsageError(f"model {self.name}: resolution must be an int, one of {supported};"
+                             f" got {resolution!r}")
+        if resolution not in self.resolutions:
+            raise UsageError(f"model {self.name} does not support {resolution}x{resolution}"
+                             f" images; supported: {supported}")
+        fewest = 1 if self.conditional else 0
+        if not _is_int(num_classes) or num_classes < fewest:
+            expected = ("at least 1 (the family is class-conditional)" if self.conditional
+                        else "at least 0 (0: unconditional)")
+            raise UsageError(f"model {self.name}: num_classes must be an int {expected}, got "
+                             f"{num_classes!r}")
+
     def __reduce__(self) -> tuple[Callable[[str], ModelFamily], tuple[str]]:
         """Pickled by name (its checked build is a closure, which pickle cannot take): a
         worker process unpickles the family its own registry holds under that name."""
@@ -81,6 +95,11 @@ class ModelFamily:
             raise pickle.PicklingError(f"model family {self.name!r} is not the registered one: "
                                        "only families in the registry (register_model) pickle")
         return _registered_family, (self.name,)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (numpy's too), not a bool, a float or a string of digits."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _registered_family(name: str) -> ModelFamily:
@@ -157,7 +176,7 @@ class Registry(Generic[T]):
 
     def _skip(self, name: str, why: str) -> None:
         self._broken[name] = " ".join(why.split())  # one line, whatever the error said
-        warnings.warn(f"skipped {self._broken[name]}", PluginWarning, stacklevel=2)
+        warn(f"skipped {self._broken[name]}")
 
     def names(self) -> list[str]:
         """Names of everything registered, sorted."""

@@ -82,6 +82,9 @@ TRAIN_CASES = [
     (["model=cgan_pd", "data=lsun_bedroom_128"], "class-conditional but data"),
     (["train.batch_size=100000"], "fewer than one batch"),
     (["model.g_attention=7"], "G attention at 7x7 is not possible"),
+    (["data.resolution=64"], "cannot build model sagan: D attention at 32x32 has 1*ndf channels, "
+                             "which must be a multiple of 8: ndf (model.ndf) must be a multiple "
+                             "of 8, got 4"),
     (["data=cifar10", "data.root=/nonexistent"], "expected /nonexistent/cifar10/"),
     (["data=imagenet_128", "data.root=/nonexistent"], "meta.bin"),
     (["data=fashion_mnist", "data.root=/nonexistent", "data.fit=resize", "data.resolution=24"],

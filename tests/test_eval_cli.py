@@ -3,15 +3,18 @@
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
-from run_helpers import make_run
+from run_helpers import STEP, make_run
 
 from sagan_plugin import cli
 from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
+from sagan_plugin.errors import UsageError
+from sagan_plugin.evaluate import select_steps
 from sagan_plugin.metrics.features import FeatureExtractor
 from sagan_plugin.metrics.scores import frechet_distance, inception_score
 from sagan_plugin.runs import load_generator
@@ -211,7 +214,7 @@ def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images
     (["metrics=fid,precision"], "metrics=fid,precision is not a list of fid, kid, is"),
     (["data.resolution=64"], "model.resolution=32 does not match data procedural (64x64)"),
     (["data.num_classes=5"], "model.num_classes=10 does not match data procedural (5 classes)"),
-    (["steps=100-200"], "steps=100-200 selects no saved checkpoint"),
+    (["steps=100-200"], "steps=100-200: no checkpoint was saved from step 100 to 200; saved: 7"),
     (["inception_weights=/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
     (["inception_weights=/tmp"], "Inception weights file /tmp is a folder"),
     (["colour=blue"], "bad override for colour"),
@@ -222,6 +225,52 @@ def test_bad_input_is_a_one_line_error(run, capsys, args, message):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("4,5", "steps=4,5: no checkpoint was saved at step 5; saved: 2, 4, 6"),
+    ("3,4,5", "steps=3,4,5: no checkpoint was saved at steps 3, 5; saved: 2, 4, 6"),
+    ("10-20", "steps=10-20: no checkpoint was saved from step 10 to 20; saved: 2, 4, 6"),
+])
+def test_steps_without_a_checkpoint_are_named(spec, message):
+    """A step or list names steps that must all be saved; a range takes the saved ones in it."""
+    with pytest.raises(UsageError) as error:
+        select_steps([2, 4, 6], spec)
+    assert str(error.value) == message
+    assert select_steps([2, 4, 6], "3-5") == [4] and select_steps([2, 4, 6], "4,6") == [4, 6]
+
+
+def test_the_small_n_warning_comes_once_per_count(run, tmp_path, capsys, recwarn):
+    """Once each for n and n_real, not again when the real statistics are computed or read."""
+    warnings.simplefilter("always")  # recwarn's "default" would hide a repeat from one line
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for _ in range(2):  # the second run reads the cached real statistics
+        recwarn.clear()
+        code, out, err = _eval(capsys, f"run={copy}", *FAST, "metrics=fid")
+        assert code == 0, err
+        small_n = sorted(str(w.message).split(" is")[0] for w in recwarn
+                         if "below the 2048" in str(w.message))
+        assert small_n == ["n=4", "n_real=4"]
+
+
+def test_small_n_warnings_point_at_the_callers_line(run, recwarn):
+    """From Python (Mimicry's metrics.evaluate, fid_callback) the warning names the user's
+    file, not the line inside the package that raised it."""
+    from omegaconf import OmegaConf
+
+    from sagan_plugin import metrics
+    from sagan_plugin.evaluate import fid_callback
+
+    netG = load_generator(run).netG
+    # No checkpoint at STEP + 1: nothing is scored, the counts are checked all the same.
+    metrics.evaluate("fid", netG, run, evaluate_step=STEP + 1, dataset="procedural",
+                     num_real_samples=4, num_fake_samples=4, write_to_json=False, verbose=False)
+    fid_callback(OmegaConf.load(run / "config.yaml").data, every=1, n=3)
+    small_n = [w for w in recwarn if "below the 2048" in str(w.message)]
+    assert [str(w.message).split(" is")[0] for w in small_n] == [
+        "num_fake_samples=4", "num_real_samples=4", "n=3"]
+    assert {w.filename for w in small_n} == {__file__}
 
 
 def test_missing_weights_fail_before_the_small_n_warning(run, recwarn, capsys):

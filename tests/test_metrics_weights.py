@@ -90,8 +90,9 @@ def test_damaged_conversion_is_rebuilt(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(weights, "convert_fid_helper",
                         lambda source: calls.append(source) or {"x": torch.zeros(1)})
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with pytest.warns(UserWarning, match="rebuilding") as warned:
         found = weights.resolve_weights()
+    assert warned[0].filename == __file__  # the caller's line, not the package's
     assert calls == [weights.fid_helper_file()] and not damaged.exists()
     assert found.path.is_file() and found.sha256.startswith(found.path.stem.rsplit("-", 1)[1])
 

@@ -74,6 +74,20 @@ def test_attention_placement_is_configurable() -> None:
     assert GENERATORS[32](ngf=8, attention=0).attention is None
 
 
+@pytest.mark.parametrize("net, resolution, width, message", [
+    ("G", 32, {"ngf": 1}, "G attention at 16x16 has 4*ngf channels, which must be a multiple of "
+                          "8: ngf (model.ngf) must be a multiple of 2, got 1"),
+    ("D", 64, {"ndf": 4}, "D attention at 32x32 has 1*ndf channels, which must be a multiple of "
+                          "8: ndf (model.ndf) must be a multiple of 8, got 4"),
+])
+def test_attention_widths_name_the_width_to_change(net, resolution, width, message) -> None:
+    nets = GENERATORS if net == "G" else DISCRIMINATORS
+    with pytest.raises(ValueError) as error:
+        nets[resolution](**width)
+    assert str(error.value) == message
+    assert nets[resolution](**{k: 2 * v for k, v in width.items()}).attention is not None
+
+
 def _expected_parameter_counts(num_classes: int, nz: int = 128, ch: int = 64) -> tuple[int, int]:
     """Parameters of the authors' 128 px SAGAN, from its layer list (REFERENCE.md section 2)."""
     def conv(c_in, c_out, k, bias=True):

@@ -37,6 +37,23 @@ def test_unknown_model_lists_registered_ones() -> None:
         get_model("nope")
 
 
+@pytest.mark.parametrize("name, resolution, num_classes, message", [
+    ("sagan", "32", 10, "model sagan: resolution must be an int, one of 32, 64, 128; got '32'"),
+    ("sagan", 32.0, 10, "model sagan: resolution must be an int, one of 32, 64, 128; got 32.0"),
+    ("sagan", 48, 10, "model sagan does not support 48x48 images; supported: 32, 64, 128"),
+    ("sagan", 32, -1, "model sagan: num_classes must be an int at least 0 (0: unconditional), "
+                      "got -1"),
+    ("sagan", 32, "10", "model sagan: num_classes must be an int at least 0 (0: unconditional), "
+                        "got '10'"),
+    ("cgan_pd", 32, 0, "model cgan_pd: num_classes must be an int at least 1 (the family is "
+                       "class-conditional), got 0"),
+])
+def test_bad_build_arguments_are_usage_errors(name, resolution, num_classes, message) -> None:
+    with pytest.raises(UsageError) as error:
+        get_model(name).build(resolution, num_classes, ngf=8, ndf=8)
+    assert str(error.value) == message
+
+
 def _distribution(root: Path, module: str, source: str, entry_points: str) -> None:
     """A distribution of one module, declaring entry_points ("name = module:OBJECT" lines)
     under the group: what pip would install, found on PYTHONPATH=root."""

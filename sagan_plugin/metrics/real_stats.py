@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.errors import UsageError, warn
 from sagan_plugin.files import write_npz
 from sagan_plugin.metrics.features import FeatureExtractor, dataset_batches
 from sagan_plugin.metrics.weights import cache_dir
@@ -62,8 +61,8 @@ def real_features(data_cfg: DictConfig, dataset: torch.utils.data.Dataset, n: in
     try:
         write_npz(path, features=features)
     except OSError as error:  # a cache: the features just computed are still good
-        warnings.warn(f"could not cache the real-image features in {path}: {error.strerror}; "
-                      "they will be computed again next time", PluginWarning, stacklevel=2)
+        warn(f"could not cache the real-image features in {path}: {error.strerror}; they will "
+             "be computed again next time")
     return features.astype(np.float64), path
 
 

