@@ -49,6 +49,7 @@ from _machine import (
     write_json,
 )
 from torch.utils.flop_counter import FlopCounterMode
+from trace_summary import print_summary, read_trace, summarize
 
 from sagan_plugin.errors import first_line
 
@@ -108,8 +109,9 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
     return step, (netG, netD)
 
 
-def profile(step, device: torch.device, path: Path, steps: int = 3) -> None:
-    """A torch.profiler trace of `steps` training steps (after one untimed), gzipped."""
+def profile(step, device: torch.device, path: Path, steps: int = 3) -> dict | None:
+    """A torch.profiler trace of `steps` training steps (after one untimed), gzipped; printed
+    and returned, its summary (trace_summary.py: GPU idle time, syncs, kernels by kind)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -131,6 +133,9 @@ def profile(step, device: torch.device, path: Path, steps: int = 3) -> None:
             shutil.copyfileobj(src, dst)
         raw.unlink()
     print(f"wrote {path}")
+    summary = summarize(read_trace(path), steps)
+    print_summary(summary)
+    return summary
 
 
 def count_flops(step) -> int:
@@ -268,7 +273,7 @@ def main() -> int:
 
     peak = bf16_matmul_flops(device)
     rows: list[dict] = []
-    scan, scale_rows = None, []
+    scan, scale_rows, profiled = None, [], None
 
     def report() -> dict | None:
         host = rows[0].get("images_per_s") if rows else None
@@ -277,7 +282,7 @@ def main() -> int:
                 row["vs_host"] = row["images_per_s"] / host
         return {"benchmark": "train", "machine": describe(device), "bf16_matmul_flops": peak,
                 "batch": batch, "width": width, "num_classes": args.num_classes, "rows": rows,
-                "scaling": scale_rows, "batch_scan": scan} if rows else None
+                "scaling": scale_rows, "batch_scan": scan, "profile": profiled} if rows else None
 
     keep_if_interrupted(args.json, report)
     fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
@@ -317,7 +322,8 @@ def main() -> int:
     if fastest is not None:
         print(f"\nprofile of the fastest variant, {fastest[2]}:")
         try:
-            profile(fastest[1], device, args.trace)
+            summary = profile(fastest[1], device, args.trace)
+            profiled = {"variant": fastest[2], **summary} if summary else None
         except Exception as error:  # the table above is what matters most: keep it
             print(f"profile: FAILED: {first_line(error)}")
         fastest = None

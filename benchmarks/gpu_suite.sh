@@ -13,7 +13,8 @@
 #               on a warm machine it only re-exports the environment.
 #   bench  4.5  bench_attention (host / ours / ours+pad, 32x32 and 64x64, batch 64, fp32 and
 #               bf16, every SDPA kernel; ~1.5), bench_train (128 px, batch 256, fp32, bf16,
-#               channels_last, flash, compile, MFU, a profiler trace of the fastest, the fastest
+#               channels_last, flash, compile, MFU, a profiler trace of the fastest and its
+#               summary (trace_summary.py: GPU idle time and why, syncs, kernels), the fastest
 #               eager one at batch 64 and 32; ~3), ddp_estimate (4 and 8 GPUs on paper from
 #               those step times; seconds)
 #   cpp    4    cmake build against the machine's CUDA torch (~1), cpp_check.py: a tiny run,
