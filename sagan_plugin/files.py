@@ -53,7 +53,37 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],
     durable: also fsync the file and the folder, so that the new file survives a power cut
     (checkpoints); without it a crash still leaves the old file or the new one, never half.
     """
-    path = Path(path)
+    write_together({Path(path): write}, durable)
+
+
+def write_together(writes: dict[Path, Callable[[IO[bytes]], Any]],
+                   durable: bool = False) -> None:
+    """write_atomically for several files that belong together (a report): each is written
+    to a temporary file beside it first, and only once all are written are they renamed into
+    place, in order. A failure while writing (a full disk) leaves every path as it was; a
+    rename does not fail where files can be made, unless a folder is in the way, which the
+    caller checks first (check_output_file)."""
+    staged: dict[Path, str] = {}
+    try:
+        for path, write in writes.items():
+            staged[path] = _write_beside(path, write, durable)
+        for path, tmp in staged.items():
+            with failures_named_by(path):
+                os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            Path(tmp).unlink(missing_ok=True)  # those not renamed, after a failure
+    if durable:
+        for folder in {path.parent for path in staged}:
+            directory = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the renames themselves
+            finally:
+                os.close(directory)
+
+
+def _write_beside(path: Path, write: Callable[[IO[bytes]], Any], durable: bool) -> str:
+    """write(file) on a new temporary file in path's folder; its name (removed on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with failures_named_by(path):
@@ -64,20 +94,19 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], Any],
                     f.flush()
                     os.fsync(f.fileno())
             os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be shared
-            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    if durable:
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself
-        finally:
-            os.close(directory)
+    return tmp
+
+
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    """How JSON files are written: indented, with a final newline."""
+    return json.dumps(payload, indent=2).encode() + b"\n"
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_atomically(path, lambda f: f.write(json.dumps(payload, indent=2).encode() + b"\n"))
+    write_atomically(path, lambda f: f.write(json_bytes(payload)))
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

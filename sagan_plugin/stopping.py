@@ -21,9 +21,14 @@ class Interrupted(Exception):
     """Training stopped on a signal after saving the checkpoint of `step`."""
 
     def __init__(self, signum: int, step: int, where: str) -> None:
+        self.signum, self.step, self.where = signum, step, where
         self.exit_code = EXIT_CODES.get(signum, 128 + signum)
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: its "
                          f"checkpoint is in {where}; run the same command again to resume")
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:
+        """Pickled by its arguments: a study's worker process hands it to the main one."""
+        return Interrupted, (self.signum, self.step, self.where)
 
 
 class StopRequests:

@@ -13,13 +13,13 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sagan_plugin.files import write_atomically, write_json
+from sagan_plugin.errors import UsageError
+from sagan_plugin.files import check_writable, json_bytes, write_together
 from sagan_plugin.machine import describe
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ SAMPLE_ROW_HEIGHT = 1.0
 SAMPLES_PER_ROW = 10
 TABLE_BEGIN = "<!-- study:{name} -->"
 TABLE_END = "<!-- /study -->"
+PICTURES = ("fid_curve.png", "samples.png", "gamma.png")
+REPORT_FILE = "study.json"
 
 
 def read_scalars(run_dir: Path) -> dict[str, Any]:
@@ -136,18 +138,11 @@ def update_readme(text: str, payloads: list[dict]) -> str:
     return text
 
 
-def _figure(size: tuple[float, float]) -> tuple[Figure, ModuleType]:
-    import matplotlib
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure outside pyplot: nothing global to close; savefig renders it with Agg."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt.figure(figsize=size, dpi=FIGURE_DPI), plt
-
-
-def _save(figure: Figure, plt: ModuleType, path: Path) -> None:
-    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=FIGURE_DPI))
-    plt.close(figure)
+    return Figure(figsize=size, dpi=FIGURE_DPI)
 
 
 def _mean_band(series: list[list[list[float]]]) -> tuple[list, list, list, list]:
@@ -173,8 +168,8 @@ def _plot_mean_bands(axes: Axes, series_by_run: list[tuple[str, list]], **line_s
     return bool(by_name)
 
 
-def plot_curves(runs: list[dict], path: Path) -> None:
-    figure, plt = _figure(CURVE_SIZE)
+def plot_curves(runs: list[dict]) -> Figure:
+    figure = _figure(CURVE_SIZE)
     axes = figure.add_subplot()
     drawn = _plot_mean_bands(axes, [(r["configuration"], r["curve"]) for r in runs],
                              marker="o")
@@ -183,11 +178,11 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     if drawn:
         axes.legend()
     axes.grid(alpha=0.3)
-    _save(figure, plt, path)
+    return figure
 
 
-def plot_gamma(runs: list[dict], path: Path) -> None:
-    figure, plt = _figure(GAMMA_SIZE)
+def plot_gamma(runs: list[dict]) -> Figure:
+    figure = _figure(GAMMA_SIZE)
     for k, net in enumerate(("G", "D")):
         axes = figure.add_subplot(1, 2, k + 1)
         drawn = _plot_mean_bands(axes, [(r["configuration"], r["gamma"][net]) for r in runs])
@@ -196,16 +191,16 @@ def plot_gamma(runs: list[dict], path: Path) -> None:
             axes.legend(fontsize="small")
         axes.grid(alpha=0.3)
     figure.tight_layout()
-    _save(figure, plt, path)
+    return figure
 
 
-def plot_samples(runs: list[dict], path: Path, device: torch.device) -> None:
+def plot_samples(runs: list[dict], device: torch.device) -> Figure:
     """A row per configuration from its seed-0 run: noise seed 0, labels 0, 1, 2, ..."""
     from sagan_plugin.runs import load_generator
     from sagan_plugin.sample import sample, to_uint8
 
     first_runs = [r for r in runs if r["seed"] == 0]
-    figure, plt = _figure((SAMPLES_WIDTH, SAMPLE_ROW_HEIGHT * len(first_runs)))
+    figure = _figure((SAMPLES_WIDTH, SAMPLE_ROW_HEIGHT * len(first_runs)))
     for k, run in enumerate(first_runs):
         netG = load_generator(Path(_run_dir(run)), device=device).netG
         images = to_uint8(sample(netG, SAMPLES_PER_ROW, seed=0, device=device))
@@ -215,30 +210,44 @@ def plot_samples(runs: list[dict], path: Path, device: torch.device) -> None:
         axes.set_xticks([]), axes.set_yticks([])
         axes.set_ylabel(run["configuration"], rotation=0, ha="right", va="center")
     figure.subplots_adjust(left=0.25, right=0.98, top=0.98, bottom=0.02, hspace=0.1)
-    _save(figure, plt, path)
+    return figure
 
 
 def _run_dir(run: dict) -> str:
     return next(a.removeprefix("run_dir=") for a in run["argv"] if a.startswith("run_dir="))
 
 
+def check_report(out: Path) -> None:
+    """Prove that every file of the report can be written in out, before any is."""
+    check_writable(out, "study output folder")
+    for name in (*PICTURES, REPORT_FILE):
+        if (out / name).is_dir():
+            raise UsageError(f"cannot write {out / name}: a folder is in the way")
+
+
 def write_report(name: str, study: DictConfig, runs: list[dict], out: Path,
                  device: torch.device, command: str, commit: str | None) -> dict:
-    """study.json and the three pictures in out/; returns the JSON's content. `commit` is the
-    code of this invocation; each run records the one that trained it."""
-    plot_curves(runs, out / "fid_curve.png")
-    plot_gamma(runs, out / "gamma.png")
-    plot_samples(runs, out / "samples.png", device)
+    """study.json and the three pictures in out/, all or none (checked, then drawn, then
+    written together: see write_together); returns the JSON's content. `commit` is the code
+    of this invocation, which scored every run; each run records the ones that trained it
+    (trained_at: one per training segment's commit, when it was resumed on other code)."""
+    check_report(out)
     payload = {
         "study": name, "settings": OmegaConf.to_container(study), "command": command,
         "machine": describe(device), "commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "budget": "every configuration trains the same number of generator steps; "
                   "d_real_images = steps x n_dis x batch size (the real images D sees)",
-        "summary": summarize(runs), "runs": runs,
-        "files": ["fid_curve.png", "samples.png", "gamma.png"],
+        "summary": summarize(runs), "runs": runs, "files": list(PICTURES),
     }
-    write_json(out / "study.json", payload)
+    figures = dict(zip(PICTURES, (plot_curves(runs), plot_samples(runs, device),
+                                  plot_gamma(runs)), strict=True))
+    # The JSON is renamed first: should a rename fail even so, no new picture is left
+    # beside an old JSON (the record the README quotes).
+    write_together({
+        out / REPORT_FILE: lambda f: f.write(json_bytes(payload)),
+        **{out / file: lambda f, figure=figure: figure.savefig(f, format="png", dpi=FIGURE_DPI)
+           for file, figure in figures.items()}})
     print(results_table(payload))
-    print(f"wrote {out}/study.json, fid_curve.png, samples.png, gamma.png")
+    print(f"wrote {out}/{REPORT_FILE}, {', '.join(PICTURES)}")
     return payload

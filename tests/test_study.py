@@ -1,13 +1,17 @@
 """The study runner (`sagan-plugin compare`): runs, resume, results, pictures, README tables."""
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from sagan_plugin import study as study_module
+from sagan_plugin import study_runs
 from sagan_plugin.cli import main as cli
+from sagan_plugin.files import write_together
 from sagan_plugin.study_report import (
     CURVE_SIZE,
     FIGURE_DPI,
@@ -23,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_FIELDS = {"configuration", "group", "seed", "model", "num_classes", "argv", "n", "commit",
               "step", "ema", "fid", "kid", "kid_std", "batch_size", "n_dis", "generator_steps",
               "d_real_images", "train_seconds", "g_steps_per_s", "d_images_per_s", "params_G",
-              "params_D", "curve", "gamma"}
+              "params_D", "curve", "gamma", "trained_at"}
 SUMMARY_FIELDS = {"configuration", "group", "model", "num_classes", "seeds", "fid_mean",
                   "fid_std", "kid_mean", "kid_std", "generator_steps", "d_real_images",
                   "batch_size", "n_dis", "g_steps_per_s", "train_seconds_mean", "params_G",
@@ -53,7 +57,8 @@ def test_results_have_every_field_and_seeds_differ(smoke: Path) -> None:
         assert run["generator_steps"] == 2 and run["step"] == 2
         assert [step for step, _ in run["curve"]] == [1, 2]
         assert run["d_real_images"] == 2 * run["n_dis"] * 4
-        assert run["commit"] == payload["commit"]  # one invocation trained them all
+        assert run["commit"] == payload["commit"]  # one invocation scored them all
+        assert run["trained_at"] == [payload["commit"]]  # and trained them
     by_name = {(r["configuration"], r["seed"]): r for r in payload["runs"]}
     assert by_name[("sagan", 0)]["fid"] != by_name[("sagan", 1)]["fid"]
     assert len(by_name[("sagan", 0)]["gamma"]["G"]) == 2
@@ -81,7 +86,7 @@ def test_finished_runs_are_not_retrained_and_interrupted_ones_continue(
     runs, results = smoke / "runs" / "smoke", smoke / "results"
     # An interruption after the checkpoint of step 1: no result file, no step-2 checkpoint.
     interrupted = runs / "sngan_s1"
-    (interrupted / study_module.RESULT_FILE).unlink()
+    (interrupted / study_runs.RESULT_FILE).unlink()
     for net in ("netG", "netD"):
         (interrupted / "checkpoints" / net / f"{net}_2_steps.pth").unlink()
     finished = runs / "sagan_s0" / "checkpoints" / "netG" / "netG_2_steps.pth"
@@ -119,10 +124,76 @@ def test_table_shows_the_seed_spread_only_when_there_is_one(smoke: Path) -> None
     assert ", one seed," in one_seed
 
 
-def test_readme_tables_match_the_committed_results() -> None:
-    payloads = [json.loads(p.read_text()) for p in sorted(REPO.glob("results/*/study.json"))]
-    readme = (REPO / "README.md").read_text()
-    assert update_readme(readme, payloads) == readme, "run python benchmarks/results_table.py"
+def _tree(folder: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Everything under folder: modification time, and the bytes of each file."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns,
+                                         p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_a_report_that_cannot_be_written_whole_writes_nothing(
+        smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A folder in the place of study.json: refused before a picture is replaced."""
+    out = tmp_path / "results"
+    shutil.copytree(smoke / "results" / "smoke", out / "smoke",
+                    ignore=shutil.ignore_patterns("study.json"))
+    (out / "smoke" / "study.json").mkdir()
+    (out / "smoke" / "study.json" / "notes.txt").write_text("mine")
+    before = _tree(out)
+    assert _compare("study=smoke", f"runs={smoke / 'runs'}", f"out={out}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot write {out / 'smoke' / 'study.json'}: a folder is in the way"
+    assert _tree(out) == before
+
+
+def test_files_written_together_are_left_as_they_were_when_one_fails(tmp_path: Path) -> None:
+    """A full disk while writing the last file: the others are not replaced either."""
+    first, second = tmp_path / "a.json", tmp_path / "b.png"
+    first.write_text("old")
+
+    def full_disk(stream) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left") as error:
+        write_together({first: lambda f: f.write(b"new"), second: full_disk})
+    assert error.value.filename == str(second)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"] and first.read_text() == "old"
+
+
+@pytest.fixture
+def results_table_main(monkeypatch: pytest.MonkeyPatch):
+    """benchmarks/results_table.py's main(argv)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import results_table as script
+
+    return script.main
+
+
+def test_readme_tables_match_the_committed_results(results_table_main,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert results_table_main(["--check"]) == 0, "run python benchmarks/results_table.py"
+
+
+def test_a_study_the_readme_does_not_quote_is_skipped_with_a_note(
+        results_table_main, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results,
+                    ignore=lambda folder, names: [n for n in names if n.endswith(".png")])
+    extra = json.loads((results / "ttur_cpu" / "study.json").read_text())
+    (results / "smoke").mkdir()
+    (results / "smoke" / "study.json").write_text(json.dumps({**extra, "study": "smoke"}))
+    capsys.readouterr()
+    assert results_table_main(["--check", "--results", str(results)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "README tables match the results\n"
+    assert err == (f"{results / 'smoke' / 'study.json'}: no <!-- study:smoke --> block in "
+                   "README.md; not quoted, skipped\n")
+    # --results is the folder checked: a table there that differs from the README's is found
+    (results / "ttur_cpu" / "study.json").write_text(json.dumps({**extra, "date": "1999-01-01"}))
+    assert results_table_main(["--check", "--results", str(results)]) == 1
+    assert "README tables differ from the results" in capsys.readouterr().out
+    assert results_table_main(["--check", "--results", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == f"error: --results {tmp_path / 'none'} is not a folder\n"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -130,9 +201,9 @@ def test_readme_tables_match_the_committed_results() -> None:
     (["study=smoke", "steps=0"], "compare: steps must be at least 1, got 0"),
     (["study=smoke", "seeds=0"], "compare: seeds must be at least 1, got 0"),
     (["study=smoke", "parallel=0"], "parallel must be at least 1"),
-    (["study=smoke", "out=/proc/no"], "cannot write to output directory /proc/no"),
+    (["study=smoke", "out=/proc/no"], "cannot write to study output folder /proc/no"),
     (["study={bad_family}"], "unknown model 'nogan'"),
-    (["study={typo}"], "bad field modle"),
+    (["study={typo}"], "configuration 1 (a): unknown field modle"),
     (["study={missing_data}"], "data set cifar10 not found"),
     (["study={not_yaml}"], "is not YAML"),
     (["study={one_image}"], "study one_image: n must be at least 2, got 1"),
@@ -157,3 +228,155 @@ def test_bad_input_is_one_line_before_anything_trains(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
     assert not runs.exists() or not any(runs.rglob("*.pth"))
+
+
+def _checkpoint_times(runs: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in runs.rglob("*.pth")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.ngf=8"], "study smoke, configuration sagan: "),  # sngan's ngf is 8 already
+    (["steps=1"], "is at step 2, past steps=1: a study's runs are extended, not shortened"),
+])
+def test_a_run_folder_of_another_configuration_or_more_steps_is_refused(
+        smoke: Path, args: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """Rescoring the old model under the new configuration's name would report wrong numbers."""
+    runs = smoke / "runs"
+    before = _checkpoint_times(runs)
+    assert _compare("study=smoke", f"runs={runs}", f"out={tmp_path}", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    if args == ["model.ngf=8"]:
+        assert "was started with another configuration (model.ngf: 4 -> 8)" in err, err
+        assert err.endswith("(compare: runs= another folder, or delete "
+                            f"{runs / 'smoke' / 'sagan_s0'})"), err
+    assert _checkpoint_times(runs) == before and not any(tmp_path.iterdir())
+
+
+def test_another_device_scores_nothing_again(smoke: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert _compare("study=smoke", f"runs={smoke / 'runs'}", f"out={tmp_path}",
+                    "device=cpu") == 0
+    assert capsys.readouterr().out.count("done before") == 6
+
+
+def test_run_keys_on_the_command_line_apply_to_every_run(tmp_path: Path) -> None:
+    from sagan_plugin.config import compose, parse_overrides
+
+    options = parse_overrides(study_module.CompareOptions, ["study=smoke", f"runs={tmp_path}"],
+                              "compare")
+    _, jobs = study_module.plan(options, ["train.batch_size=2", "model.ndf=8"])
+    assert {compose(job.argv).train.batch_size for job in jobs} == {2}  # after the study's 4
+    assert {compose(job.argv).model.ndf for job in jobs} == {8}  # after the configurations'
+
+
+def test_compare_under_torchrun_is_refused(monkeypatch, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _compare("study=smoke", f"runs={tmp_path}", f"out={tmp_path}") == 2
+    assert "run it without torchrun" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("configurations: []", "configurations must be a list of at least one mapping of name, "
+                           "model, group, overrides"),
+    ("configurations: [{name: a, model: sagan, overrides: model.ngf=4}]",
+     "configuration 1 (a): overrides must be a list of key=value, got 'model.ngf=4'"),
+    ("configurations: [{name: a, model: sagan}, {name: b, modle: sagan}]",
+     "configuration 2 (b): unknown field modle; fields: name, model, group, overrides"),
+    ("curve_every: -5\nconfigurations: [{name: a, model: sagan}]",
+     "curve_every must be at least 0 and curve_n at least 2, got curve_every=-5"),
+    ("configurations: [{name: a, model: sagan}", "is not YAML (line 4, column 1)"),
+])
+def test_a_study_file_names_the_configuration_and_field_that_is_wrong(
+        text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study = tmp_path / "mine.yaml"
+    study.write_text(f"data: procedural\nsteps: 2\n{text}\n")
+    assert _compare(f"study={study}", f"runs={tmp_path / 'runs'}", f"out={tmp_path}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_preset_asked_for_as_a_file_says_so(capsys: pytest.CaptureFixture) -> None:
+    assert _compare("study=smoke.yaml") == 2
+    assert "study file smoke.yaml does not exist (the preset is study=smoke)" in \
+        capsys.readouterr().err
+
+
+def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
+        tmp_path: Path, monkeypatch) -> None:
+    """A resumed run's train_seconds covers every segment, each commit that trained it named."""
+    import signal
+
+    from omegaconf import OmegaConf
+
+    from sagan_plugin import train
+    from sagan_plugin.config import parse_overrides
+    from sagan_plugin.stopping import Interrupted
+
+    study = tmp_path / "one.yaml"
+    study.write_text("data: procedural\nsteps: 2\nseeds: 1\nn: 8\noverrides: "
+                     "[train.batch_size=4, data.size=64, data.num_workers=0, train.save_steps=1]"
+                     "\nconfigurations: [{name: a, model: sagan, overrides: [model.ngf=4, "
+                     "model.ndf=4]}]\n")
+    options = parse_overrides(study_module.CompareOptions,
+                              [f"study={study}", f"runs={tmp_path / 'runs'}"], "compare")
+    job = study_module.plan(options)[1][0]
+    real_run = train.run
+
+    def stopped_after_step_1(cfg):
+        real_run(OmegaConf.merge(cfg, {"train": {"steps": 1}}))
+        raise Interrupted(signal.SIGINT, 1, "there")
+
+    monkeypatch.setattr(train, "run", stopped_after_step_1)
+    with pytest.raises(Interrupted):
+        study_runs._train_and_score(replace(job, commit="aaa"))
+    timing = json.loads((Path(job.run_dir) / study_runs.TIMING_FILE).read_text())
+    assert timing["steps"] == 1 and timing["seconds"] > 0 and timing["commits"] == ["aaa"]
+    monkeypatch.setattr(train, "run", real_run)
+    result = study_runs._train_and_score(replace(job, commit="bbb"))
+    assert result["trained_at"] == ["aaa", "bbb"] and result["commit"] == "bbb"
+    assert result["train_seconds"] > timing["seconds"]
+    assert result["g_steps_per_s"] == pytest.approx(2 / result["train_seconds"])
+
+
+def test_ctrl_c_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
+        tmp_path: Path) -> None:
+    """Two runs train in workers, two wait: a Ctrl-C to the terminal's process group stops the
+    two after their step, saved, and the waiting ones never start (they used to train to the
+    end after the Ctrl-C)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study, runs = tmp_path / "long.yaml", tmp_path / "runs"
+    study.write_text("data: procedural\nsteps: 400\nseeds: 2\nn: 8\noverrides: "
+                     "[train.batch_size=4, data.size=64, data.num_workers=0]\nconfigurations: "
+                     "[{name: a, model: sagan, overrides: [model.ngf=4, model.ndf=4]}, "
+                     "{name: b, model: sagan, overrides: [model.ngf=4, model.ndf=4, "
+                     "model.attention=0]}]\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sagan_plugin", "compare", f"study={study}", "parallel=2",
+         f"runs={runs}", f"out={tmp_path / 'out'}", "device=cpu"], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    logs = [runs / "long" / f"a_s{seed}.log" for seed in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "/400" in log.read_text() for log in logs):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:  # the waiting runs started: leave no study behind
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the study went on training after Ctrl-C")
+    assert process.returncode == 130, err
+    assert out.count("stopped by SIGINT after step") == 2, out
+    for seed in (0, 1):
+        assert list((runs / "long" / f"a_s{seed}" / "checkpoints" / "netG").glob("*.pth"))
+        assert not (runs / "long" / f"b_s{seed}").exists()
