@@ -7,7 +7,8 @@ One training step is one D train_step and one G train_step (n_dis=1), each net's
 batch already on the device (the data loader is not timed). Rows:
 
     host fp32                 torch_mimicry's SAGANGenerator128/SAGANDiscriminator128, Adam
-    ours fp32                 sagan_plugin's nets and train_step, fused Adam
+    ours fp32                 sagan_plugin's nets and train_step, fused Adam, G's batch
+                              norms in groups of 64 (train.bn_group, as `train` runs them)
     ours bf16                 + bf16 autocast (spectral norm and losses in fp32)
     ours bf16 channels_last   + NHWC
     ours bf16 cl flash        + FlashAttention (query and key zero-padded to the value's width,
@@ -75,10 +76,14 @@ def build(impl: str, width: int, num_classes: int, device: torch.device, fused: 
         netG = sagan_128.SAGANGenerator128(num_classes=num_classes, ngf=16 * width)
         netD = sagan_128.SAGANDiscriminator128(num_classes=num_classes, ndf=16 * width)
     else:
+        from sagan_plugin.config import compose
         from sagan_plugin.nets import DISCRIMINATORS, GENERATORS
+        from sagan_plugin.nets.layers import set_bn_group
 
         netG = GENERATORS[RESOLUTION](num_classes=num_classes, ngf=width)
         netD = DISCRIMINATORS[RESOLUTION](num_classes=num_classes, ndf=width)
+        # G's batch norms in the groups that `train` uses (the preset's, as the reference's)
+        set_bn_group(netG, compose(["model=sagan"]).train.bn_group)
     netG.to(device), netD.to(device)
     optG = torch.optim.Adam(netG.parameters(), 1e-4, betas=(0.0, 0.9), fused=fused)
     optD = torch.optim.Adam(netD.parameters(), 4e-4, betas=(0.0, 0.9), fused=fused)

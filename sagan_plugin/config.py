@@ -93,6 +93,9 @@ class TrainConfig:
     sdpa_backend: str = option("auto", "attention kernel",
                                one_of("auto", *SDPA_BACKENDS))
     sync_bn: bool = option(False, "batch-norm statistics over the global batch (torchrun, GPUs)")
+    bn_group: int | None = option(None, "G's batch norms (this package's) normalise a training "
+                                  "batch in groups of this many images, as the reference's 64 "
+                                  "per GPU; null: the whole batch of a process", at_least(1))
     deterministic: bool = option(False, "deterministic kernels: a resumed run repeats bit for bit")
     ema_decay: float | None = option(None, "BigGAN-style EMA of G, preferred for sampling; null: "
                                      "none (BigGAN: 0.9999)", between(0, 1, low_open=True,

@@ -34,6 +34,7 @@ from sagan_plugin.distributed import (
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_atomically
+from sagan_plugin.nets.layers import set_bn_group
 from sagan_plugin.precision import check_options, prepare_for_training, step_context
 from sagan_plugin.runs import (
     CONFIG_FILE,
@@ -155,6 +156,7 @@ def run(cfg: DictConfig) -> SAGANTrainer:
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
                          "runs on GPUs only); leave it false")
+    check_bn_group(train.bn_group, train.sync_bn, local_batch)
     if train.deterministic:
         _make_deterministic()
     elif device.type == "cuda":
@@ -164,6 +166,19 @@ def run(cfg: DictConfig) -> SAGANTrainer:
         return _train(cfg, world, device, local_batch)
     finally:
         destroy_process_group()
+
+
+def check_bn_group(group: int | None, sync_bn: bool, local_batch: int) -> None:
+    """Groups of batch-norm images that each process's batch splits into evenly."""
+    if not group:
+        return
+    if sync_bn:
+        raise UsageError(f"train.bn_group={group} and train.sync_bn ask for other batch-norm "
+                         "statistics (over groups of a process's batch, over every process's): "
+                         "set train.bn_group=null or train.sync_bn=false")
+    if local_batch > group and local_batch % group:
+        raise UsageError(f"train.bn_group={group} must divide the batch each process trains "
+                         f"on, {local_batch}, or be at least it")
 
 
 def _make_deterministic() -> None:
@@ -205,6 +220,10 @@ def _train(cfg: DictConfig, world: World, device: torch.device,
                          channels_last=train.channels_last)
     if train.sync_bn:
         netG = torch.nn.SyncBatchNorm.convert_sync_batchnorm(netG)
+    if train.bn_group and not set_bn_group(netG, train.bn_group):
+        raise UsageError(f"train.bn_group: model {cfg.model.name} has none of this package's "
+                         "batch norms (its own normalise the whole batch); set "
+                         "train.bn_group=null")
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None
     fid = None
     if train.fid_every and world.is_main:

@@ -36,6 +36,11 @@ TRAIN_CASES = [
     (["model.ngf=0"], "model.ngf must be at least 1, got 0"),
     (["model.ndf=-3"], "model.ndf must be at least 1"),
     (["model.nz=0"], "model.nz must be at least 1"),
+    (["train.bn_group=0"], "train.bn_group must be at least 1"),
+    (["train.bn_group=3"], "train.bn_group=3 must divide the batch each process trains on, 4, "
+                           "or be at least it"),
+    (["model=sngan", "model.ngf=8", "model.ndf=8", "train.bn_group=2"],
+     "train.bn_group: model sngan has none of this package's batch norms"),
     (["model.ngf=100000000"], "its weights do not fit in memory"),
     (["train.seed=123456789012345678901"], "train.seed must be an integer in [0, 2^63 - 1]"),
     (["train.seed=-1"], "train.seed must be an integer in [0, 2^63 - 1], got -1"),

@@ -112,3 +112,17 @@ def test_reference_crop_is_the_largest_centred_square() -> None:
 def test_imagenet_128_uses_the_reference_crop_by_default() -> None:
     assert compose(["data=imagenet_128"]).data.crop == "square"
     assert compose(["data=imagenet_32"]).data.crop == "mimicry"
+
+
+def test_the_128px_preset_trains_as_the_reference() -> None:
+    """brain-research/self-attention-gan's train_imagenet.py and model.py: hinge loss, Adam
+    (0, 0.9 as the paper), lr_G 1e-4 and lr_D 4e-4, one D step per G step, no decay, z of 128,
+    batch 256 as 4 GPUs of 64 whose G normalises its own 64 images."""
+    from sagan_plugin.config import compose
+
+    cfg = compose(["model=sagan", "data=imagenet_128"])
+    train, model = cfg.train, cfg.model
+    assert (train.lr_g, train.lr_d, train.beta1, train.beta2) == (1e-4, 4e-4, 0.0, 0.9)
+    assert (train.n_dis, train.lr_decay, train.batch_size, train.bn_group) == (1, None, 256, 64)
+    assert (model.nz, model.loss_type, model.bn_decay, model.bn_out_decay) == (128, "hinge",
+                                                                               0.999, 0.9999)

@@ -3,6 +3,8 @@ fakes, G's step fools D, labels enter D through the projection term alone, one l
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -101,3 +103,47 @@ def test_labels_must_be_one_per_image() -> None:
             netG(z, wrong)
         with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
             netD(x, wrong)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_batch_norm_in_groups_normalises_each_group_alone_and_updates_in_turn(
+        memory_format: torch.memory_format) -> None:
+    """The reference's G normalises each GPU's 64 images by their own statistics, and each
+    GPU's update reaches the running ones: groups of a batch must equal separate batches."""
+    from sagan_plugin.nets.layers import BatchNorm2d
+
+    torch.manual_seed(0)
+    x = (torch.randn(12, 5, 4, 4) * 3 + 1).contiguous(memory_format=memory_format)
+    grouped = BatchNorm2d(5)
+    with torch.no_grad():
+        grouped.weight.uniform_(0.5, 1.5), grouped.bias.uniform_(-1, 1)
+    separate = copy.deepcopy(grouped)
+    grouped.group = 4
+    out = grouped(x)
+    expected = torch.cat([separate(part) for part in x.split(4)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.is_contiguous(memory_format=memory_format)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(separate, name), rtol=0,
+                                   atol=0)
+    assert int(grouped.num_batches_tracked) == 3
+    whole = BatchNorm2d(5)
+    whole.group = 12  # a group of the whole batch or more: one batch, as without groups
+    torch.testing.assert_close(whole(x), BatchNorm2d(5)(x), rtol=0, atol=0)
+
+
+def test_training_normalises_g_in_the_groups_of_train_bn_group(tmp_path) -> None:
+    from sagan_plugin.config import compose
+    from sagan_plugin.nets.layers import BatchNorm2d
+    from sagan_plugin.train import run
+
+    assert compose(["model=sagan"]).train.bn_group == 64  # the reference's images per GPU
+    assert compose(["model=sngan"]).train.bn_group is None
+    tiny = ["model=sagan", "data=procedural", "model.ngf=4", "model.ndf=4", "data.size=16",
+            "data.num_workers=0", "train.steps=1", "train.batch_size=4"]
+    for group, updates in ((2, 4), (None, 2)):  # G runs twice a step: D's fakes, G's own
+        trainer = run(compose([*tiny, f"run_dir={tmp_path / str(group)}",
+                               f"train.bn_group={'null' if group is None else group}"]))
+        norms = [m for m in trainer.netG.modules() if isinstance(m, BatchNorm2d)]
+        assert norms and {(m.group, int(m.num_batches_tracked)) for m in norms} == \
+            {(group, updates)}

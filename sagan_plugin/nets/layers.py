@@ -81,7 +81,13 @@ class BatchNorm2d(nn.BatchNorm2d):
     and variance 1, and the statistics stay an average over roughly the last tenth of the run,
     so the weights of a short run's first steps do not linger in them. The weight is a tensor:
     no host sync, one graph.
+
+    With `group` set (set_bn_group), a training batch larger than it is normalised in groups
+    of that many images, each with its own statistics, and each group updates the running
+    statistics in turn: the reference's G, one copy per GPU tower of 64 images, normalises so.
     """
+
+    group: int | None = None
 
     def __init__(self, channels: int, decay: float = BN_DECAY, affine: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
@@ -92,6 +98,12 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
+        if self.group and x.shape[0] > self.group:
+            return torch.cat([self._normalise(part) for part in x.split(self.group)])
+        return self._normalise(x)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        """Training mode: x by its own statistics, which then update the running ones."""
         # momentum=1 leaves exactly this batch's statistics (variance unbiased, as torch keeps).
         batch_mean = torch.zeros_like(self.running_mean)
         batch_var = torch.ones_like(self.running_var)
@@ -103,6 +115,15 @@ class BatchNorm2d(nn.BatchNorm2d):
             self.running_mean.lerp_(batch_mean, weight)
             self.running_var.lerp_(batch_var, weight)
         return out
+
+
+def set_bn_group(net: nn.Module, images: int | None) -> int:
+    """Normalise net's batch norms (this package's) in groups of `images` while training
+    (None: the whole batch); returns how many it has."""
+    norms = [m for m in net.modules() if isinstance(m, BatchNorm2d)]
+    for norm in norms:
+        norm.group = images
+    return len(norms)
 
 
 class ConditionalBatchNorm2d(nn.Module):
