@@ -156,7 +156,6 @@ def run(cfg: DictConfig) -> SAGANTrainer:
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
                          "runs on GPUs only); leave it false")
-    check_bn_group(train.bn_group, train.sync_bn, local_batch)
     if train.deterministic:
         _make_deterministic()
     elif device.type == "cuda":
@@ -209,6 +208,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device,
     stop = StopRequests()
     if dataloader.worker_init_fn is None:
         dataloader.worker_init_fn = stop.worker_init
+    check_bn_group(train.bn_group, train.sync_bn, local_batch)  # after the data set's size
     netG, netD = build_models(cfg)
     if world.distributed and not (isinstance(netG, SAGANGenerator)
                                   and isinstance(netD, SAGANDiscriminator)):
