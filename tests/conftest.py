@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def interruptible() -> None:
+    """preexec_fn of a child that a test stops with SIGINT, as a terminal's Ctrl-C would: a
+    runner that starts the suite in the background (bash's `&`) leaves SIGINT ignored, and a
+    child would inherit that and never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: int = 600, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
     """Run `python -m sagan_plugin ARGS` and capture its output. max_file_bytes: no file may

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, interruptible
 
 SCRIPT = REPO / "benchmarks" / "gpu_suite.sh"
 STAGE_COMMANDS = {
@@ -311,7 +311,7 @@ def test_an_interrupted_benchmark_ends_with_one_line_and_leaves_nothing(tmp_path
     out = tmp_path / "attention.json"
     process = subprocess.Popen([sys.executable, "benchmarks/bench_attention.py", "--device", "cpu",
                                 "--json", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + 120
     while not (child := children.read_text().split()):  # its first case starts

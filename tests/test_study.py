@@ -354,6 +354,8 @@ def test_ctrl_c_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
     import sys
     import time
 
+    from conftest import interruptible
+
     study, runs = tmp_path / "long.yaml", tmp_path / "runs"
     study.write_text("data: procedural\nsteps: 400\nseeds: 2\nn: 8\noverrides: "
                      "[train.batch_size=4, data.size=64, data.num_workers=0]\nconfigurations: "
@@ -363,7 +365,8 @@ def test_ctrl_c_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
     process = subprocess.Popen(
         [sys.executable, "-m", "sagan_plugin", "compare", f"study={study}", "parallel=2",
          f"runs={runs}", f"out={tmp_path / 'out'}", "device=cpu"], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=interruptible)
     logs = [runs / "long" / f"a_s{seed}.log" for seed in (0, 1)]
     deadline = time.monotonic() + 300
     while not all(log.is_file() and "/400" in log.read_text() for log in logs):
