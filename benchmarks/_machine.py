@@ -11,6 +11,7 @@ import os
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,11 @@ def _numeric(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def last_error_line(done: subprocess.CompletedProcess) -> str:
+    """What a failed child said last on stderr; how it ended when it said nothing (a crash)."""
+    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
 
 
 def write_json(path: str | Path, payload: dict) -> None:

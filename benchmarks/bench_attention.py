@@ -35,6 +35,7 @@ from _machine import (
     RESULTS,
     describe,
     keep_if_interrupted,
+    last_error_line,
     median_seconds,
     print_table,
     run_main,
@@ -113,9 +114,8 @@ def run_case(spec: dict) -> dict:
 def _in_subprocess(spec: dict) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                           capture_output=True, text=True)
-    if done.returncode:  # a crash in a kernel may print nothing: then say how it ended
-        last = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        return {**spec, "error": last[-1][:80]}
+    if done.returncode:
+        return {**spec, "error": last_error_line(done)[:80]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

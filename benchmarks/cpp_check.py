@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import run_main
+from _machine import last_error_line, run_main
 
 from sagan_plugin.export import CHECK_TOLERANCE
 from sagan_plugin.runs import load_generator
@@ -44,8 +44,7 @@ def cli(*args: str) -> float:
                           stderr=subprocess.PIPE, text=True)
     sys.stderr.write(done.stderr)
     if done.returncode:
-        last = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise CommandFailed(f"sagan-plugin {args[0]}: {last[-1]}")
+        raise CommandFailed(f"sagan-plugin {args[0]}: {last_error_line(done)}")
     return time.perf_counter() - start
 
 
@@ -102,8 +101,7 @@ def main() -> int:
              "--save-tensor", str(tensor)], capture_output=True, text=True)
         print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n")
         if done.returncode:
-            entry["error"] = (done.stderr.strip().splitlines() or
-                              [f"exit status {done.returncode}"])[-1]
+            entry["error"] = last_error_line(done)
             result["formats"][fmt], ok = entry, False
             save(ok)
             continue

@@ -34,7 +34,6 @@ TIMING_FILE = "study_timing.json"
 GPU_MEMORY_PER_RUN = 6 * 2**30  # a 32 px run at batch 64 with Inception scoring, and room
 
 
-
 @dataclass
 class Job:
     """One run of a study: a configuration trained with one seed."""
