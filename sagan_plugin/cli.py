@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from sagan_plugin.errors import PluginWarning, UsageError
-from sagan_plugin.stopping import EXIT_CODES, Interrupted
+from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated
 
 # Subcommand -> ("module:function" taking the key=value tokens, "module:Schema" of its keys,
 # help); imported on use only. train's keys come from the composed run configuration.
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_CODES[signal.SIGINT]
+    except Terminated:  # a study's main process, after its runs stopped
+        print("terminated", file=sys.stderr)
+        return Terminated.exit_code
     except RuntimeError as error:
         message = _out_of_memory(error, args.command)
         if message is None:

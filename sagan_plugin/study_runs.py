@@ -3,8 +3,8 @@
 A run's folder holds its result (study_run.json: scores, settings, timing, the commits that
 trained and scored it) once it is done; a job whose result matches is not run again. With
 parallel=N the runs train in spawned worker processes (CUDA does not survive a fork), each
-printing its progress bar to <run folder>.log; a Ctrl-C stops those in progress after their
-step, saved, and starts no other.
+printing its progress bar to <run folder>.log; a Ctrl-C or SIGTERM, to the main process or
+to them all, stops those in progress after their step, saved, and starts no other.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sagan_plugin.checkpoint import checkpoint_steps
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
-from sagan_plugin.stopping import Interrupted
+from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated, follow_study, sigterm_raises
 
 RESULT_FILE = "study_run.json"
 TIMING_FILE = "study_timing.json"
@@ -70,12 +70,15 @@ class NotStarted(Exception):
 _stopping: Any = None  # in a worker process: the study's event, set when it is stopped
 
 
-def _worker_start(stopping: Any) -> None:
-    """A worker leaves Ctrl-C to the runs it trains (each stops after its step, saved) and to
-    the main process (which stops the queue): an idle worker killed by it breaks the pool."""
+def _worker_start(stopping: Any, study_signal: Any) -> None:
+    """A worker leaves Ctrl-C and SIGTERM to the runs it trains (each stops after its step,
+    saved) and to the main process (which stops the queue, and the runs through
+    `study_signal`): an idle worker killed by one breaks the pool."""
     global _stopping
     _stopping = stopping
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    follow_study(study_signal)
+    for signum in EXIT_CODES:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def run_job(job: Job, log_file: str | None = None) -> dict:
@@ -188,19 +191,26 @@ def execute(jobs: list[Job], parallel: int) -> list[dict]:
         return [results[i] for i in range(len(jobs))]
     context = multiprocessing.get_context("spawn")
     stopping = context.Event()
-    with concurrent.futures.ProcessPoolExecutor(parallel, mp_context=context,
-                                                initializer=_worker_start,
-                                                initargs=(stopping,)) as pool:
+    study_signal = context.Value("i", 0, lock=False)  # read by each run after each step
+    with sigterm_raises(), \
+            concurrent.futures.ProcessPoolExecutor(parallel, mp_context=context,
+                                                   initializer=_worker_start,
+                                                   initargs=(stopping, study_signal)) as pool:
         logs = {i: Path(jobs[i].run_dir + ".log") for i in todo}
-        for log in logs.values():
-            log.parent.mkdir(parents=True, exist_ok=True)
-        futures = {pool.submit(run_job, jobs[i], str(logs[i])): i for i in todo}
+        futures: dict[concurrent.futures.Future, int] = {}
         try:
+            for i in todo:
+                logs[i].parent.mkdir(parents=True, exist_ok=True)
+                futures[pool.submit(run_job, jobs[i], str(logs[i]))] = i
             _collect(futures, jobs, logs, results)
-        except BaseException as error:  # Ctrl-C, or a run's error: no queued run may start
+        except BaseException as error:  # a signal, or a run's error: no queued run may start
             stopping.set()
+            signalled = isinstance(error, (KeyboardInterrupt, Terminated))
+            if signalled:  # and the runs in progress stop after their step
+                study_signal.value = signal.SIGINT if isinstance(error, KeyboardInterrupt) \
+                    else signal.SIGTERM
             running = sum(future.running() for future in futures)
-            if running and not isinstance(error, KeyboardInterrupt):
+            if running and not signalled:
                 print(f"a run failed (its error follows once the {running} runs in progress "
                       "have finished; Ctrl-C stops them after their step, saved)",
                       file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,13 +344,32 @@ def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
     assert result["g_steps_per_s"] == pytest.approx(2 / result["train_seconds"])
 
 
-def test_ctrl_c_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
-        tmp_path: Path) -> None:
-    """Two runs train in workers, two wait: a Ctrl-C to the terminal's process group stops the
-    two after their step, saved, and the waiting ones never start (they used to train to the
-    end after the Ctrl-C)."""
+def _alive_in_group(pgid: int) -> list[int]:
+    """The processes of a process group that have not exited (zombies left unreaped by a
+    container's init have)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited while we looked
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize("signum, to_group", [
+    (signal.SIGINT, True),    # Ctrl-C in a terminal
+    (signal.SIGTERM, False),  # kill PID, docker stop: the main process alone
+    (signal.SIGTERM, True),   # timeout, Slurm: the whole process group
+])
+def test_a_signal_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
+        tmp_path: Path, signum: int, to_group: bool) -> None:
+    """Two runs train in workers, two wait: the signal stops the two after their step, saved,
+    the waiting ones never start, and no worker outlives the study (after a Ctrl-C the waiting
+    ones used to train to the end; a SIGTERM to the main process alone left its workers
+    training)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -372,14 +392,20 @@ def test_ctrl_c_stops_a_parallel_study_after_the_runs_step_and_starts_no_other(
     while not all(log.is_file() and "/400" in log.read_text() for log in logs):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGINT)
+    (os.killpg if to_group else os.kill)(process.pid, signum)
     try:
         out, err = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:  # the waiting runs started: leave no study behind
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("the study went on training after Ctrl-C")
-    assert process.returncode == 130, err
-    assert out.count("stopped by SIGINT after step") == 2, out
+        pytest.fail(f"the study went on training after {signal.Signals(signum).name}")
+    deadline = time.monotonic() + 10  # every process of the session ends with the main one
+    while _alive_in_group(process.pid):
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("a worker outlived the study")
+        time.sleep(0.2)
+    assert process.returncode == 128 + signum, err
+    assert out.count(f"stopped by {signal.Signals(signum).name} after step") == 2, out
     for seed in (0, 1):
         assert list((runs / "long" / f"a_s{seed}" / "checkpoints" / "netG").glob("*.pth"))
         assert not (runs / "long" / f"b_s{seed}").exists()
