@@ -6,9 +6,11 @@
 Trains a tiny conditional SAGAN for a few steps on procedural images, exports it as TorchScript
 and as an AOTInductor package for the device, runs `sagan_sample --device DEVICE` on each
 (saving the float images and a grid PNG), and compares them with the Python recipe
-(sagan_plugin.sample.sample on the same device) and with the pybind11 module. On a GPU the
-tolerance is the export check's (eager CUDA convolutions use TF32); a failed comparison exits 1
-after writing the JSON, so the suite's log shows every number.
+(sagan_plugin.sample.sample on the same device) and with the pybind11 module, all in float32
+(`--no-tf32`, export.full_fp32), at the export check's tolerance; a failed comparison exits 1
+after writing the JSON, so the suite's log shows every number. It also runs the program as a
+user would, with torch's default (TF32 convolutions on a GPU), and records how far that is from
+the Python recipe with the same default (`max_abs_vs_python_tf32`, a figure without a bound).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from _machine import last_error_line, run_main
 
-from sagan_plugin.export import CHECK_TOLERANCE
+from sagan_plugin.export import CHECK_TOLERANCE, full_fp32
 from sagan_plugin.runs import load_generator
 from sagan_plugin.sample import sample
 
@@ -78,38 +80,45 @@ def main() -> int:
         save(False)
         print(error, file=sys.stderr)
         return 1
-    expected = sample(load_generator(run, device=device).netG, N, SEED, list(CLASSES),
-                      batch=BATCH, device=device)
+    netG = load_generator(run, device=device).netG
+    with full_fp32():
+        expected = sample(netG, N, SEED, list(CLASSES), batch=BATCH, device=device)
     sys.path.insert(0, str(args.build.resolve()))
     import sagan_sample_ext  # built next to the program
+
+    def program(model: Path, name: str, *flags: str) -> tuple[torch.Tensor, float | None]:
+        """Run sagan_sample on the model: its images, and its images/s."""
+        tensor = args.work / f"{name}.pt"
+        done = subprocess.run(
+            [str(args.build / "sagan_sample"), "--model", str(model), "--n", str(N), "--seed",
+             str(SEED), "--classes", ",".join(map(str, CLASSES)), "--batch", str(BATCH),
+             "--device", args.device, "--out", str(args.work / f"{name}.png"),
+             "--save-tensor", str(tensor), *flags], capture_output=True, text=True)
+        print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n")
+        if done.returncode:
+            raise CommandFailed(f"sagan_sample: {last_error_line(done)}")
+        rate = re.search(r"([0-9.e+]+) images/s", done.stdout)
+        return torch.load(tensor), float(rate.group(1)) if rate else None
 
     ok = True
     for fmt, name in FORMATS.items():
         model = run / "export" / name
+        entry: dict = {}
         try:
-            entry = {"export_s": cli("export", f"run={run}", f"format={fmt}",
-                                     f"device={args.device}")}
+            entry["export_s"] = cli("export", f"run={run}", f"format={fmt}",
+                                    f"device={args.device}")
+            images, entry["program_images_per_s"] = program(model, f"cpp_{fmt}", "--no-tf32")
+            as_a_user, entry["program_images_per_s"] = program(model, f"cpp_{fmt}_tf32")
+            entry["max_abs_vs_python_tf32"] = (as_a_user - sample(
+                netG, N, SEED, list(CLASSES), batch=BATCH, device=device)).abs().max().item()
         except CommandFailed as error:  # the other format is still checked
-            result["formats"][fmt], ok = {"error": str(error)}, False
+            entry["error"], ok = str(error), False
+            result["formats"][fmt] = entry
             save(ok)
             continue
-        tensor = args.work / f"cpp_{fmt}.pt"
-        done = subprocess.run(
-            [str(args.build / "sagan_sample"), "--model", str(model), "--n", str(N), "--seed",
-             str(SEED), "--classes", ",".join(map(str, CLASSES)), "--batch", str(BATCH),
-             "--device", args.device, "--out", str(args.work / f"cpp_{fmt}.png"),
-             "--save-tensor", str(tensor)], capture_output=True, text=True)
-        print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n")
-        if done.returncode:
-            entry["error"] = last_error_line(done)
-            result["formats"][fmt], ok = entry, False
-            save(ok)
-            continue
-        rate = re.search(r"([0-9.e+]+) images/s", done.stdout)
-        entry["program_images_per_s"] = float(rate.group(1)) if rate else None
-        images = torch.load(tensor)
-        module = sagan_sample_ext.Generator(str(model), args.device).sample(
-            N, seed=SEED, classes=list(CLASSES), batch=BATCH)
+        with full_fp32():  # the module shares the program's library: the same setting
+            module = sagan_sample_ext.Generator(str(model), args.device).sample(
+                N, seed=SEED, classes=list(CLASSES), batch=BATCH)
         entry["max_abs_vs_python"] = (images - expected).abs().max().item()
         entry["max_abs_module_vs_program"] = (module - images).abs().max().item()
         entry["pass"] = max(entry["max_abs_vs_python"],

@@ -82,8 +82,11 @@ def cpp_parity(found: dict) -> tuple[str, bool] | None:
             words.append(f"{fmt}: failed ({entry['error']})")
         else:
             worst = max(entry["max_abs_vs_python"], entry["max_abs_module_vs_program"])
-            words.append(f"{fmt}: {worst:.2g}")
-    return (f"max |C++ - Python| {', '.join(words)} (tolerance {check['tolerance']:g})",
+            as_a_user = entry.get("max_abs_vs_python_tf32")  # both with torch's defaults
+            words.append(f"{fmt}: {worst:.2g}" + (
+                "" if as_a_user is None else f" ({as_a_user:.2g} with TF32)"))
+    return (f"max |C++ - Python| in float32 {', '.join(words)} "
+            f"(tolerance {check['tolerance']:g})",
             bool(check["pass"]))
 
 

@@ -57,12 +57,13 @@ def assert_clean_error(result: subprocess.CompletedProcess, message: str = "") -
     assert message in lines[0]
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
-def test_program_matches_python_recipe(program, conditional_run, tmp_path, fmt):
+@pytest.mark.parametrize("fmt, flags", [("torchscript", []), ("aoti", []),
+                                        ("aoti", ["--no-tf32"])])  # a CUDA setting: no change
+def test_program_matches_python_recipe(program, conditional_run, tmp_path, fmt, flags):
     model = conditional_run / "export" / MODELS[fmt]
     result = run_program("--model", model, "--n", 11, "--seed", 4, "--classes", "9,0,3",
                          "--batch", 4, "--device", "cpu", "--out", tmp_path / "grid.png",
-                         "--save-tensor", tmp_path / "images.pt")
+                         "--save-tensor", tmp_path / "images.pt", *flags)
     assert result.returncode == 0, result.stderr
     assert "images/s" in result.stdout
     expected = sample(load_generator(conditional_run).netG, 11, 4, [9, 0, 3], batch=4)
@@ -412,6 +413,7 @@ def fuzz_arguments(rng: random.Random, good: list[Path], bad: list[Path], tmp: P
         "--out": [f"{tmp}/g.png", f"{tmp}/dir/", f"{tmp}/x.jpg", "/proc/x.png",
                   f"{tmp}/no/such/x.png", ""],
         "--save-tensor": [f"{tmp}/t.pt", f"{tmp}/t.txt", "/proc/t.pt", f"{tmp}/"],
+        "--no-tf32": [],
         "--bogus": ["1"],
         "-x": [],
     }

@@ -123,3 +123,22 @@ def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, fm
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == f"error: {out}: File too large"
     assert list(out.parent.iterdir()) == []  # no staged folder, no sidecar
+
+
+def test_the_export_check_compares_in_float32_and_restores_tf32(conditional_run):
+    """On CUDA the eager generator and the artefact pick other kernels, whose TF32 rounding
+    differs by more than the tolerance: the check turns TF32 off for both, and only there."""
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+    seen = []
+
+    def exported(z, y):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return reference(z, y)
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert export.check_export(exported, reference, torch.device("cpu")) == 0.0
+        assert seen == [(False, False)] * len(export.CHECK_BATCHES)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False

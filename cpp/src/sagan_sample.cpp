@@ -7,6 +7,7 @@
 #include <iostream>
 #include <optional>
 
+#include <ATen/Context.h>
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
@@ -24,6 +25,7 @@ struct Options {
   int64_t batch = 64;
   std::string out;
   std::string save_tensor;
+  bool no_tf32 = false;
 };
 
 namespace fs = std::filesystem;
@@ -107,6 +109,10 @@ int run(const Options& options) {
                                 options.n, generator.sample_bytes_per_image() + written);
   }
   sagan::class_labels(options.n, options.classes, info.num_classes);  // checks only
+  if (options.no_tf32) {
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
 
   const auto start = std::chrono::steady_clock::now();
   at::Tensor images = generator.sample(options.n, static_cast<uint64_t>(options.seed),
@@ -157,6 +163,9 @@ int main(int argc, char** argv) {
   app.add_option("--out", options.out, "grid .png file, or a directory for one PNG per image");
   app.add_option("--save-tensor", options.save_tensor,
                  "also write the float images (N, C, H, W) in [-1, 1] for torch.load");
+  app.add_flag("--no-tf32", options.no_tf32,
+               "CUDA: float32 convolutions without TF32 (torch's default uses it): slower, for "
+               "comparing with Python");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
