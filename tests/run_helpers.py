@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from sagan_plugin import export
 from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.config import build_models, compose
+from sagan_plugin.nets.layers import ConditionalBatchNorm2d
 
 STEP = 7
 
@@ -19,7 +20,8 @@ def make_run(run_dir: Path, num_classes: int | None = None) -> Path:
     """A run folder whose tiny 32 px SAGAN has weights a trained one could have.
 
     gamma != 0 so that attention matters, BN statistics away from (0, 1), u vectors moved by a
-    training-mode pass, and EMA weights different from the raw ones.
+    training-mode pass, a gain and bias of its own for each class (so that a label sent to the
+    wrong image shows), and EMA weights different from the raw ones.
     """
     overrides = ["model=sagan", "data=procedural", "model.ngf=8", f"run_dir={run_dir}"]
     if num_classes is not None:
@@ -36,6 +38,10 @@ def make_run(run_dir: Path, num_classes: int | None = None) -> Path:
                 buffer.uniform_(0.5, 2.0)
             elif name.endswith("running_mean"):
                 buffer.normal_(0.0, 0.3)
+        for module in netG.modules():
+            if isinstance(module, ConditionalBatchNorm2d) and module.num_classes:
+                module.gain.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.3)
     raw = {k: v.clone() for k, v in netG.state_dict().items()}
     with torch.no_grad():
         for p in netG.parameters():

@@ -247,3 +247,55 @@ def test_atomic_save_replaces_whole_files(tmp_path: Path) -> None:
     checkpoint.atomic_save({"v": torch.arange(4)}, path)
     assert torch.equal(torch.load(path)["v"], torch.arange(4))
     assert [p.name for p in path.parent.iterdir()] == ["x.pth"]
+
+
+def test_atomic_save_fsyncs_the_file_then_its_folder(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint must survive a power cut: its data, then the rename, reach the disk."""
+    synced = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "a" / "x.pth"
+    checkpoint.atomic_save({"v": torch.arange(3)}, path)
+    assert len(synced) == 2, synced
+    written, folder = synced
+    # the temporary file beside x.pth, before it is renamed; then the folder, after the rename
+    assert written.parent == path.parent and written.name.startswith(".x.pth."), written
+    assert folder == path.parent
+
+
+def _fake_checkpoint(run_dir: Path, step: int, net: str, global_step: int) -> None:
+    path = checkpoint_path(run_dir, step, net)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_state_dict": {"w": torch.full((2,), float(step))},
+                "optimizer_state_dict": {}, "global_step": global_step}, path)
+
+
+def test_a_step_whose_g_and_d_disagree_on_the_step_is_skipped(tmp_path: Path) -> None:
+    """A netG and a netD of different steps (one of them rewritten) are no resumable pair."""
+    for net in ("netG", "netD"):
+        _fake_checkpoint(tmp_path, 2, net, 2)
+    _fake_checkpoint(tmp_path, 4, "netG", 4)
+    _fake_checkpoint(tmp_path, 4, "netD", 3)
+    with pytest.warns(UserWarning, match="skipping the checkpoint of step 4: G and D disagree "
+                                         "on the step"):
+        step, pair = checkpoint.load_latest(tmp_path)
+    assert step == 2
+    assert {net: ckpt["global_step"] for net, ckpt in pair.items()} == {"netG": 2, "netD": 2}
+
+
+def test_drawing_sample_grids_leaves_the_training_random_streams_alone(
+        tiny: list[str], tmp_path: Path) -> None:
+    """The grids' noise must come from a forked RNG: how often they are drawn (vis_steps)
+    cannot change what a run trains to, nor what its checkpoint resumes with."""
+    states = []
+    for vis_steps in (1, 1000):
+        cfg = compose(tiny + ["train.steps=2", f"train.vis_steps={vis_steps}",
+                              f"run_dir={tmp_path / f'vis{vis_steps}'}"])
+        run(cfg)
+        states.append(_final_state(Path(cfg.run_dir), 2))
+    _assert_identical(*states)

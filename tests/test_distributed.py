@@ -207,3 +207,36 @@ def test_all_reduce_volume_is_the_one_ddp_estimate_counts(tmp_path: Path, monkey
     counts = ddp_estimate.count_tensors(*build_models(compose(TINY + ["data.num_classes=3"])))
     assert moved == {"G": 4 * counts["parameters_G"], "D": 4 * counts["parameters_D"]}
     assert ddp_estimate.bytes_per_step(counts, n_dis=1)["all_reduce"] == sum(moved.values())
+
+
+def _epoch(sampler, epoch: int, batches: int = 0) -> list[int]:
+    """The image indices the data loader reads from (epoch, batches) on, in order."""
+    from sagan_plugin.data import build_dataloader
+
+    sampler.start_at(epoch, batches)
+    loader = build_dataloader(torch.utils.data.TensorDataset(torch.arange(40)), 4, 0, sampler)
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+def test_the_sampler_reshuffles_each_epoch_and_resumes_mid_epoch() -> None:
+    """A resumed run must read the batches the interrupted one would have: epoch e's own
+    order (a new one each epoch), less the batches already read."""
+    from sagan_plugin.distributed import EpochSampler, World
+
+    sampler = EpochSampler(list(range(40)), 4, World(), seed=3)
+    first, second = _epoch(sampler, 0), _epoch(sampler, 1)
+    assert sorted(first) == sorted(second) == list(range(40))
+    assert first != second
+    assert _epoch(sampler, 1, 3) == second[12:]
+    assert _epoch(sampler, 0, 9) == first[36:]
+    assert list(sampler) == first  # the skip is for one iteration only
+    assert _epoch(EpochSampler(list(range(40)), 4, World(), seed=3), 1) == second
+    # Two ranks of 2 images a batch read global batch k of the same order between them.
+    ranks = [EpochSampler(list(range(40)), 2, World(rank, 2), seed=3) for rank in range(2)]
+    for rank in ranks:
+        rank.start_at(1, 3)
+    shares = [list(rank) for rank in ranks]
+    assert all(len(share) == 14 for share in shares)
+    for k in range(7):
+        assert {*shares[0][2 * k:2 * k + 2], *shares[1][2 * k:2 * k + 2]} == \
+            set(second[12 + 4 * k:16 + 4 * k])

@@ -3,6 +3,7 @@ when spectral norm iterates, feat64, the 32 px D's layout, the ImageNet crop."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.nn.utils.parametrizations import _SpectralNorm
 
@@ -126,3 +127,78 @@ def test_the_128px_preset_trains_as_the_reference() -> None:
     assert (train.n_dis, train.lr_decay, train.batch_size, train.bn_group) == (1, None, 256, 64)
     assert (model.nz, model.loss_type, model.bn_decay, model.bn_out_decay) == (128, "hinge",
                                                                                0.999, 0.9999)
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:  # 2x nearest, as the reference's tf.image.resize
+    return t.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+def _conv(layer: torch.nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(t, layer.weight, layer.bias, padding=layer.padding)
+
+
+def _batch_norm(bn: torch.nn.Module, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Eval-mode batch norm with running statistics; the class's gain and bias if it has them."""
+    plain = getattr(bn, "bn", bn)
+    h = (t - plain.running_mean[:, None, None]) / (plain.running_var[:, None, None]
+                                                   + plain.eps).sqrt()
+    if getattr(bn, "num_classes", 0):
+        return bn.gain[y][:, :, None, None] * h + bn.bias[y][:, :, None, None]
+    return plain.weight[:, None, None] * h + plain.bias[:, None, None]
+
+
+def _reference_g(netG: torch.nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference generator, op by op: linear to 4x4; blocks of BN, ReLU, up, conv, BN,
+    ReLU, conv plus an up-sampled 1x1 shortcut; attention after its block; BN, ReLU, conv, tanh."""
+    h = F.linear(z, netG.linear.weight, netG.linear.bias).view(len(z), -1, 4, 4)
+    for i, b in enumerate(netG.blocks):
+        r = _conv(b.conv1, _up(F.relu(_batch_norm(b.bn1, h, y))))
+        h = _conv(b.conv2, F.relu(_batch_norm(b.bn2, r, y))) + _conv(b.shortcut, _up(h))
+        if i == netG.attention_after:
+            h = netG.attention(h)
+    return torch.tanh(_conv(netG.conv_out, F.relu(_batch_norm(netG.bn_out, h, None))))
+
+
+def _reference_d(netD: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference discriminator, op by op: blocks of (ReLU,) conv, ReLU, conv, 2x2 average
+    pool plus a 1x1 shortcut; attention after its block; ReLU, sum over positions, linear plus
+    the projection <embed(y), h>."""
+    h = x
+    for i, b in enumerate(netD.blocks):
+        first = i == 0
+        r = _conv(b.conv2, F.relu(_conv(b.conv1, h if first else F.relu(h))))
+        down = first or b.downsample
+        if first:
+            skip = _conv(b.shortcut, F.avg_pool2d(h, 2))
+        else:
+            skip = h if b.shortcut is None else _conv(b.shortcut, h)
+            skip = F.avg_pool2d(skip, 2) if down else skip
+        h = (F.avg_pool2d(r, 2) if down else r) + skip
+        if i == netD.attention_after:
+            h = netD.attention(h)
+    h = F.relu(h).flatten(2).sum(-1)
+    projection = (netD.embedding.weight[y] * h).sum(1, keepdim=True)
+    return F.linear(h, netD.linear.weight, netD.linear.bias) + projection
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_g_and_d_compute_the_reference_nets_op_by_op(resolution: int) -> None:
+    """Upsampling, pooling, the order inside each block, the heads: a G or D that kept every
+    shape but changed one of them (bilinear up-sampling, mean pooling, a lost ReLU) differs."""
+    torch.manual_seed(0)
+    netG = GENERATORS[resolution](num_classes=10, ngf=8)
+    netD = DISCRIMINATORS[resolution](num_classes=10, ndf=8)
+    z, y = torch.randn(6, netG.nz), torch.tensor([0, 3, 9, 3, 1, 7])
+    with torch.no_grad():
+        netG(torch.randn(8, netG.nz))  # running statistics away from (0, 1)
+        for module in netG.modules():
+            if hasattr(module, "gain"):
+                module.gain.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.3)
+        netG.attention.gamma.fill_(0.6)
+        netD.attention.gamma.fill_(0.6)
+        netG.eval(), netD.eval()
+        images = netG(z, y)
+        torch.testing.assert_close(images, _reference_g(netG, z, y), rtol=0, atol=1e-5)
+        torch.testing.assert_close(netD(images, y), _reference_d(netD, images, y),
+                                   rtol=1e-5, atol=1e-4)

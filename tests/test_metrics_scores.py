@@ -138,3 +138,28 @@ def test_kid_has_no_spread_when_every_subset_is_the_whole_set():
     assert mean == pytest.approx(kernel_inception_distance(x, y, subsets=1, subset_size=25)[0])
     mean, spread = kernel_inception_distance(x, y, subsets=50, subset_size=10)
     assert spread is not None and spread > 0
+
+
+def test_inception_score_takes_the_marginal_per_split():
+    # The reference IS: KL(p(y|x) || p(y)) with p(y) the marginal of each split, not of all
+    # images. Split 1 all class 0 and split 2 all class 1: each split scores 1, not 2.
+    labels = np.array([0] * 20 + [1] * 20)
+    logits = np.full((40, 1008), -50.0)
+    logits[np.arange(40), labels] = 50.0
+    assert inception_score(logits, splits=2) == pytest.approx((1.0, 0.0), abs=1e-9)
+    # and the per-split scores are mean'd and spread (population std) as the reference does
+    labels = np.array([0] * 20 + [0, 1] * 10)
+    logits = np.full((40, 1008), -50.0)
+    logits[np.arange(40), labels] = 50.0
+    assert inception_score(logits, splits=2) == pytest.approx((1.5, 0.5), rel=1e-9)
+
+
+def test_kid_subsets_are_drawn_from_the_seed():
+    # Several random subsets: the seed fixes them, so a run is reproducible, and another seed
+    # draws other subsets (a seed that is ignored would make every run share one draw).
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(60, 8)), rng.normal(0.3, 1.0, size=(60, 8))
+    first = kernel_inception_distance(x, y, subsets=5, subset_size=20, seed=1)
+    assert kernel_inception_distance(x, y, subsets=5, subset_size=20, seed=1) == first
+    other = kernel_inception_distance(x, y, subsets=5, subset_size=20, seed=2)
+    assert other[0] != first[0] and other[1] != first[1]

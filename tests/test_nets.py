@@ -37,15 +37,17 @@ def test_host_contract(resolution: int, num_classes: int) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, netD.parameters(), strict=True))
 
 
-def _reference_attention(layer: SelfAttention, x: torch.Tensor) -> torch.Tensor:
-    """y = x + gamma * W_o(g softmax(theta^T phi)^T), written out with explicit products."""
+def _reference_attention(layer: SelfAttention,
+                         x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x + gamma * W_o(g beta^T), beta = softmax(theta^T phi), written out with explicit
+    products: (y, beta)."""
     n, c, h, w = x.shape
     theta = layer.theta(x).reshape(n, c // 8, h * w)
     phi = F.max_pool2d(layer.phi(x), 2).reshape(n, c // 8, h * w // 4)
     g = F.max_pool2d(layer.g(x), 2).reshape(n, c // 2, h * w // 4)
     beta = torch.softmax(torch.bmm(theta.transpose(1, 2), phi), dim=-1)  # (N, HW, HW/4)
     o = torch.bmm(g, beta.transpose(1, 2)).reshape(n, c // 2, h, w)
-    return x + layer.gamma * layer.o(o)
+    return x + layer.gamma * layer.o(o), beta
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -57,11 +59,11 @@ def test_attention_equals_formula(dtype: torch.dtype, tol: float) -> None:
         layer.gamma.fill_(0.7)
     x = torch.randn(2, 32, 8, 8, dtype=dtype)
     with torch.no_grad():
-        expected = _reference_attention(layer, x)
+        expected, beta = _reference_attention(layer, x)
         torch.testing.assert_close(layer(x), expected, rtol=0, atol=tol)
         weights = layer.attention_weights(x)
     assert weights.shape == (2, 64, 16)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 64, dtype=dtype))
+    torch.testing.assert_close(weights, beta, rtol=0, atol=tol)
 
 
 def test_attention_placement_is_configurable() -> None:

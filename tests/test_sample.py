@@ -45,10 +45,10 @@ def test_class_labels_refuse_bad_input(n, classes, num_classes, message):
 
 
 def test_sample_follows_the_recipe(netG):
-    n, seed, classes = 10, 5, [2, 9]
+    n, seed, classes = 10, 5, [2, 9, 5]  # three classes: batches of 4 start at each of them
     torch.manual_seed(seed)  # the recipe's generator draws what the global one would
     z = torch.randn(n, netG.nz)
-    y = torch.tensor(classes * 5)
+    y = torch.tensor(classes * 4)[:n]
     with torch.inference_mode():
         expected = torch.cat([netG(z[:4], y[:4]), netG(z[4:8], y[4:8]), netG(z[8:], y[8:])])
     got = sampling.sample(netG, n, seed, classes, batch=4)
@@ -58,6 +58,10 @@ def test_sample_follows_the_recipe(netG):
     torch.testing.assert_close(sampling.sample(netG, n, seed, classes, batch=3), got,
                                rtol=0, atol=1e-5)
     assert not torch.allclose(sampling.sample(netG, n, seed + 1, classes, batch=4), got)
+    for other in ([9, 2, 5], [2]):  # the labels matter, image by image
+        differs = (sampling.sample(netG, n, seed, other, batch=4) - got).abs().amax((1, 2, 3))
+        assert (differs > 1e-3).tolist() == [a != b for a, b in zip(
+            (other * n)[:n], y.tolist(), strict=True)]
 
 
 def test_uint8_mapping_and_grid_layout():

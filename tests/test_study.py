@@ -21,6 +21,7 @@ from sagan_plugin.study_report import (
     SAMPLES_WIDTH,
     readme_block,
     results_table,
+    summarize,
     update_readme,
 )
 
@@ -409,3 +410,34 @@ def test_a_signal_stops_a_parallel_study_after_the_runs_step_and_starts_no_other
     for seed in (0, 1):
         assert list((runs / "long" / f"a_s{seed}" / "checkpoints" / "netG").glob("*.pth"))
         assert not (runs / "long" / f"b_s{seed}").exists()
+
+
+def _run(configuration: str, seed: int, fid: float, kid: float) -> dict:
+    return {"configuration": configuration, "group": "g", "model": "sagan", "num_classes": 0,
+            "seed": seed, "fid": fid, "kid": kid, "g_steps_per_s": 2.0, "train_seconds": 10.0,
+            "generator_steps": 2, "d_real_images": 16, "batch_size": 4, "n_dis": 2,
+            "params_G": 1, "params_D": 1}
+
+
+def test_the_summary_spread_is_the_sample_standard_deviation() -> None:
+    """A few seeds are a sample of the runs a configuration could give: n - 1 divisor."""
+    rows = summarize([_run("a", 0, 1.0, 0.5), _run("b", 0, 7.0, 0.0), _run("a", 1, 3.0, 1.5)])
+    assert [row["configuration"] for row in rows] == ["a", "b"]
+    a, b = rows
+    assert a["seeds"] == 2 and a["fid_mean"] == pytest.approx(2.0)
+    assert a["fid_std"] == pytest.approx(2**0.5) and a["kid_std"] == pytest.approx(2**0.5 / 2)
+    assert b["seeds"] == 1 and b["fid_mean"] == 7.0 and b["fid_std"] == 0.0
+
+
+def test_a_result_of_another_budget_or_configuration_is_not_finished(tmp_path: Path) -> None:
+    """Only a result of the same argv (but the device) and n may be reused; others rescore."""
+    argv = ["model=sagan", "data=procedural", "train.steps=2", "train.device=cpu"]
+    job = study_runs.Job("a", "g", 0, str(tmp_path), argv, n=100, device="cpu")
+    result = {"argv": argv, "n": 100, "fid": 5.0}
+    (tmp_path / study_runs.RESULT_FILE).write_text(json.dumps(result))
+    assert study_runs.finished(job) == result
+    assert study_runs.finished(replace(job, argv=[*argv[:-1], "train.device=cuda"],
+                                       device="cuda")) == result
+    assert study_runs.finished(replace(job, n=200)) is None
+    assert study_runs.finished(replace(job, argv=[*argv[:2], "train.steps=4", argv[3]])) is None
+    assert study_runs.finished(replace(job, run_dir=str(tmp_path / "other"))) is None

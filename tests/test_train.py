@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -139,6 +140,36 @@ def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[s
                                   "train.fid_every=50", "train.fid_n=100"]))
     with pytest.raises(UsageError, match=r"train.lr_g: 0.0001 -> 0.0002"):
         run(compose(tiny_overrides + ["train.steps=4", "train.lr_g=2e-4"]))
+
+
+def test_only_how_a_run_runs_may_change_on_resuming() -> None:
+    """What may change on resuming is cadence, machine and kernels, as README "Using it" says;
+    a key that changes what is trained (n_dis, betas, EMA decay, ...) added here would let a
+    resumed run silently train another model."""
+    from sagan_plugin.train import RESUMABLE_KEYS
+
+    assert RESUMABLE_KEYS == {
+        "train.steps", "train.log_steps", "train.vis_steps", "train.save_steps",
+        "train.fid_every", "train.fid_n", "train.device", "train.precision",
+        "train.channels_last", "train.compile", "train.sdpa_backend", "train.sync_bn",
+        "train.deterministic", "data.num_workers", "data.root", "run_dir"}
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    paragraph = readme[readme.index("What changes only how the"):]
+    paragraph = paragraph[:paragraph.index("Any other change")]
+    assert {key.split(".")[-1] for key in RESUMABLE_KEYS} - {"steps", "run_dir"} <= \
+        {name.split(".")[-1] for name in re.findall(r"`([\w.]+)`", paragraph)}
+
+
+def test_resuming_uses_the_configured_optimiser(tiny_overrides: list[str]) -> None:
+    """lr_g, lr_d, beta1 and beta2 reach Adam, for G and D each, also in a resumed run."""
+    settings = ["train.lr_g=3e-4", "train.lr_d=5e-4", "train.beta1=0.5", "train.beta2=0.8"]
+    seen = []
+    for steps in (1, 2):  # a run, then its resumption
+        cfg = compose(tiny_overrides + settings + [f"train.steps={steps}"])
+        trainer = run(cfg)
+        seen.append([(opt.param_groups[0]["lr"], opt.param_groups[0]["betas"])
+                     for opt in (trainer.optG, trainer.optD)])
+    assert seen == [[(3e-4, (0.5, 0.8)), (5e-4, (0.5, 0.8))]] * 2
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_starts_again_with_new_settings(

@@ -4,11 +4,16 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from inception_helpers import converted_weights
+from omegaconf import OmegaConf
+from run_helpers import make_run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sagan_plugin.config import compose
 from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.evaluate import fid_callback
+from sagan_plugin.runs import load_generator
 from sagan_plugin.train import run
 
 
@@ -32,3 +37,29 @@ def test_fid_every_k_steps_is_logged(tiny_overrides: list[str], tmp_path: Path,
 def test_negative_fid_interval_is_refused(tiny_overrides: list[str]) -> None:
     with pytest.raises(UsageError, match="train.fid_every must be at least 0"):
         compose(tiny_overrides + ["train.fid_every=-1"])
+
+
+@pytest.mark.usefixtures("inception_caches")
+def test_fid_callback_samples_in_eval_mode_and_leaves_g_as_it_was(tmp_path: Path) -> None:
+    """Scoring mid-training samples with the BN running statistics (as `eval` does) and must
+    not move them, nor the step count, nor the mode the training loop left G in."""
+    run_dir = make_run(tmp_path / "run")
+    netG = load_generator(run_dir).netG
+    assert any(k.endswith("num_batches_tracked") for k in netG.state_dict())
+    modes = []
+    netG.register_forward_pre_hook(lambda net, args: modes.append(net.training))
+    data = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml").data, {"size": 8})
+    with pytest.warns(PluginWarning, match="below the 2048"):
+        callback = fid_callback(data, every=1, n=3, device="cpu",
+                                stats_cache=str(tmp_path / "stats"))
+    for training in (True, False):
+        netG.train(training)
+        before = {k: v.clone() for k, v in netG.state_dict().items()}
+        modes.clear()
+        assert callback(netG, 1)["fid"] > 0
+        assert modes and not any(modes)  # every forward pass in eval mode
+        assert netG.training is training
+        assert all(m.training is training for m in netG.modules())
+        after = netG.state_dict()
+        for key, value in before.items():
+            assert torch.equal(after[key], value), key

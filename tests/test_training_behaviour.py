@@ -75,6 +75,37 @@ def test_a_g_step_raises_d_on_the_fakes(num_classes: int) -> None:
     assert d_on_fakes() > before, "G's step must make D rate its fakes higher"
 
 
+@pytest.mark.parametrize("step", ["D", "G"])
+def test_d_judges_each_image_with_its_own_label(step: str) -> None:
+    """In both steps D sees the reals with the reals' labels and the fakes with the labels G
+    drew them for: a fake judged under a real image's label trains a class-blind D."""
+    netG, netD = _nets(10)
+    x, y = _reals(10)
+    made, judged = [], []
+
+    def generating(z, labels):
+        images = type(netG).forward(netG, z, labels)
+        made.append((images, labels))
+        return images
+
+    def judging(images, labels):
+        judged.append((images, labels))
+        return type(netD).forward(netD, images, labels)
+
+    netG.forward, netD.forward = generating, judging
+    if step == "D":
+        netD.train_step((x, y), netG, torch.optim.SGD(netD.parameters(), 0.0), MetricLog(),
+                        device="cpu")
+        expected = [(x, y), made[0]]
+    else:
+        netG.train_step((x, y), netD, torch.optim.SGD(netG.parameters(), 0.0), MetricLog(),
+                        device="cpu")
+        expected = [made[0]]
+    assert len(made) == 1 and not torch.equal(made[0][1], y)  # labels that tell them apart
+    for (images, labels), (want_images, want_labels) in zip(judged, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+
+
 def test_labels_enter_d_through_the_projection_term_alone() -> None:
     _, netD = _nets(10)
     netD.eval()
