@@ -12,7 +12,7 @@ import signal
 import sys
 import warnings
 
-from sagan_plugin.errors import PluginWarning, UsageError
+from sagan_plugin.errors import PluginWarning, UsageError, first_line
 from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated
 
 # Subcommand -> ("module:function" taking the key=value tokens, "module:Schema" of its keys,
@@ -141,8 +141,33 @@ def _options_given(argv: list[str]) -> str | None:
     return None
 
 
+def _not_installed(error: ModuleNotFoundError) -> str:
+    """One line for a module the environment lacks, with the command that installs it."""
+    if "is not installed: run" in str(error):  # compat's, for torchvision and the host
+        return first_line(error)
+    top = (error.name or "").split(".")[0]
+    if top == "torch":
+        how = "run `pip install torch==2.13.0` (or keep a torch >= 2.11) first"
+    elif top in ("torch_mimicry", "pytorch_fid"):
+        from sagan_plugin.compat import HOST_INSTALL  # imports torch, which is there
+
+        how = f"run `{HOST_INSTALL}`"
+    else:
+        how = "install this package again"
+    return f"{top} is not installed: {how} (README \"Installation with pip alone\")"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except ModuleNotFoundError as error:  # an install step left out: torch, the host, ...
+        if (error.name or "").split(".")[0] == "sagan_plugin":
+            raise
+        print(f"error: {_not_installed(error)}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     warnings.formatwarning = _format_warning
     options = _options_given(argv)
     if options:

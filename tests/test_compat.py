@@ -1,6 +1,7 @@
 """The host-compatibility shim: it acts only where its cause is present. Each case runs in a
 fresh interpreter, since the shim changes process-wide state."""
 
+import json
 import re
 import subprocess
 import sys
@@ -114,6 +115,35 @@ def test_a_missing_host_or_torchvision_is_reported_with_the_command_that_install
         "torch_mimicry | torch_mimicry is not installed: run "
         "`pip install --no-deps torch-mimicry==0.1.16 pytorch-fid==0.3.0`",
     ]
+
+
+def test_a_missing_install_step_is_one_line_with_its_command_at_every_entry() -> None:
+    """On the pip-alone path torch, torchvision and the host are installed by hand: a step left
+    out is one line naming the command to run, for --help as for a command, not a traceback."""
+    rows = []
+    for module in ("torch", "torchvision", "torch_mimicry", "omegaconf"):  # fresh each time
+        rows += [json.loads(line) for line in _python(f"""
+            import contextlib, io, json, sys
+            from sagan_plugin.cli import main
+            for argv in (["--help"], ["train", "model=sagan", "data=procedural"]):
+                sys.modules["{module}"] = None  # as if it were not installed
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    try:
+                        code = main(argv)
+                    except SystemExit as done:  # argparse's --help
+                        code = done.code
+                del sys.modules["{module}"]
+                print(json.dumps(["{module}", argv[0], code, err.getvalue()]))
+        """).splitlines()]
+    assert len(rows) == 8, rows
+    for module, command, code, err in rows:
+        if command == "--help" and module in ("torchvision", "torch_mimicry"):
+            assert code == 0, err  # the help needs neither
+            continue
+        assert code == 1 and err.count("\n") == 1, (module, command, code, err)
+        assert err.startswith(f"error: {module} is not installed: "), err
+        assert "`pip install" in err or "install this package again" in err, err
 
 
 def test_the_install_commands_agree_with_the_makefile_and_readme() -> None:
