@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import warnings
+from typing import NoReturn
 
 from sagan_plugin.errors import PluginWarning, UsageError, first_line
 from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated
@@ -70,10 +71,17 @@ def _epilog() -> str:
             "Overrides are key=value with dotted keys, e.g. train.steps=2000 model.ngf=32.")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors are one line as every other error here (no usage line)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
     """The command line; the help texts, which import the registries, only when asked for."""
     helping = any(flag in argv for flag in HELP_FLAGS)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sagan-plugin", description="SAGAN for torch-mimicry.",
         epilog=_epilog() if helping else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)

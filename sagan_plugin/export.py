@@ -243,6 +243,8 @@ def main(argv: list[str]) -> None:
 
     argv, run_tokens = split_run_tokens(argv)
     cfg = parse_overrides(ExportConfig, argv, "export")
+    if cfg.format == "aoti":  # else half a minute or more without a word
+        print("compiling the AOTInductor package (C++; half a minute or more)...", flush=True)
     path = export_generator(cfg.run, cfg.format, cfg.out, cfg.step, cfg.ema,
                             resolve_device(cfg.device), run_tokens)
     print(f"wrote {path} and {sidecar_path(path)}")

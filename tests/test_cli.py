@@ -111,6 +111,8 @@ def test_out_of_gpu_memory_without_figures_and_other_runtime_errors(tmp_path, mo
                            "of '--colour'"),
     (["train", "ngf=8"], "unknown key 'ngf' in override (did you mean model.ngf?); keys of the "
                          "top level: model, data, train, run_dir"),
+    (["trian", "model=sagan"], "invalid choice: 'trian' (choose from 'train', 'export', "),
+    ([], "the following arguments are required: COMMAND (see sagan-plugin --help)"),
 ])
 def test_what_a_mimicry_user_types_by_habit_says_what_to_give(argv, said, tmp_path, capsys,
                                                               monkeypatch) -> None:

@@ -319,7 +319,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     ("folder", "is a folder (expected a .pt or .pt2"),
     ("garbage.pt", "cannot load"),
     ("garbage.pt2", "cannot load"),
-    ("wrong_sha.pt", "sha256"),
+    ("wrong_sha.pt", "changed after export, or the sidecar is another export's"),
     ("wrong_kind.pt", "not the sidecar"),
     ("no_nz.pt", "nz"),
     ("float_nz.pt", 'field "nz" must be an integer, got 128.0'),

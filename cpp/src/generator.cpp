@@ -183,7 +183,7 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
                      "num_classes non-negative");
   if (sha256_of_file(model_path) != info.sha256)
     throw UsageError("sha256 of " + model_path.string() + " does not match its sidecar " +
-                     sidecar.string() + " (the file changed after export; export it again)");
+                     sidecar.string() + " (the file changed after export, or the sidecar is another export's; export it again)");
   return info;
 }
 
