@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
 from sagan_plugin.errors import UsageError, first_line
-from sagan_plugin.files import write_atomically
+from sagan_plugin.files import cache_dir, write_atomically
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -163,31 +163,33 @@ def fashion_mnist(data: DictConfig) -> Dataset:
 def _fashion_mnist_root(root: str | None) -> Path:
     """A folder with FashionMNIST/raw/<uncompressed idx files>, as torchvision reads them.
 
-    Looks in data.root (or ./datasets), then in Debian's dataset-fashion-mnist package; gzip
-    files are unpacked once into a cache folder, written atomically.
+    Looks in data.root if it is set, else in ./datasets and then in Debian's
+    dataset-fashion-mnist package; gzip files are unpacked once into the cache, atomically.
     """
-    candidates = [Path(root or DEFAULT_ROOT) / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    candidates = [Path(root or DEFAULT_ROOT) / "FashionMNIST" / "raw"]
+    if root is None:  # a data.root given is where the data must be: config.yaml records it
+        candidates.append(DEBIAN_FASHION_MNIST)
     for raw in candidates:
         if all((raw / name).is_file() for name in FASHION_MNIST_FILES):
             return raw.parent.parent
         if all((raw / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES):
             return _unpacked(raw)
-    raise UsageError(
-        f"Fashion-MNIST not found: expected {candidates[0]}/train-images-idx3-ubyte[.gz] "
-        "(and the other three idx files), or Debian's package: "
-        "apt-get install dataset-fashion-mnist")
+    debian = ("Debian's package: apt-get install dataset-fashion-mnist" if root is None else
+              "leave data.root unset to use Debian's dataset-fashion-mnist")
+    raise UsageError(f"Fashion-MNIST not found: expected {candidates[0]}/train-images-idx3-ubyte"
+                     f"[.gz] (and the other three idx files), or {debian}")
 
 
 def _unpacked(gz_folder: Path) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sagan-plugin"
-    raw = cache / "FashionMNIST" / "raw"
+    root = cache_dir()
+    raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:
         if (raw / name).is_file():
             continue
         with gzip.open(gz_folder / f"{name}.gz") as src:
             write_atomically(raw / name, lambda f, src=src: shutil.copyfileobj(src, f))
-    return cache
+    return root
 
 
 class ProceduralShapes(Dataset):

@@ -16,6 +16,14 @@ import numpy as np
 
 from sagan_plugin.errors import UsageError
 
+CACHE_ENV_VAR = "SAGAN_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where this package keeps what it derives once: converted Inception weights, real-image
+    statistics, unpacked Fashion-MNIST."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "sagan_plugin")
+
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes."""

@@ -47,7 +47,8 @@ def test_missing_fashion_mnist_says_where_to_get_it(tmp_path: Path, monkeypatch)
     from sagan_plugin.errors import UsageError
 
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
-    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path), "resolution": 32,
+    monkeypatch.chdir(tmp_path)  # no ./datasets here
+    cfg = OmegaConf.create({"name": "fashion_mnist", "root": None, "resolution": 32,
                             "num_classes": 10, "split": "train", "fit": "pad"})
     with pytest.raises(UsageError, match="apt-get install dataset-fashion-mnist"):
         data.build_dataset(cfg)

