@@ -222,9 +222,9 @@ def run_key_lines(selectors: list[str]) -> list[str]:
     return lines
 
 
-def compose_saved(saved: Any, source: str) -> DictConfig:
-    """A run's saved configuration (config.yaml's content), checked as `compose` checks the
-    command line; errors name `source`."""
+def compose_saved(saved: Any, source: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """A run's saved configuration (config.yaml's content), with `key=value` overrides on
+    top, checked as `compose` checks the command line; errors name `source`."""
     names = {}
     for section in SELECTORS:
         node = saved.get(section) if isinstance(saved, dict) else None
@@ -235,10 +235,16 @@ def compose_saved(saved: Any, source: str) -> DictConfig:
     try:
         cfg, family = _presets(names["model"], names["data"])
         _merge(cfg, saved, source)
-        _derive(cfg, family)
     except UsageError as error:
         message = str(error)
         raise UsageError(message if source in message else f"{source}: {message}") from None
+    _merge(cfg, dotlist(overrides), "override")
+    try:
+        _derive(cfg, family)
+    except UsageError as error:
+        where = f"{source} with the overrides" if overrides else source
+        message = str(error)
+        raise UsageError(message if source in message else f"{where}: {message}") from None
     return cfg
 
 

@@ -18,7 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.checkpoint import complete_steps
-from sagan_plugin.config import build_models, compose, compose_saved, resolve_device
+from sagan_plugin.config import (
+    SELECTORS,
+    build_models,
+    check_tokens,
+    compose,
+    compose_saved,
+    resolve_device,
+)
 from sagan_plugin.data import build_dataloader, build_dataset
 from sagan_plugin.distributed import (
     EpochSampler,
@@ -59,7 +66,25 @@ RESUMABLE_KEYS = {"train.steps", "train.log_steps", "train.vis_steps", "train.sa
 
 
 def main(argv: list[str]) -> None:
-    run(compose(argv))
+    run(continued(argv) or compose(argv))
+
+
+def continued(argv: list[str]) -> DictConfig | None:
+    """`train run_dir=DIR key=value ...` without model= or data=, for a run folder that has a
+    config.yaml: that configuration with the overrides on top (train.steps=N extends the run);
+    None otherwise, and the command line is composed from the presets as usual."""
+    check_tokens(argv)
+    given = dict(token.partition("=")[::2] for token in argv)
+    if "run_dir" not in given or any(key in given for key in SELECTORS):
+        return None
+    saved_file = Path(given["run_dir"]) / CONFIG_FILE
+    if not saved_file.is_file():
+        return None
+    cfg = compose_saved(read_run_config(saved_file), str(saved_file), argv)
+    print(f"INFO: continuing {given['run_dir']} with its {CONFIG_FILE}"
+          + (f" and {' '.join(t for t in argv if not t.startswith('run_dir='))}"
+             if len(argv) > 1 else ""))
+    return cfg
 
 
 def _flat(cfg: DictConfig) -> dict[str, object]:

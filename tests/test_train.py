@@ -142,6 +142,29 @@ def test_resume_with_another_configuration_names_the_keys(tiny_overrides: list[s
         run(compose(tiny_overrides + ["train.steps=4", "train.lr_g=2e-4"]))
 
 
+def test_run_dir_alone_continues_a_run_with_its_saved_configuration(
+        tiny_overrides: list[str], tmp_path: Path, capsys) -> None:
+    """`train run_dir=DIR train.steps=N` extends a run without its first command line; with
+    model= or data=, or for a folder without config.yaml, the presets are composed as ever."""
+    from sagan_plugin import cli
+    from sagan_plugin.train import continued
+
+    run_dir = tmp_path / "run"
+    run(compose(tiny_overrides + ["train.steps=1", "train.lr_d=3e-4"]))
+    assert cli.main(["train", f"run_dir={run_dir}", "train.steps=2"]) == 0
+    assert checkpoint_steps(run_dir) == [1, 2]
+    assert f"INFO: continuing {run_dir} with its config.yaml and train.steps=2" in \
+        capsys.readouterr().out
+    assert OmegaConf.to_container(continued([f"run_dir={run_dir}", "train.steps=5"])) == \
+        OmegaConf.to_container(compose(tiny_overrides + ["train.steps=5", "train.lr_d=3e-4"]))
+    assert continued(["model=sagan", f"run_dir={run_dir}"]) is None
+    assert continued([f"run_dir={tmp_path / 'new'}"]) is None
+    assert continued(["train.steps=3"]) is None
+    assert cli.main(["train", f"run_dir={run_dir}", "train.steps=3", "model.ngf=16"]) == 2
+    assert "(model.ngf: 8 -> 16)" in capsys.readouterr().err
+    assert checkpoint_steps(run_dir) == [1, 2]
+
+
 def test_only_how_a_run_runs_may_change_on_resuming() -> None:
     """What may change on resuming is cadence, machine and kernels, as README "Using it" says;
     a key that changes what is trained (n_dis, betas, EMA decay, ...) added here would let a
