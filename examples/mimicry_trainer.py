@@ -32,9 +32,10 @@ MIMICRY_DATA = ("cifar10", "cifar100", "stl10_48", "imagenet_32", "imagenet_128"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="folder", help="folder, or one of Mimicry's: "
+    parser.add_argument("--data", default="folder", help="folder, another data set of "
+                        "`sagan-plugin train --help` (fashion_mnist), or one of Mimicry's: "
                         + ", ".join(MIMICRY_DATA))
-    parser.add_argument("--root", required=True, help="the image folder, or Mimicry's data root")
+    parser.add_argument("--root", required=True, help="the image folder, or the data root")
     parser.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128),
                         help="of a folder's images (Mimicry's data sets have their own)")
     parser.add_argument("--steps", type=int, default=20000)

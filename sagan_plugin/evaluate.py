@@ -382,6 +382,9 @@ def main(argv: list[str]) -> None:
     if cfg.images:
         _print_header(metrics)
         _print_row(result["rows"][0], metrics)
+    if any(row.get("kid") is not None and row.get("kid_std") is None for row in result["rows"]):
+        print(f"kid_std n/a: kid_subset_size={cfg.kid_subset_size} takes every image, so all "
+              "subsets are one; a smaller kid_subset_size gives a spread")
     print(f"wrote {out}")
 
 

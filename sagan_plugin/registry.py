@@ -13,6 +13,7 @@ It is then selectable as ``model=mygan`` with no change here. This distribution 
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -58,10 +59,19 @@ class ModelFamily:
 
     def _checked(self, build: Callable[..., tuple[nn.Module, nn.Module]]
                  ) -> Callable[..., tuple[nn.Module, nn.Module]]:
+        parameters = inspect.signature(build).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        known = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY or
+                 p.kind is p.POSITIONAL_OR_KEYWORD][2:]  # after resolution and num_classes
+
         @functools.wraps(build)
         def checked_build(resolution: int, num_classes: int = 0, **arch: Any
                           ) -> tuple[nn.Module, nn.Module]:
             self._check_arguments(resolution, num_classes)
+            unknown = [key for key in arch if key not in known]
+            if unknown and not takes_any:
+                raise UsageError(f"model {self.name}: unknown argument {', '.join(unknown)}; "
+                                 f"it takes {', '.join(known) or 'none'}")
             resolution, num_classes = int(resolution), int(num_classes)  # numpy's as Python's
             netG, netD = build(resolution, num_classes, **arch)
             if getattr(netG, "resolution", None) is None:

@@ -47,6 +47,7 @@ def test_eval_checkpoint_matches_a_direct_computation(run, full_weights, capsys)
     assert row["step"] == checkpoint_steps(run)[-1] and row["ema"] is True
     assert report["inception"]["has_logits"] and report["is_unavailable"] is None
     assert f"{row['fid']:>12.6g}" in out
+    assert row["kid_std"] is None and "kid_std n/a: kid_subset_size=4 takes every image" in out
 
     # The same images as `sagan-plugin sample n=4 seed=0`, scored by hand.
     netG = load_generator(run).netG

@@ -54,6 +54,15 @@ def test_bad_build_arguments_are_usage_errors(name, resolution, num_classes, mes
     assert str(error.value) == message
 
 
+def test_a_misspelt_width_names_the_arguments_a_build_takes() -> None:
+    """Not Python's TypeError about a private function."""
+    with pytest.raises(UsageError) as error:
+        get_model("sagan").build(32, 10, ngff=16)
+    assert str(error.value) == (
+        "model sagan: unknown argument ngff; it takes nz, ngf, ndf, attention, g_attention, "
+        "d_attention, loss_type, bn_decay, bn_out_decay")
+
+
 def _distribution(root: Path, module: str, source: str, entry_points: str) -> None:
     """A distribution of one module, declaring entry_points ("name = module:OBJECT" lines)
     under the group: what pip would install, found on PYTHONPATH=root."""

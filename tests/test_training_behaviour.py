@@ -136,6 +136,18 @@ def test_labels_must_be_one_per_image() -> None:
             netD(x, wrong)
 
 
+def test_noise_and_images_of_another_shape_are_refused_by_name() -> None:
+    """D's sum pooling would score 64x64 images with a 32 px D without a word; G's linear
+    layer would fail on another nz with a message about mat1 and mat2."""
+    netG, netD = _nets(10)
+    y = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"noise must have shape \(N, 128\), got \(4, 100\)"):
+        netG(torch.randn(4, 100), y)
+    for shape in ((4, 3, 64, 64), (4, 1, 32, 32), (4, 3 * 32 * 32)):
+        with pytest.raises(ValueError, match=r"images must have shape \(N, 3, 32, 32\), got "):
+            netD(torch.zeros(shape), y)
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_batch_norm_in_groups_normalises_each_group_alone_and_updates_in_turn(
         memory_format: torch.memory_format) -> None:

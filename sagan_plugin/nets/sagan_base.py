@@ -53,6 +53,13 @@ def _attention_layer(net: str, size: int, multiple: int, width: str, value: int)
     return SelfAttention(multiple * value)
 
 
+def check_shape(what: str, x: Tensor, expected: tuple[int, ...]) -> None:
+    """x is (N, *expected): else a matrix product or a pooling fails later, or worse, not."""
+    if tuple(x.shape[1:]) != expected:
+        shape = ", ".join(map(str, ("N", *expected)))
+        raise ValueError(f"{what} must have shape ({shape}), got {tuple(x.shape)}")
+
+
 def check_labels(y: Tensor | None, batch: int) -> None:
     """Labels are one per image: a single label would silently broadcast over the batch."""
     if y is not None and (y.dim() != 1 or y.shape[0] != batch):
@@ -94,6 +101,7 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         """
         if self.num_classes and y is None:
             y = torch.randint(self.num_classes, (x.shape[0],), device=x.device)
+        check_shape("noise", x, (self.nz,))
         check_labels(y if self.num_classes else None, x.shape[0])
         h = self.linear(x).view(x.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
         for i, block in enumerate(self.blocks):
@@ -185,6 +193,7 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Logits (N, 1) for images (N, 3, R, R); labels (N,) are required when conditional."""
+        check_shape("images", x, (3, self.resolution, self.resolution))
         h = x
         for i, block in enumerate(self.blocks):
             h = block(h)
