@@ -165,6 +165,21 @@ def test_run_dir_alone_continues_a_run_with_its_saved_configuration(
     assert checkpoint_steps(run_dir) == [1, 2]
 
 
+def test_each_epoch_reads_every_image_in_a_new_order(tiny_overrides: list[str],
+                                                      monkeypatch) -> None:
+    """Past an epoch's end the loader starts the next epoch's shuffle, not the last one's."""
+    from sagan_plugin.data import ProceduralShapes
+
+    read = []
+    get = ProceduralShapes.__getitem__
+    monkeypatch.setattr(ProceduralShapes, "__getitem__",
+                        lambda self, i: (read.append(i), get(self, i))[1])
+    run(compose(tiny_overrides + ["data.size=8", "train.steps=6"]))  # 6 batches of 4: 3 epochs
+    epochs = [read[k:k + 8] for k in range(0, 24, 8)]
+    assert len(read) == 24 and all(sorted(epoch) == list(range(8)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+
+
 def test_only_how_a_run_runs_may_change_on_resuming() -> None:
     """What may change on resuming is cadence, machine and kernels, as README "Using it" says;
     a key that changes what is trained (n_dis, betas, EMA decay, ...) added here would let a
