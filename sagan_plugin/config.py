@@ -10,6 +10,7 @@ from the chosen family's preset: a null default there means an optional integer.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,6 +325,12 @@ def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
     overrides = dotlist(argv, command)
     try:
         config.merge_with(overrides)
+    except ConfigKeyError as error:  # OmegaConf's message names the schema's class
+        fields = list(schema.__dataclass_fields__)
+        close = difflib.get_close_matches(error.full_key, fields, n=1)
+        raise UsageError(f"{command}: unknown key {error.full_key!r}"
+                         + (f" (did you mean {close[0]}?)" if close else "")
+                         + f"; keys: {', '.join(fields)}") from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         fields = ", ".join(schema.__dataclass_fields__)

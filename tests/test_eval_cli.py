@@ -218,7 +218,8 @@ def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images
     (["steps=100-200"], "steps=100-200: no checkpoint was saved from step 100 to 200; saved: 7"),
     (["inception_weights=/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
     (["inception_weights=/tmp"], "Inception weights file /tmp is a folder"),
-    (["colour=blue"], "bad override for colour"),
+    (["colour=blue"], "eval: unknown key 'colour'; keys: run, images, ref, metrics, n, "),
+    (["step=7"], "eval: unknown key 'step' (did you mean steps?); keys: run, "),
     (["data.colour=blue"], "unknown key 'data.colour'"),
 ])
 def test_bad_input_is_a_one_line_error(run, capsys, args, message):

@@ -107,6 +107,7 @@ def test_sample_main_writes_a_grid(run, netG, tmp_path):
     (["n=4"], "run=... is required"),
     (["run={run}", "n=0"], "n must be at least 1"),
     (["run={run}", "n=many"], "bad override for n"),
+    (["run={run}", "steps=7"], r"sample: unknown key 'steps' \(did you mean step\?\); keys: run, "),
     (["run={run}", "class=10"], "class 10 is out of range"),
     (["run={run}", "class=1", "classes=2"], "not both"),
     (["run={run}", "classes=a,b"], "classes must be integers"),
