@@ -119,6 +119,9 @@ RUN_CASES = [
     ("sample", ["out=/proc/x.png"], "cannot write"),
     ("sample", ["out={tmp}/x.jpg"], "must end in .png"),
     ("sample", ["out="], "sample: out= has no value"),
+    # a run folder with config.yaml: its model is the saved one, not one given again
+    ("sample", ["model=sagan"], "config.yaml: leave out model=sagan (data.KEY=VALUE may"),
+    ("sample", ["model.ngf=16"], "leave out model.ngf=16"),
     # eval
     ("eval", ["metrics="], "eval: metrics= has no value"),
     ("eval", ["data.root="], "data.root= has no value"),

@@ -191,3 +191,12 @@ def test_a_hand_made_data_config_with_a_split_the_data_set_lacks_is_refused(
                             "num_classes": 10, "split": split, "size": 8, "fit": "pad"})
     with pytest.raises(UsageError, match=f"^data.split={split}: {name} has "):
         build_dataset(cfg)
+
+
+def test_procedural_images_follow_their_seed_and_unlabelled_ones_have_label_0() -> None:
+    """Another seed is another data set (item i is still always the same); without classes
+    the shapes vary but every label is 0, as an unconditional G expects."""
+    a, again, other = (ProceduralShapes(6, 32, 5, seed=s) for s in (0, 0, 7))
+    assert all(torch.equal(a[i][0], again[i][0]) for i in range(6))
+    assert not any(torch.equal(a[i][0], other[i][0]) for i in range(6))
+    assert [ProceduralShapes(12, 32, 0)[i][1] for i in range(12)] == [0] * 12

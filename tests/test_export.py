@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -12,6 +13,7 @@ from run_helpers import STEP, make_run
 from torch.nn.utils import parametrize
 
 from sagan_plugin import export
+from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import file_digest
 from sagan_plugin.runs import load_generator
@@ -63,6 +65,44 @@ def test_export_uses_ema_weights(conditional_run):
         assert not torch.allclose(exported(z, y), raw(z, y))
 
 
+def test_an_export_of_the_raw_generator_holds_the_raw_weights(conditional_run, tmp_path):
+    """ema=false exports G itself, and its sidecar says so."""
+    raw = load_generator(conditional_run, prefer_ema=False).netG
+    artefact = export.export_generator(conditional_run, "torchscript", tmp_path / "raw.pt",
+                                       prefer_ema=False)
+    assert json.loads(export.sidecar_path(artefact).read_text())["ema"] is False
+    z, y = export.check_inputs(raw, 3, torch.device("cpu"))
+    with torch.inference_mode():
+        torch.testing.assert_close(export.load_export(artefact, "torchscript")(z, y), raw(z, y),
+                                   rtol=0, atol=export.CHECK_TOLERANCE["cpu"])
+
+
+def test_the_sidecar_says_ema_false_for_a_run_without_ema_weights(conditional_run, tmp_path):
+    """ema=true (the default) asks for the EMA; a run that has none exports G, and says so."""
+    run = tmp_path / "run"
+    shutil.copytree(conditional_run, run, ignore=shutil.ignore_patterns("export"))
+    path = checkpoint_path(run, STEP)
+    state = torch.load(path, weights_only=True)
+    del state["ema_state_dict"]
+    torch.save(state, path)
+    artefact = export.export_generator(run, "torchscript")
+    assert json.loads(export.sidecar_path(artefact).read_text())["ema"] is False
+
+
+def test_the_check_runs_the_artefact_at_batches_it_was_not_traced_with(conditional_run):
+    """An export that is right only at its tracing batch (2) must fail its check."""
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+    seen = []
+
+    def traced_for_two(z, y):
+        seen.append(len(z))
+        return reference(z, y) if len(z) == 2 else torch.zeros_like(reference(z, y))
+
+    with pytest.raises(RuntimeError, match="export check failed"):
+        export.check_export(traced_for_two, reference, torch.device("cpu"))
+    assert seen and 2 not in seen
+
+
 def test_unconditional_export_ignores_labels(unconditional_run):
     artefact = unconditional_run / "export" / "generator.pt"
     assert json.loads(export.sidecar_path(artefact).read_text())["num_classes"] == 0
@@ -87,7 +127,7 @@ def test_failed_check_writes_nothing(conditional_run, tmp_path, monkeypatch):
 
     def off_by_a_bit(path, fmt):
         module = load(path, fmt)
-        return lambda z, y: module(z, y) + 1e-3
+        return lambda z, y: module(z, y) + 3 * export.CHECK_TOLERANCE["cpu"]
 
     monkeypatch.setattr(export, "load_export", off_by_a_bit)
     with pytest.raises(RuntimeError, match="export check failed"):

@@ -60,6 +60,17 @@ def test_labels_are_the_sorted_class_sub_folders(tmp_path: Path) -> None:
         assert label == ["ant", "moth", "zebra"].index(name), (i, data.files[i])
 
 
+def test_a_class_added_after_the_configuration_was_written_is_refused(tmp_path: Path) -> None:
+    """Labels are positions in data.classes: a new sub-folder would shift them under a run."""
+    root = _classes_folder(tmp_path / "images")
+    cfg = _folder_cfg(root)
+    _image(root / "bee" / "a.png", (1, 2, 3))
+    with pytest.raises(UsageError, match=r"the class sub-folders of data folder .* changed since "
+                                         r"the configuration was written: \['ant', 'moth', "
+                                         r"'zebra'\] -> \['ant', 'bee', 'moth', 'zebra'\]"):
+        build_dataset(cfg.data)
+
+
 @pytest.mark.parametrize("layout", ["loose", "one sub-folder"])
 def test_a_folder_without_class_sub_folders_is_unlabelled(tmp_path: Path, layout: str) -> None:
     base = tmp_path / "images" / ("only" if layout == "one sub-folder" else "")

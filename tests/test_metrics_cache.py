@@ -69,3 +69,22 @@ def test_more_real_images_than_the_data_set_has_is_an_error(tmp_path, data_cfg):
     extractor = FeatureExtractor(converted_weights(), device="cpu")
     with pytest.raises(UsageError, match="n_real=17 is more than the 16 images"):
         real_features(data_cfg, build_dataset(data_cfg), 17, extractor, tmp_path)
+
+
+def test_the_real_images_are_a_seeded_random_subset_not_the_first_n(monkeypatch):
+    """The n real images are a fixed random draw from the data set, not its first n."""
+    from types import SimpleNamespace
+
+    from sagan_plugin.metrics import real_stats
+
+    read = []
+    monkeypatch.setattr(real_stats, "dataset_batches",
+                        lambda dataset, indices, batch_size: read.append(list(indices)) or [])
+    extractor = SimpleNamespace(batch_size=4, extract=lambda batches, total, desc: SimpleNamespace(
+        features=np.zeros((total, 2048))))
+    real_stats.subset_features(list(range(100)), 10, extractor)
+    expected = torch.randperm(100, generator=torch.Generator().manual_seed(
+        real_stats.SUBSET_SEED))[:10].sort().values.tolist()
+    assert read == [expected] and expected != list(range(10))
+    real_stats.subset_features(list(range(100)), 10, extractor)
+    assert read[1] == expected  # the same subset every time

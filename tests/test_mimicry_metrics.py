@@ -284,3 +284,11 @@ def test_numpy_integers_are_ints_here(run):
                 num_real_samples=np.int32(N), num_fake_samples=np.int64(N),
                 start_seed=np.uint8(1), batch_size=np.int64(10))
     mimicry._check_arguments(args)  # raises on a refusal
+
+
+def test_score_files_are_named_as_mimicry_names_them():
+    """Mimicry's own files are fid_{real}k_{fake}k.json and {metric}_{n}k.json: ours must match."""
+    assert mimicry._sample_counts("fid", None, 10000, 5000) == (5000, 10000, "fid_10k_5k.json")
+    assert mimicry._sample_counts("kid", 3000, None, None) == (3000, 3000, "kid_3k.json")
+    assert mimicry._sample_counts("inception_score", 2000, None, None) == (
+        2000, None, "inception_score_2k.json")

@@ -200,3 +200,14 @@ def test_bf16_channels_last_training_on_cpu_has_finite_losses(tiny_overrides: li
     conv = trainer.netD.blocks[1].conv1.parametrizations.weight.original
     assert conv.dtype == torch.float32  # autocast leaves the stored weights in fp32
     assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_steps_compute_in_bfloat16_and_fp32_ones_in_float32() -> None:
+    """train.precision=bf16 is bfloat16 (fp16 would need loss scaling), fp32 is no autocast."""
+    from sagan_plugin.precision import step_context
+
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with step_context(torch.device("cpu"), "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    with step_context(torch.device("cpu"), "fp32"):
+        assert conv(x).dtype == torch.float32

@@ -128,3 +128,10 @@ def test_torchrun_ranks_stop_after_the_same_step_when_one_is_signalled(tmp_path:
     assert len(steps) == 1, steps  # ... after the same step,
     assert max(checkpoint_steps(run_dir)) == steps.pop()  # which rank 0 saved
     assert launcher.returncode != 0
+
+
+def test_the_lock_file_names_its_holder_only_while_held(tmp_path: Path) -> None:
+    """A finished run empties train.lock: a stale name would blame a process long gone."""
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().startswith(f"process {os.getpid()} on ")
+    assert (tmp_path / LOCK_FILE).read_text() == ""

@@ -7,10 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from sagan_plugin import study as study_module
-from sagan_plugin import study_runs
+from sagan_plugin import study_report, study_runs
 from sagan_plugin.cli import main as cli
 from sagan_plugin.files import write_together
 from sagan_plugin.study_report import (
@@ -441,3 +442,41 @@ def test_a_result_of_another_budget_or_configuration_is_not_finished(tmp_path: P
     assert study_runs.finished(replace(job, n=200)) is None
     assert study_runs.finished(replace(job, argv=[*argv[:2], "train.steps=4", argv[3]])) is None
     assert study_runs.finished(replace(job, run_dir=str(tmp_path / "other"))) is None
+
+
+def test_a_step_logged_twice_keeps_its_last_value(tmp_path: Path) -> None:
+    """A resumed run logs a step again: the report reads the newer value, not the first."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(tmp_path / "data" / "eval_fid")) as writer:
+        for step, value in [(1, 50.0), (2, 40.0), (2, 30.0)]:
+            writer.add_scalar("eval/fid", value, global_step=step)
+    assert study_report.read_scalars(tmp_path)["curve"] == [[1, 50.0], [2, 30.0]]
+
+
+def test_the_band_centre_is_the_mean_over_seeds_not_the_median() -> None:
+    """The curve drawn is the mean of the seeds, with their min and max around it."""
+    series = [[[1, 1.0], [2, 0.0]], [[1, 2.0], [2, 0.0]], [[1, 9.0], [2, 6.0]], [[2, 0.0]]]
+    steps, centre, low, high = study_report._mean_band(series[:3])
+    assert steps == [1, 2]
+    assert centre == pytest.approx([4.0, 2.0])  # medians would be 2 and 0
+    assert low == [1.0, 0.0] and high == [9.0, 6.0]
+    assert study_report._mean_band(series)[0] == [2]  # only the steps every seed reached
+
+
+def test_the_samples_row_of_a_configuration_is_its_seed_0_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plot_samples loads each configuration's seed-0 run, one row each, in study order."""
+    from run_helpers import make_run
+
+    from sagan_plugin import runs as runs_module
+
+    generator = runs_module.load_generator(make_run(tmp_path / "gen"))
+    loaded: list[Path] = []
+    monkeypatch.setattr(runs_module, "load_generator",
+                        lambda path, **kw: loaded.append(Path(path)) or generator)
+    seeds = [("a", 1), ("a", 0), ("b", 0), ("b", 1), ("c", 2), ("c", 0)]
+    runs = [{"configuration": name, "seed": seed,
+             "argv": [f"run_dir={tmp_path / f'{name}_s{seed}'}"]} for name, seed in seeds]
+    study_report.plot_samples(runs, torch.device("cpu"))
+    assert loaded == [tmp_path / "a_s0", tmp_path / "b_s0", tmp_path / "c_s0"]

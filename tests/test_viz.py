@@ -148,3 +148,34 @@ def test_an_out_named_like_an_image_is_refused_not_made_a_folder(run, tmp_path, 
                                        f"attention.png, got {out}, an image's name; give "
                                        f"out={tmp_path / 'viz'}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_attention_images_are_drawn_with_their_own_classes(run, tmp_path):
+    """Image i of the attention figure is labelled i % classes, not all class 0."""
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=attention", "images=3",
+                     "seed=5"]) == 0
+    netG = load_generator(run).netG
+    z = torch.randn(3, netG.nz, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = to_uint8(netG(z, torch.arange(3) % netG.num_classes))
+    saved = torch.from_numpy(np.load(out / "attention.npz")["images"])
+    torch.testing.assert_close(saved.int(), expected.int(), atol=1, rtol=0)
+    with torch.inference_mode():
+        all_zero = to_uint8(netG(z, torch.zeros(3, dtype=torch.long)))
+    assert (saved[1:].int() - all_zero[1:].int()).abs().max() > 1
+
+
+def test_the_attention_map_is_drawn_as_row_major_key_positions():
+    """Row j of beta is query j's weights over keys y * W + x: a key at (0, 1) lights x, not y."""
+    size, scale = 8, 1
+    side, cell, pad = 16, 16 // (8 // 2), GRID_PADDING
+    images = -torch.ones(1, 3, side, side)  # black: only the heat map shows
+    attention = torch.zeros(1, size * size, (size // 2) ** 2)
+    query = size * size - 1  # bottom right: its ring is far from the hot key
+    attention[0, query, 0 * (size // 2) + 1] = 1.0  # key y=0, x=1
+    figure, index = viz.attention_figure(images, attention, size, [(0.99, 0.99)], scale)
+    assert index == [query]
+    heat = figure[pad : pad + side, 2 * pad + side : 2 * pad + 2 * side].int().sum(-1)
+    assert heat[:cell, cell : 2 * cell].min() > 300  # y=0, x=1 is lit
+    assert heat[cell : 2 * cell, :cell].max() == 0  # y=1, x=0 (the transpose) is not
