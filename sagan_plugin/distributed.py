@@ -54,6 +54,13 @@ def world_from_env() -> World:
                          "them)") from None
 
 
+def info(message: str) -> None:
+    """An INFO line for the user, from rank 0 alone: every rank of a launch takes the same
+    decisions, and one decision should read as one line, not one per GPU."""
+    if world_from_env().is_main:
+        print(f"INFO: {message}")
+
+
 def per_rank_batch(global_batch: int, world: World) -> int:
     if global_batch % world.world_size:
         raise UsageError(f"train.batch_size={global_batch} is the global batch and must divide "

@@ -33,6 +33,7 @@ from sagan_plugin.distributed import (
     broadcast_from_main,
     destroy_process_group,
     device_for_rank,
+    info,
     init_process_group,
     per_rank_batch,
     world_from_env,
@@ -81,9 +82,9 @@ def continued(argv: list[str]) -> DictConfig | None:
     if not saved_file.is_file():
         return None
     cfg = compose_saved(read_run_config(saved_file), str(saved_file), argv)
-    print(f"INFO: continuing {given['run_dir']} with its {CONFIG_FILE}"
-          + (f" and {' '.join(t for t in argv if not t.startswith('run_dir='))}"
-             if len(argv) > 1 else ""))
+    info(f"continuing {given['run_dir']} with its {CONFIG_FILE}"
+         + (f" and {' '.join(t for t in argv if not t.startswith('run_dir='))}"
+            if len(argv) > 1 else ""))
     return cfg
 
 
@@ -105,8 +106,8 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     if not saved_file.is_file():
         if is_mimicry_run(run_dir):  # continued with this command's model=, data=, ...
             _check_mimicry_settings(run_dir, cfg)
-            print(f"INFO: {run_dir} is a run of Mimicry's own Trainer: continuing it as "
-                  f"model={cfg.model.name} data={cfg.data.name}; its checkpoints must fit")
+            info(f"{run_dir} is a run of Mimicry's own Trainer: continuing it as "
+                 f"model={cfg.model.name} data={cfg.data.name}; its checkpoints must fit")
         elif run_dir.is_dir() and (run_dir / "checkpoints").exists():
             raise UsageError(f"{run_dir} holds checkpoints but no {CONFIG_FILE} (nor Mimicry's "
                              "params.json); choose another run_dir")
@@ -136,8 +137,8 @@ def _refuse_changes(run_dir: Path, pairs: dict[str, tuple[object, object]], lead
         return
     details = ", ".join(f"{k}: {pairs[k][0]!r} -> {pairs[k][1]!r}" for k in changed)
     if not complete_steps(run_dir):  # nothing trained to keep consistent with
-        print(f"INFO: {run_dir} has no checkpoint yet: it starts again with the new "
-              f"configuration ({details})")
+        info(f"{run_dir} has no checkpoint yet: it starts again with the new "
+             f"configuration ({details})")
         return
     raise UsageError(f"{lead} ({details}); use another run_dir or the same settings")
 
@@ -252,7 +253,7 @@ def _train(cfg: DictConfig, world: World, device: torch.device,
     ema = EMA(netG, train.ema_decay, train.ema_start) if train.ema_decay else None
     fid = None
     if train.fid_every and world.is_main:
-        from sagan_plugin.evaluate import fid_callback
+        from sagan_plugin.metrics.scoring import fid_callback
 
         fid = fid_callback(cfg.data, every=train.fid_every, n=train.fid_n, device=str(device),
                            what="train.fid_n")

@@ -39,7 +39,7 @@ from sagan_plugin.checkpoint import (
     checkpoint_steps,
     state_dict_mismatch,
 )
-from sagan_plugin.distributed import EpochSampler, World, gather_to_main, max_over_ranks
+from sagan_plugin.distributed import EpochSampler, World, gather_to_main, info, max_over_ranks
 from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import write_json
@@ -139,7 +139,7 @@ class SAGANTrainer(Trainer):
     dataloader reads), `ema` (an EMA of netG or None), `step_context` (a context-manager
     factory the loop runs under: autocast, attention kernel), `channels_last`, and
     `model_info` (family, resolution, classes: stored in checkpoints and checked on resume),
-    `fid` (a callback(netG, step) -> scores or None, from evaluate.fid_callback; rank 0),
+    `fid` (a callback(netG, step) -> scores or None, from metrics.scoring.fid_callback; rank 0),
     `stop` (the StopRequests that SIGTERM and Ctrl-C set: the run saves and stops after the
     step in which any rank saw one), `on_start` (called on every rank once the checkpoint
     resumed from, if any, fits: the run folder is claimed and its own files written then,
@@ -257,8 +257,8 @@ class SAGANTrainer(Trainer):
             # Ctrl-C, or no handler installed): the state is half a step, and under torchrun
             # ranks stop at different points, where a collective save could hang.
             self.stopped_at_once = True
-            print("INFO: ... not saved after all: the second Ctrl-C came mid-step; a resume "
-                  "continues from the last checkpoint")  # after the host's "Saving ..." line
+            info("... not saved after all: the second Ctrl-C came mid-step; a resume "
+                 "continues from the last checkpoint")  # after the host's "Saving ..." line
             return
         rng_states = gather_to_main(checkpoint.rng_state(), self.world)
         if not self.world.is_main:
@@ -296,7 +296,7 @@ class SAGANTrainer(Trainer):
             self._forget_grids_after(step)
         if step:
             # Said only once the run is this process's, so a refused one never reads as resumed.
-            print(f"INFO: restored the checkpoint of step {step}")
+            info(f"restored the checkpoint of step {step}")
         return step
 
     def _forget_grids_after(self, step: int) -> None:
@@ -327,8 +327,8 @@ class SAGANTrainer(Trainer):
                 raise UsageError(f"the checkpoint of step {step} in {run_dir} does not fit "
                                  f"this model: {state_dict_mismatch(error)}") from None
             if ckpt["optimizer_state_dict"] is None:  # the host lets a checkpoint omit it
-                print(f"INFO: the checkpoint of step {step} has no optimizer state; Adam "
-                      "starts afresh")
+                info(f"the checkpoint of step {step} has no optimizer state; Adam "
+                     "starts afresh")
             else:
                 opt.load_state_dict(ckpt["optimizer_state_dict"])
         self._restore_ema(ckpts["netG"], step)
@@ -339,15 +339,15 @@ class SAGANTrainer(Trainer):
         if self.ema is None:
             return
         if ckpt.get("ema_state_dict") is None:
-            print(f"INFO: the checkpoint of step {step} has no EMA of G; it starts from G")
+            info(f"the checkpoint of step {step} has no EMA of G; it starts from G")
             self.ema.load_state_dict(self.netG.state_dict())
         else:
             self.ema.load_state_dict(ckpt["ema_state_dict"])
 
     def _restore_training_state(self, state: dict | None) -> None:
         if state is None:  # a checkpoint written by the host's own Trainer
-            print("INFO: the checkpoint has no data position or random state; "
-                  "both restart from the seed")
+            info("the checkpoint has no data position or random state; "
+                 "both restart from the seed")
             return
         self.data_position = dict(state["data"])
         if self.sampler is not None:
@@ -355,8 +355,8 @@ class SAGANTrainer(Trainer):
         if state["world_size"] == self.world.world_size:
             checkpoint.set_rng_state(state["rng"][self.world.rank])
         else:
-            print(f"INFO: the checkpoint was written by {_processes(state['world_size'])}, "
-                  f"this run has {self.world.world_size}: random streams restart from the seed")
+            info(f"the checkpoint was written by {_processes(state['world_size'])}, "
+                 f"this run has {self.world.world_size}: random streams restart from the seed")
 
     def last_grid(self) -> Path | None:
         """The newest fixed-noise sample grid the run wrote."""

@@ -140,21 +140,28 @@ def test_trainer_keeps_ranks_identical_and_resumes_on_one_process(
            "restart from the seed" in capsys.readouterr().out
 
 
-def _torchrun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _torchrun(*arguments: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m sagan_plugin train ARGUMENTS`, on CPUs (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "sagan_plugin", "train", *TINY,
-               f"run_dir={tmp_path / 'run'}", *overrides]
+               "--nproc_per_node=2", "-m", "sagan_plugin", "train", *arguments]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_torchrun_trains_and_refuses_an_indivisible_batch(tmp_path: Path) -> None:
-    done = _torchrun(tmp_path, "train.batch_size=4", "train.steps=2")
+def test_torchrun_trains_continues_and_refuses_an_indivisible_batch(tmp_path: Path) -> None:
+    done = _torchrun(*TINY, f"run_dir={tmp_path / 'run'}", "train.batch_size=4", "train.steps=2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run/checkpoints/netG/netG_2_steps.pth").is_file()
     assert done.stdout.count("Starting training from global step 0") == 1  # rank 0 speaks
 
-    failed = _torchrun(tmp_path / "odd", "train.batch_size=5", "train.steps=1")
+    # Continued from its config.yaml: each INFO line once per launch, not once per rank.
+    more = _torchrun(f"run_dir={tmp_path / 'run'}", "train.steps=3")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert more.stdout.count("INFO: continuing") == 1, more.stdout
+    assert more.stdout.count("INFO: restored the checkpoint of step 2") == 1, more.stdout
+
+    failed = _torchrun(*TINY, f"run_dir={tmp_path / 'odd/run'}", "train.batch_size=5",
+                       "train.steps=1")
     assert failed.returncode != 0
     assert "error: train.batch_size=5 is the global batch and must divide evenly over the 2 " \
            "processes" in failed.stderr

@@ -262,7 +262,7 @@ def test_small_n_warnings_point_at_the_callers_line(run, recwarn):
     from omegaconf import OmegaConf
 
     from sagan_plugin import metrics
-    from sagan_plugin.evaluate import fid_callback
+    from sagan_plugin.metrics.scoring import fid_callback
 
     netG = load_generator(run).netG
     # No checkpoint at STEP + 1: nothing is scored, the counts are checked all the same.
@@ -299,7 +299,7 @@ def test_bad_weights_and_empty_runs_are_one_line_errors(run, tmp_path, capsys):
 def test_fid_callback_scores_every_k_steps_and_restores_training_mode(run, tmp_path):
     from omegaconf import OmegaConf
 
-    from sagan_plugin.evaluate import fid_callback
+    from sagan_plugin.metrics.scoring import fid_callback
 
     netG = load_generator(run).netG.train()
     data = OmegaConf.merge(OmegaConf.load(run / "config.yaml").data, {"size": 8})

@@ -281,7 +281,7 @@ def test_grids_and_fid_of_a_compiled_generator_do_not_compile_it_again(tmp_path:
     assert (tmp_path / "images" / "fixed_fake_samples_step_1.png").is_file()
     assert len(graphs) == compiled
 
-    def fid(net, step):  # as evaluate.fid_callback draws its images
+    def fid(net, step):  # as metrics.scoring.fid_callback draws its images
         with eval_mode(net), torch.no_grad():
             return {"fid": net(torch.randn(50, net.nz), torch.zeros(50, dtype=torch.int64)
                                ).mean().item()}

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sagan_plugin.config import compose
 from sagan_plugin.errors import PluginWarning, UsageError
-from sagan_plugin.evaluate import fid_callback
+from sagan_plugin.metrics.scoring import fid_callback
 from sagan_plugin.runs import load_generator
 from sagan_plugin.train import run
 

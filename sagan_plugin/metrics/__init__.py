@@ -2,8 +2,9 @@
 
 weights.py finds and checks the weights (never downloading), inception.py builds the network,
 features.py runs it in batches, scores.py holds the formulas, real_stats.py caches real-image
-features. The commands are in sagan_plugin/evaluate.py; mimicry.py is Mimicry's
-`mmc.metrics.evaluate` call on them (`sagan_plugin.metrics.evaluate`).
+features, scoring.py scores a generator with them. The commands are in sagan_plugin/evaluate.py;
+mimicry.py is Mimicry's `mmc.metrics.evaluate` call on them (`sagan_plugin.metrics.evaluate`),
+and scoring.fid_callback the FID curve during training.
 """
 
 

@@ -41,16 +41,16 @@ from sagan_plugin.checkpoint import (
     state_dict_mismatch,
 )
 from sagan_plugin.errors import UsageError
-from sagan_plugin.evaluate import (
+from sagan_plugin.files import check_writable, write_json, write_npz
+from sagan_plugin.metrics.features import FeatureExtractor
+from sagan_plugin.metrics.real_stats import real_features, subset_features
+from sagan_plugin.metrics.scoring import (
     IS_UNAVAILABLE,
     check_generator_fits,
     check_sample_count,
     generator_features,
     score,
 )
-from sagan_plugin.files import check_writable, write_json, write_npz
-from sagan_plugin.metrics.features import FeatureExtractor
-from sagan_plugin.metrics.real_stats import real_features, subset_features
 from sagan_plugin.registry import eval_mode
 from sagan_plugin.schema import SEED, Rule, one_of
 
