@@ -40,6 +40,23 @@ def test_help_lists_each_commands_keys_from_its_schema() -> None:
     assert "  seed=0" in sample and "an integer in [0, 2^63 - 1]" in sample
 
 
+def test_help_shows_defaults_as_they_are_typed() -> None:
+    """In process (the subprocess above is the entry point): true/false/null, not Python's."""
+    from sagan_plugin.config import run_key_lines
+
+    lines = [line.split()[0] for line in run_key_lines([])]
+    assert {"train.fused_adam=true", "train.compile=false", "train.ema_decay=null",
+            "run_dir=runs/sagan_procedural"} <= set(lines)
+
+
+def test_ctrl_c_outside_training_is_one_line_exit_130(monkeypatch, capsys) -> None:
+    from sagan_plugin import cli, sample
+
+    monkeypatch.setattr(sample, "main", _raise(KeyboardInterrupt()))
+    assert cli.main(["sample", "run=r"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_missing_fashion_mnist_says_where_to_get_it(tmp_path: Path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 

@@ -151,6 +151,7 @@ def test_the_install_commands_agree_with_the_makefile_and_readme() -> None:
 
     assert compat.torchvision_install("2.13.0+cpu").endswith(" torchvision==0.28.0")
     assert compat.torchvision_install("2.11.0+cu130").endswith(" torchvision==0.26.0")
+    assert compat.torchvision_install("2.7.1").endswith(" torchvision==0.22.1")
     repo = Path(__file__).resolve().parents[1]
     makefile = (repo / "Makefile").read_text()
     torch_pin = re.search(r"^TORCH_PIN := torch==(.*)$", makefile, re.M)[1]

@@ -104,6 +104,24 @@ def test_a_hand_made_data_section_without_a_split_gets_the_data_set_s_default() 
         DATASETS._items.pop("testonly")
 
 
+def test_the_batch_defaults_to_the_family_s_for_the_data_resolution() -> None:
+    from sagan_plugin.registry import get_model
+
+    per_resolution = get_model("sagan").defaults["batch_size"]
+    for name in ("procedural", "celeba_64", "celeba_128"):
+        cfg = compose([f"data={name}"])
+        assert cfg.train.batch_size == per_resolution[cfg.data.resolution], name
+    assert compose(["data=celeba_128", "train.batch_size=8"]).train.batch_size == 8
+
+
+def test_a_data_section_alone_takes_the_given_fields_over_the_preset_and_checks_them() -> None:
+    """compose_data, for scoring real images with no model: as data=NAME data.KEY=VALUE."""
+    data = compose_data("procedural", {"resolution": 64, "size": 8})
+    assert (data.resolution, data.size, data.num_classes) == (64, 8, 10)
+    with pytest.raises(UsageError, match=r"^data.size must be at least 1, got 0$"):
+        compose_data("procedural", {"size": 0})
+
+
 def test_unknown_data_set_lists_the_known_ones() -> None:
     with pytest.raises(UsageError, match="unknown data set 'nope'; registered data sets: .*folder"):
         get_dataset("nope")

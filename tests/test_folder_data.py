@@ -60,6 +60,12 @@ def test_labels_are_the_sorted_class_sub_folders(tmp_path: Path) -> None:
         assert label == ["ant", "moth", "zebra"].index(name), (i, data.files[i])
 
 
+def test_the_folder_s_class_count_may_be_given(tmp_path: Path) -> None:
+    """data.num_classes=3 for three class sub-folders agrees with them (0: read them)."""
+    cfg = _folder_cfg(_classes_folder(tmp_path / "images"), "data.num_classes=3")
+    assert cfg.data.num_classes == cfg.model.num_classes == 3
+
+
 def test_a_class_added_after_the_configuration_was_written_is_refused(tmp_path: Path) -> None:
     """Labels are positions in data.classes: a new sub-folder would shift them under a run."""
     root = _classes_folder(tmp_path / "images")
@@ -122,6 +128,17 @@ def test_an_unreadable_file_is_skipped_with_one_warning(tmp_path: Path, recwarn)
     assert messages[1].startswith(f"skipping {root / '3.png'}: not a readable image (")
     # The next readable file stands in: 1 -> 2, and 3 -> 0 (wrapping around).
     assert torch.equal(data[1][0], data[2][0]) and torch.equal(data[3][0], data[0][0])
+
+
+def test_hidden_files_are_not_images(tmp_path: Path, recwarn) -> None:
+    """macOS leaves ._NAME resource forks beside copied images: neither counted nor warned of."""
+    for i in range(3):
+        _image(tmp_path / "images" / f"{i}.png", (40 * i, 0, 0))
+        (tmp_path / "images" / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    data = build_dataset(_folder_cfg(tmp_path / "images").data)
+    assert [p.name for p in data.files] == ["0.png", "1.png", "2.png"]
+    assert [data[i][1] for i in range(3)] == [0, 0, 0]
+    assert not [w for w in recwarn if "skipping" in str(w.message)]
 
 
 def test_a_folder_of_unreadable_files_is_an_error(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ def test_built_in_families_build_host_models(name: str) -> None:
 def test_unknown_model_lists_registered_ones() -> None:
     with pytest.raises(UsageError, match="unknown model 'nope'.*sagan.*sngan"):
         get_model("nope")
+    with pytest.raises(UsageError, match="^unknown model 'SAGAN'; registered models: "):
+        get_model("SAGAN")  # names are exact: model=SAGAN is not model=sagan
 
 
 @pytest.mark.parametrize("name, resolution, num_classes, message", [
@@ -105,7 +107,15 @@ def test_a_broken_distribution_is_skipped_and_named_when_asked_for(tmp_path: Pat
         BAD = DataSet(name="bad", build=print, splits=("holdout",))  # fails on import
     """, "badgan = broken_gan:BAD")
     _distribution(tmp_path, "odd_gan", "NOT_A_FAMILY = 42\n", "notgan = odd_gan:NOT_A_FAMILY")
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    _distribution(tmp_path, "misnamed_gan", """
+        from sagan_plugin.registry import ModelFamily
+        from sagan_plugin.families import SNGAN
+
+        OTHER = ModelFamily(name="othergan", build=SNGAN.build, resolutions=(32,))
+    """, "wronggan = misnamed_gan:OTHER")
+    # Run from tmp_path, the checkout under test stays first on the path (not the install's).
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[1]}",
+           "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sagan_plugin", *args],
@@ -122,6 +132,10 @@ def test_a_broken_distribution_is_skipped_and_named_when_asked_for(tmp_path: Pat
     assert "badgan" not in result.stdout and "skipped entry point badgan" in result.stderr
     assert ("skipped entry point notgan = odd_gan:NOT_A_FAMILY (mimicry.models) is not a "
             "ModelFamily named 'notgan'") in result.stderr
+    # An entry point must name the family it loads: neither name is taken by it.
+    assert ("skipped entry point wronggan = misnamed_gan:OTHER (mimicry.models) is not a "
+            "ModelFamily named 'wronggan'") in result.stderr
+    assert "othergan" not in result.stdout and "wronggan" not in result.stdout
 
 
 def test_a_registered_family_pickles_as_itself_and_builds_in_a_spawned_process() -> None:
@@ -184,6 +198,22 @@ def test_a_family_whose_build_sets_nothing_trains_samples_and_exports(plain_fami
     assert (tmp_path / "grid.png").is_file()
     assert main(["export", f"run={run}", "format=torchscript", f"out={tmp_path}/g.pt"]) == 0
     assert (tmp_path / "g.pt").is_file()
+
+
+def test_model_widths_and_attention_reach_the_nets_they_name() -> None:
+    """model.ngf / model.ndf of Mimicry's families, and SAGAN's g_/d_attention, each one net."""
+    from sagan_plugin.nets import SelfAttention
+
+    netG, netD = get_model("sngan").build(32, 0, ngf=8, ndf=16)
+    assert (netG.ngf, netD.ndf) == (8, 16)
+
+    def layers(net) -> int:
+        return sum(isinstance(m, SelfAttention) for m in net.modules())
+
+    sagan = get_model("sagan")
+    assert [layers(n) for n in sagan.build(32, 0, ngf=8, ndf=8, attention=16)] == [1, 1]
+    assert [layers(n) for n in sagan.build(32, 0, ngf=8, ndf=8, d_attention=0)] == [1, 0]
+    assert [layers(n) for n in sagan.build(32, 0, ngf=8, ndf=8, g_attention=0)] == [0, 1]
 
 
 def test_a_family_built_on_another_familys_build_keeps_its_own_resolutions():

@@ -135,3 +135,13 @@ def test_the_lock_file_names_its_holder_only_while_held(tmp_path: Path) -> None:
     with RunLock(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text().startswith(f"process {os.getpid()} on ")
     assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def test_a_holder_killed_with_its_name_in_the_lock_file_is_replaced_not_appended_to(
+        tmp_path: Path) -> None:
+    """SIGKILL skips the emptying: the next holder's name replaces the dead one's, so that a
+    refused run names one process, the live one, in its one-line error."""
+    (tmp_path / LOCK_FILE).write_text("process 1 on gone (since 2020-01-01 00:00:00)\n")
+    with RunLock(tmp_path):
+        lines = (tmp_path / LOCK_FILE).read_text().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"process {os.getpid()} on "), lines

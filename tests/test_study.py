@@ -13,7 +13,7 @@ from PIL import Image
 from sagan_plugin import study as study_module
 from sagan_plugin import study_report, study_runs
 from sagan_plugin.cli import main as cli
-from sagan_plugin.files import write_together
+from sagan_plugin.files import check_output_file, write_json, write_together
 from sagan_plugin.study_report import (
     CURVE_SIZE,
     FIGURE_DPI,
@@ -161,6 +161,20 @@ def test_files_written_together_are_left_as_they_were_when_one_fails(tmp_path: P
         write_together({first: lambda f: f.write(b"new"), second: full_disk})
     assert error.value.filename == str(second)
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"] and first.read_text() == "old"
+
+
+def test_written_files_are_readable_by_all_and_deep_new_folders_are_writable(
+        tmp_path: Path) -> None:
+    """mkstemp makes private files: a report or checkpoint is renamed into place as 0644.
+    A folder that does not exist yet, however deep, is judged by the nearest one above it."""
+    import stat
+
+    path = check_output_file(tmp_path / "new" / "deeper" / "report.json")
+    assert not (tmp_path / "new").exists()  # checked, nothing created
+    write_json(path, {"fid": 1.5})
+    assert path.read_text() == '{\n  "fid": 1.5\n}\n'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
 
 
 @pytest.fixture

@@ -34,9 +34,28 @@ def test_fid_every_k_steps_is_logged(tiny_overrides: list[str], tmp_path: Path,
     assert all(math.isfinite(e.value) and e.value > 0 for e in scalars)
 
 
+def test_the_small_n_warning_is_for_fewer_images_than_features(recwarn) -> None:
+    from sagan_plugin.metrics.inception import FEATURE_DIM
+    from sagan_plugin.metrics.scoring import warn_if_biased
+
+    warn_if_biased(FEATURE_DIM, "train.fid_n")  # 2048 images: a full-rank covariance
+    assert [str(w.message) for w in recwarn] == []
+    with pytest.warns(PluginWarning, match=r"^train\.fid_n=2047 is below the 2048 Inception"):
+        warn_if_biased(FEATURE_DIM - 1, "train.fid_n")
+
+
 def test_negative_fid_interval_is_refused(tiny_overrides: list[str]) -> None:
     with pytest.raises(UsageError, match="train.fid_every must be at least 0"):
         compose(tiny_overrides + ["train.fid_every=-1"])
+
+
+def test_fid_callback_from_python_refuses_what_cannot_be_scored(tiny_overrides) -> None:
+    """train.fid_n's rule does not guard a direct call: the callback checks, before any work."""
+    data = compose(tiny_overrides).data
+    with pytest.raises(UsageError, match=r"^n=1: FID, KID and IS need at least 2 images$"):
+        fid_callback(data, every=1, n=1)
+    with pytest.raises(UsageError, match=r"^FID every 0 steps: expected at least 1$"):
+        fid_callback(data, every=0, n=2)
 
 
 @pytest.mark.usefixtures("inception_caches")
