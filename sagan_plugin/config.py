@@ -50,7 +50,7 @@ SPLITS = ("train", "test", "val")
 
 @dataclass
 class DataConfig:
-    name: str = option(DEFAULT_DATA, "the data set (data=NAME picks its preset)")
+    name: str = option(DEFAULT_DATA, "the data set: chosen with data=NAME, not as data.name")
     root: str | None = option(None, "folder of the data; null: ./datasets (fashion_mnist also "
                               "looks in Debian's package)")
     resolution: int = option(32, "image size R (R x R)", at_least(1))
@@ -124,7 +124,7 @@ MODEL_FIELDS = {
     "bn_out_decay": ("of G's last batch norm", between(0, 1, high_open=True)),
     "num_classes": ("classes; null: the data set's; 0: unconditional", at_least(0)),
     "resolution": ("always the data set's (data.resolution)", None),
-    "name": ("the family (model=NAME)", None),
+    "name": ("the family: chosen with model=NAME, not as model.name", None),
 }
 
 
@@ -164,6 +164,20 @@ def dotlist(tokens: Sequence[str], command: str = "") -> DictConfig:
         raise UsageError(f"{prefix}cannot parse {' '.join(tokens)!r}: {error.msg}") from None
 
 
+def run_overrides(tokens: Sequence[str]) -> DictConfig:
+    """`key=value` tokens for a run configuration, as a config. model.name and data.name are
+    refused: model= and data= choose them together with that family's or data set's presets
+    and keys, and renaming a section alone would build one thing configured as another."""
+    for token in tokens:
+        key, _, value = token.partition("=")
+        section, _, field_name = key.partition(".")
+        if section in SELECTORS and field_name == "name":
+            chosen = "model family" if section == "model" else "data set"
+            raise UsageError(f"{key} is not an override: {section}={value} chooses the "
+                             f"{chosen}, with its presets")
+    return dotlist(tokens)
+
+
 def compose(argv: list[str]) -> DictConfig:
     """The full, validated run configuration from `model=`, `data=` and `key=value` tokens."""
     check_tokens(argv)
@@ -176,7 +190,7 @@ def compose(argv: list[str]) -> DictConfig:
         else:
             overrides.append(token)
     cfg, family = _presets(chosen["model"], chosen["data"])
-    _merge(cfg, dotlist(overrides), "override")
+    _merge(cfg, run_overrides(overrides), "override")
     _configure_data(cfg)
     _derive(cfg, family)
     return cfg
@@ -239,7 +253,7 @@ def compose_saved(saved: Any, source: str, overrides: Sequence[str] = ()) -> Dic
     except UsageError as error:
         message = str(error)
         raise UsageError(message if source in message else f"{source}: {message}") from None
-    _merge(cfg, dotlist(overrides), "override")
+    _merge(cfg, run_overrides(overrides), "override")
     try:
         _derive(cfg, family)
     except UsageError as error:

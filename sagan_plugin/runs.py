@@ -46,7 +46,7 @@ from sagan_plugin.config import (
     build_models,
     compose,
     compose_saved,
-    dotlist,
+    run_overrides,
 )
 from sagan_plugin.errors import UsageError, first_line
 
@@ -125,7 +125,7 @@ def load_run_config(run_dir: str | Path, run_tokens: Sequence[str] = ()) -> Dict
         saved = read_run_config(path)
         if not run_tokens:
             return compose_saved(saved, str(path))
-        changes = OmegaConf.to_container(dotlist(run_tokens))  # data.root= for moved data
+        changes = OmegaConf.to_container(run_overrides(run_tokens))  # data.root= for moved data
         saved["data"] = {**(saved.get("data") or {}), **changes["data"]}
         return compose_saved(saved, f"{path} with {' '.join(run_tokens)}")
     if not any(t.startswith("model=") for t in run_tokens):

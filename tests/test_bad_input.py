@@ -18,7 +18,7 @@ from test_checkpoint import folder_contents
 
 from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.cli import main as cli
-from sagan_plugin.config import build_models, compose_saved
+from sagan_plugin.config import build_models, compose, compose_saved
 
 # A training run small enough to be over at once if a case were wrongly accepted.
 TRAIN = ["model=sagan", "data=procedural", "model.ngf=4", "model.ndf=4", "train.batch_size=4",
@@ -77,6 +77,10 @@ TRAIN_CASES = [
     (["train.steps=abc"], "bad value for train.steps"),
     (["train.steps"], "expected key=value"),
     (["n=16"], "unknown key 'n' in override; keys of the top level: model, data, train"),
+    # model= and data= choose a section with its presets; renaming it alone would mismatch them
+    (["model.name=sngan"], "model.name is not an override: model=sngan chooses the model "
+                           "family, with its presets"),
+    (["data.name=celeba_64"], "data.name is not an override: data=celeba_64 chooses the data set"),
     (["run_dir="], "run_dir= has no value: expected run_dir=VALUE"),
     (["model="], "model= has no value"),
     (["data=fashion_mnist", "data.root="], "data.root= has no value"),
@@ -125,6 +129,7 @@ RUN_CASES = [
     # eval
     ("eval", ["metrics="], "eval: metrics= has no value"),
     ("eval", ["data.root="], "data.root= has no value"),
+    ("eval", ["data.name=celeba_64"], "data.name is not an override: data=celeba_64 chooses"),
     ("eval", ["metrics=[]"], "is not a list of fid, kid, is"),
     ("eval", ["metrics=bogus"], "metrics=bogus is not a list"),
     ("eval", ["n=1"], "eval: n must be at least 2, got 1"),
@@ -167,7 +172,7 @@ RUN_CASES = [
 
 # Damaged or foreign run folders: every command that reads one says what is wrong with it.
 FOLDER_CASES = [
-    ("bad_yaml", "bad_yaml/config.yaml: "),
+    ("bad_yaml", "bad_yaml/config.yaml: while parsing a flow sequence"),  # YAML's first line
     ("list_yaml", "list_yaml/config.yaml is not a run configuration: expected a mapping"),
     ("no_model_section", "needs a model section with a name"),
     ("impossible_model", "unknown model 'nogan'"),
@@ -312,6 +317,32 @@ def test_damaged_or_foreign_run_folders(command: str, folder: str, message: str,
         if command == "eval":
             argv.append("inception_weights={file}")
     _refused(argv, message, places, tmp_path, capsys)
+
+
+def test_the_closed_ends_of_each_range_are_accepted() -> None:
+    """The cases above sit just outside each range; these sit on its edge."""
+    cfg = compose(["train.seed=9223372036854775807", "train.ema_start=0", "train.fid_every=0",
+                   "train.fid_n=2", "train.beta1=0", "model.bn_decay=0", "model.attention=0",
+                   "data.num_workers=0", "data.num_classes=0", "model.num_classes=0"])
+    assert cfg.train.seed == 2**63 - 1
+    assert (cfg.train.ema_start, cfg.train.fid_every, cfg.train.fid_n) == (0, 0, 2)
+    assert (cfg.train.beta1, cfg.model.bn_decay, cfg.model.attention) == (0, 0, 0)
+    assert (cfg.data.num_workers, cfg.model.num_classes) == (0, 0)
+
+
+def test_what_needs_more_than_half_the_free_memory_is_refused(monkeypatch) -> None:
+    from sagan_plugin import machine
+    from sagan_plugin.errors import UsageError
+
+    kib = next(int(line.split()[1]) for line in open("/proc/meminfo")
+               if line.startswith("MemAvailable:"))
+    assert abs(machine.available_memory() - kib * 1024) < 0.1 * kib * 1024  # bytes, not kB
+    monkeypatch.setattr(machine, "available_memory", lambda: 4 * 2**30)
+    machine.require_memory(2 * 2**30, "n=4")  # half: fits
+    with pytest.raises(UsageError) as error:
+        machine.require_memory(2 * 2**30 + 1, "n=4")
+    assert str(error.value) == ("n=4 needs about 2 GiB of memory, more than half of the 4 GiB "
+                                "this machine has free")
 
 
 def test_a_damaged_latest_checkpoint_names_the_step_before_it(places: dict[str, Path],

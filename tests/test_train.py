@@ -147,6 +147,7 @@ def test_run_dir_alone_continues_a_run_with_its_saved_configuration(
     """`train run_dir=DIR train.steps=N` extends a run without its first command line; with
     model= or data=, or for a folder without config.yaml, the presets are composed as ever."""
     from sagan_plugin import cli
+    from sagan_plugin.errors import UsageError
     from sagan_plugin.train import continued
 
     run_dir = tmp_path / "run"
@@ -162,6 +163,8 @@ def test_run_dir_alone_continues_a_run_with_its_saved_configuration(
     assert continued(["train.steps=3"]) is None
     assert cli.main(["train", f"run_dir={run_dir}", "train.steps=3", "model.ngf=16"]) == 2
     assert "(model.ngf: 8 -> 16)" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"^model.name is not an override: model=sngan"):
+        continued([f"run_dir={run_dir}", "model.name=sngan"])
     assert checkpoint_steps(run_dir) == [1, 2]
 
 
