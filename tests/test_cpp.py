@@ -74,6 +74,22 @@ def test_program_matches_python_recipe(program, conditional_run, tmp_path, fmt, 
     assert np.abs(grid - image_grid(to_uint8(expected)).numpy()).max() <= 1
 
 
+def test_program_defaults_are_the_python_recipes(program, ext, conditional_run, tmp_path):
+    # No --n, --seed, --classes or --batch: as `sagan-plugin sample`, 64 images of seed 0 with
+    # label i % num_classes, in a grid of 8 x 8; the module's sample() has the same defaults.
+    model = conditional_run / "export" / "generator.pt"
+    result = run_program("--model", model, "--device", "cpu", "--out", tmp_path / "grid.png",
+                         "--save-tensor", tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    expected = sample(load_generator(conditional_run).netG, 64, 0)
+    images = torch.load(tmp_path / "images.pt")
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+    grid = np.asarray(Image.open(tmp_path / "grid.png")).astype(int)
+    expected_grid = image_grid(to_uint8(expected)).numpy()
+    assert grid.shape == expected_grid.shape and np.abs(grid - expected_grid).max() <= 1
+    assert torch.equal(ext.Generator(str(model), "cpu").sample(64), images)
+
+
 def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
     model = unconditional_run / "export" / "generator.pt"
     # Missing folders are made, for the images and for the tensor alike.
@@ -88,6 +104,15 @@ def test_program_writes_one_png_per_image(program, unconditional_run, tmp_path):
     for i, pixels in enumerate(to_uint8(images).permute(0, 2, 3, 1)):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / f"{i:06d}.png")),
                               pixels.numpy())
+
+
+def test_an_existing_folder_without_a_slash_gets_one_png_per_image(program, unconditional_run,
+                                                                    tmp_path):
+    (tmp_path / "pngs").mkdir()
+    result = run_program("--model", unconditional_run / "export" / "generator.pt", "--n", 2,
+                         "--out", tmp_path / "pngs")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png"]
 
 
 def legacy_copy(source: Path, legacy: Path, **changes: object) -> Path:
@@ -120,6 +145,8 @@ def test_python_module_returns_the_programs_tensor(ext, conditional_run, tmp_pat
     assert result.returncode == 0, result.stderr
     generator = ext.Generator(str(model), "cpu")
     assert generator.info["num_classes"] == 10 and generator.info["format"] == fmt
+    sidecar = json.loads(sidecar_path(model).read_text())
+    assert generator.info == {key: sidecar[key] for key in generator.info}
     images = generator.sample(6, seed=2, classes=[5], batch=4)
     assert torch.equal(images, torch.load(tmp_path / "images.pt"))
     assert torch.equal(ext.image_grid(ext.to_uint8(images)), image_grid(to_uint8(images)))
@@ -157,6 +184,7 @@ g = E.Generator({str(model)!r}, "cpu")
 z = torch.randn(2, 128)
 error(lambda: g.forward(z, torch.full((2,), 10)))
 error(lambda: g.forward(z, torch.full((2,), -1)))
+error(lambda: g.forward(z, torch.tensor([9, -1])))
 error(lambda: g.forward(z, torch.zeros(2)))
 error(lambda: g.forward(z, torch.zeros(3, dtype=torch.long)))
 error(lambda: g.forward(torch.randn(2, 64), torch.zeros(2, dtype=torch.long)))
@@ -166,6 +194,7 @@ print(tuple(g.forward(torch.randn(128, 2).t(), torch.full((2,), 9)).shape))
 """)
     assert lines == [
         "UsageError 1 y holds label 10, out of range: the model has 10 classes (0..9)",
+        "UsageError 1 y holds label -1, out of range: the model has 10 classes (0..9)",
         "UsageError 1 y holds label -1, out of range: the model has 10 classes (0..9)",
         "UsageError 1 y must be an int64 tensor of shape (2,), as many labels as z has rows, "
         "got Float of shape [2]",
@@ -219,6 +248,8 @@ def test_program_never_writes_over_the_model(program, conditional_run, tmp_path)
     images.mkdir()
     (images / "000001.png").write_bytes(model.read_bytes())  # a model with an image's name
     shutil.copy(sidecar_path(model), images / "000001.png.json")
+    for suffix in ("", ".json"):  # a link elsewhere to the model that an image would replace
+        Path(f"{tmp_path}/linked.pt{suffix}").symlink_to(f"{images}/000001.png{suffix}")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for args, message in [
         (["--model", model, "--save-tensor", model], f"--save-tensor {model} would overwrite"),
@@ -226,6 +257,8 @@ def test_program_never_writes_over_the_model(program, conditional_run, tmp_path)
         (["--model", model, "--save-tensor", tmp_path / "sidecar_link.pt"],
          f"would overwrite {model}.json"),
         (["--model", images / "000001.png", "--out", f"{images}/"], "--out"),
+        (["--model", tmp_path / "linked.pt", "--out", f"{images}/"],
+         f"would overwrite {tmp_path}/linked.pt, the model's own file"),
     ]:
         assert_clean_error(run_program(*args, "--n", 2), message)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
@@ -304,6 +337,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     # A sidecar edited by hand: its sha256 still matches, the model inside says otherwise.
     add("edited_nz.pt", source.read_bytes(), nz=sidecar["nz"] * 2)
     add("edited_resolution.pt", source.read_bytes(), resolution=64)
+    add("edited_channels.pt", source.read_bytes(), channels=1)
     package = source.with_suffix(".pt2")
     add("edited_classes.pt2", package.read_bytes(), format="aoti", num_classes=20)
     shutil.copy(source, folder / "no_sidecar.pt")
@@ -331,6 +365,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     ("not_json.pt", "not valid JSON"),
     ("edited_nz.pt", "says nz=256, the model itself nz=128 (the sidecar was edited"),
     ("edited_resolution.pt", "says resolution=64, the model itself resolution=32"),
+    ("edited_channels.pt", "says channels=1, the model itself channels=3"),
     ("edited_classes.pt2", "says num_classes=20, the model itself num_classes=10"),
 ])
 def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, message):
@@ -344,6 +379,18 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     assert not (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_a_cuda_package_on_a_machine_without_a_gpu_is_not_sent_to_the_cpu(
+        program, conditional_run, tmp_path, device):
+    """--device cpu would only be refused in turn (the package holds CUDA kernels)."""
+    result = run_program("--model", broken_copies(conditional_run, tmp_path)["cuda_package.pt2"],
+                         "--n", 2, "--device", device, "--out", tmp_path / "grid.png")
+    assert_clean_error(result, "no CUDA GPU is available to this torch build (the package is "
+                               "compiled for cuda: sample it on a GPU, or export it again with "
+                               "device=cpu)")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--class", 10], "class 10 is out of range"),
     (["--classes", "1,-1"], "class -1 is out of range"),
@@ -354,7 +401,7 @@ def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, me
     (["--device", "tpu"], "device must be"),
     (["--device", "cpu:0"], 'device must be auto, cpu, cuda or cuda:<index>, got "cpu:0"'),
     (["--device", "cuda:01"], "device must be auto, cpu"),
-    (["--out", "/proc/grid.png"], "cannot write"),
+    (["--out", "/proc/grid.png"], "cannot write to output directory /proc"),
     (["--out", "/dev/null/grid.png"], "/dev/null is not a folder"),
     (["--save-tensor", "/dev/null/t.pt"], "/dev/null is not a folder"),
     (["--out", "{tmp}/grid.jpg"], ".png"),

@@ -205,7 +205,10 @@ torch::Device parse_device(const std::string& name, const ExportInfo& info) {
   if (device.is_cuda()) {
     if (!torch::cuda::is_available())
       throw UsageError("device " + name + " asked for, but no CUDA GPU is available to this " +
-                       "torch build (use --device cpu)");
+                       "torch build (" + (info.format == "aoti" && info.device != "cpu"
+                       ? "the package is compiled for " + info.device + ": sample it on a GPU, "
+                         "or export it again with device=cpu"
+                       : std::string("use --device cpu")) + ")");
     if (device.has_index() &&
         device.index() >= static_cast<int>(torch::cuda::device_count()))
       throw UsageError("device " + name + " does not exist (" +

@@ -68,7 +68,10 @@ std::optional<std::vector<int64_t>> parse_classes(const std::string& text) {
 void refuse_overwriting_model(const std::string& option, const fs::path& output, bool folder,
                               int64_t n, const std::string& model) {
   std::error_code ec;
-  for (const fs::path precious : {fs::path(model), fs::path(model + ".json")}) {
+  for (const fs::path given : {fs::path(model), fs::path(model + ".json")}) {
+    // Through symlinks: a link to DIR/000000.png is that file, whatever the link is named.
+    fs::path precious = fs::weakly_canonical(given, ec);
+    if (ec) precious = given;
     bool same = false;
     if (!folder) {
       same = fs::equivalent(output, precious, ec);
@@ -79,7 +82,7 @@ void refuse_overwriting_model(const std::string& option, const fs::path& output,
     }
     if (same)
       throw sagan::UsageError(option + " " + output.string() + " would overwrite " +
-                              precious.string() + ", the model's own file; write elsewhere");
+                              given.string() + ", the model's own file; write elsewhere");
   }
 }
 
