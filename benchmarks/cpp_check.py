@@ -66,7 +66,12 @@ def main() -> int:
     out = args.json or args.work / "cpp_check.json"
 
     def save(passed: bool) -> None:  # after every format: a stage stopped early keeps them
-        result["pass"] = passed
+        unfinished = len(result["formats"]) < len(FORMATS) and "error" not in result
+        result["pass"] = passed and not unfinished  # one format checked is not both
+        if unfinished:  # until the last format: a stop (the suite's timeout) leaves this mark
+            result["interrupted"] = True
+        else:
+            result.pop("interrupted", None)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     try:

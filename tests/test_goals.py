@@ -58,9 +58,10 @@ def suite_results(folder: Path, good: bool) -> Path:
         "images_per_second": {"sagan-plugin eval, A vs B": 100.0 * margin,
                               "pytorch-fid CLI, A vs B": 100.0}})
     write(folder / "cpp" / "cpp_check.json", {"tolerance": 1e-3, "pass": good, "formats": {
-        "torchscript": {"max_abs_vs_python": 0.0, "max_abs_module_vs_program": 0.0},
+        "torchscript": {"max_abs_vs_python": 0.0, "max_abs_module_vs_program": 0.0,
+                        "pass": True},
         "aoti": {"max_abs_vs_python": 1e-3 * short, "max_abs_module_vs_program": 0.0,
-                 "max_abs_vs_python_tf32": 0.004}}})
+                 "max_abs_vs_python_tf32": 0.004, "pass": good}}})
     return folder
 
 
@@ -94,7 +95,7 @@ def test_a_failed_export_or_run_of_the_cpp_check_is_missed_with_why(tmp_path: Pa
     check = results / "cpp" / "cpp_check.json"
     for report, said in (
             ({"formats": {"torchscript": {"max_abs_vs_python": 2e-4,
-                                          "max_abs_module_vs_program": 0.0},
+                                          "max_abs_module_vs_program": 0.0, "pass": True},
                           "aoti": {"error": "sagan-plugin export: error: cannot find -lcuda"}}},
              "torchscript: 0.0002, aoti: failed (sagan-plugin export: error: cannot find "
              "-lcuda)"),
@@ -134,3 +135,89 @@ def test_an_unreadable_result_is_one_line_and_nothing_is_written(tmp_path: Path)
     done, report = goals(results)
     assert done.returncode == 1 and report == {}
     assert done.stderr.startswith("error: eval's JSON lacks what the goal reads"), done.stderr
+
+
+@pytest.fixture
+def goals_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import goals as module
+
+    return module
+
+
+def test_a_figure_exactly_at_its_target_meets_it(goals_module) -> None:
+    """">= 2x" is met by 2.00x; FID 1001 against 1000 is 1e-3 apart, the tolerance itself."""
+    found = {"attention": {"ratios": [{"side": 64, "ours": "ours bf16", "speedup": 2.0,
+                                       "memory_ratio": 4.0}]},
+             "train": {"rows": [{"variant": "ours bf16", "images_per_s": 300.0, "vs_host": 2.0,
+                                 "mfu": 0.30}]},
+             "eval": {"n": 2000,
+                      "end_to_end": {"sagan_plugin_eval": {"fid": 1001.0},
+                                     "pytorch_fid_cli": {"fid": 1000.0}},
+                      "images_per_second": {"sagan-plugin eval, A vs B": 80.0,
+                                            "pytorch-fid CLI, A vs B": 80.0}}}
+    met = {row["goal"]: row["met"] for row in goals_module.verdicts(found)}
+    assert [met[goal] for goal in GOALS[:4] + GOALS[6:]] == [True] * 6, met
+
+
+def test_sampling_and_fid_figures_are_worded_from_the_right_fields(goals_module) -> None:
+    """Hand-made figures: FID 22 against 20 is 0.1 apart (of pytorch-fid's 20); 50 images/s
+    against 200 is 0.25x; a failed path is missed; the CPU target (1.5x) is the JSON's own."""
+    found = {"sample": {"goal": {"path": "CUDA graph bf16", "batch": 256, "target": 3.0,
+                                 "ratio_to_eager": None, "met": False}},
+             "eval": {"n": 2000,
+                      "end_to_end": {"sagan_plugin_eval": {"fid": 22.0},
+                                     "pytorch_fid_cli": {"fid": 20.0}},
+                      "images_per_second": {"sagan-plugin eval, A vs B": 50.0,
+                                            "pytorch-fid CLI, A vs B": 200.0}}}
+    rows = {row["goal"]: (row["measured"], row["met"]) for row in goals_module.verdicts(found)}
+    assert rows[GOALS[5]] == ("CUDA graph bf16 at batch 256: a path failed", False)
+    assert rows[GOALS[6]] == ("22.0000 against 20.0000 (1.0e-01 apart, n=2000)", False)
+    assert rows[GOALS[7]] == ("50.0 against 200.0 images/s (0.25x)", False)
+    found["sample"] = {"goal": {"path": "C++ AOTInductor", "batch": 64, "target": 1.5,
+                                "ratio_to_eager": 2.0, "met": True}}
+    rows = {row["goal"]: (row["measured"], row["met"]) for row in goals_module.verdicts(found)}
+    assert rows[GOALS[5]] == ("C++ AOTInductor at batch 64: 2.00x", True)
+    found["sample"] = {"images_per_s": {}}  # the goal's batch was not in the run
+    rows = {row["goal"]: (row["measured"], row["met"]) for row in goals_module.verdicts(found)}
+    assert rows[GOALS[5]] == ("-", None)
+
+
+def test_the_markdown_table_says_not_measured_under_its_header(tmp_path: Path) -> None:
+    results = suite_results(tmp_path, True)
+    (results / "bench_eval_cuda.json").unlink()
+    done = subprocess.run([sys.executable, str(SCRIPT), "--results", str(results), "--markdown"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = lines.index("| goal | target | measured | verdict |")
+    assert lines[header + 1] == "| --- | --- | --- | --- |"
+    assert lines[header + 2] == "| attention 64x64 bf16, time vs Mimicry's | >= 2x faster | " \
+        "ours+pad bf16: 2.02x | met |"
+    assert lines[header + 9] == "| FID throughput vs python -m pytorch_fid | >= 1x | - | " \
+        "not measured |"
+
+
+def test_a_stage_stopped_early_is_not_a_verdict_on_the_rows_it_never_ran(tmp_path: Path) -> None:
+    """The suite's timeout stopped cpp_check after TorchScript, and bench_train before its
+    fastest variants: neither "both formats" nor "the best of ours" was measured. A format
+    that was checked and failed is a miss all the same."""
+    results = suite_results(tmp_path, False)
+    write(results / "bench_train_cuda.json", {"interrupted": True, "rows": [
+        {"variant": "host fp32", "images_per_s": 100.0, "vs_host": 1.0, "mfu": 0.1},
+        {"variant": "ours fp32", "images_per_s": 150.0, "vs_host": 1.5, "mfu": 0.1}]})
+    torchscript = {"max_abs_vs_python": 1e-6, "max_abs_module_vs_program": 0.0, "pass": True}
+    check = {"tolerance": 1e-3, "pass": False, "interrupted": True,
+             "formats": {"torchscript": torchscript}}
+    write(results / "cpp" / "cpp_check.json", check)
+    rows = {row["goal"]: row for row in goals(results)[1]["rows"]}
+    assert rows[GOALS[2]]["met"] is None and rows[GOALS[2]]["measured"] == \
+        "ours fp32: 1.50x (150.0 images/s) (stopped early: not every case ran)"
+    assert rows[GOALS[4]]["met"] is None
+    assert rows[GOALS[4]]["measured"] == ("max |C++ - Python| in float32 torchscript: 1e-06, "
+                                          "aoti: not checked (tolerance 0.001) (stopped early: "
+                                          "not every case ran)")
+    write(results / "cpp" / "cpp_check.json", {**check, "formats": {
+        "torchscript": {**torchscript, "max_abs_vs_python": 0.1, "pass": False}}})
+    rows = {row["goal"]: row for row in goals(results)[1]["rows"]}
+    assert rows[GOALS[4]]["met"] is False

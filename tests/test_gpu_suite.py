@@ -525,3 +525,193 @@ def test_link_libcuda_lets_the_linker_find_a_driver_that_has_only_libcuda_so_1(t
     done = subprocess.run(["bash", "-c", f"{body.group(0)}\nlink_libcuda"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 1 and "WARNING: g++ cannot link -lcuda" in done.stdout
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+
+
+def test_ddp_estimate_volumes_and_scaling_by_hand(benchmarks):
+    """n_dis=2: D's gradients move twice per step and G's once; D's buffers go out at two
+    forwards per D step, G's at one. At 1 GB/s on 4 GPUs: a ring sends 2*3/4 = 1.5 of the
+    20 MB, 30 ms, plus 0.164 ms of broadcasts."""
+    import ddp_estimate
+
+    counts = {"parameters_G": 1_000_000, "buffers_G": 1_000,
+              "parameters_D": 2_000_000, "buffers_D": 10_000}
+    volume = ddp_estimate.bytes_per_step(counts, n_dis=2)
+    assert volume == {"all_reduce": 4 * (2 * 2_000_000 + 1_000_000),
+                      "broadcast": 4 * (1_000 + 2 * 2 * 10_000)}
+    one, four = ddp_estimate.scaling_rows(volume, [1, 4], 1e9, {"ms": 20.0, "batch": 64}, 256)
+    assert (one["all_reduce_mb"], one["comm_ms"], one["weak_efficiency"]) == (0.0, 0.0, 1.0)
+    assert four["all_reduce_mb"] == 20.0 and four["ring_mb_per_gpu"] == 30.0
+    assert four["comm_ms"] == pytest.approx(30.164)
+    assert four["weak_ms"] == pytest.approx(50.164)
+    assert four["weak_efficiency"] == pytest.approx(20 / 50.164)
+    assert four["weak_images_per_s"] == pytest.approx(4 * 64 * 1e3 / 50.164)
+    assert four["strong_ms"] == pytest.approx(20.0 + 30.164)  # 64 a GPU: the measured step
+    assert four["strong_speedup"] == pytest.approx(80.0 / 50.164)
+
+
+def test_ddp_estimate_steps_from_the_rows_that_have_figures(benchmarks, tmp_path):
+    """A variant that failed (out of memory) has no figures: the fastest of the others counts."""
+    import ddp_estimate
+
+    train = tmp_path / "bench_train_cuda.json"
+    train.write_text(json.dumps({"batch": 64, "width": 4, "machine": "test GPU", "rows": [
+        {"variant": "host fp32", "ms": 5.0, "images_per_s": 12800.0, "flops_per_step": 1e9},
+        {"variant": "ours bf16", "ms": 20.0, "images_per_s": 3200.0, "flops_per_step": 64e9},
+        {"variant": "ours bf16 cl compile", "error": "CUDA out of memory"}]}))
+    step = ddp_estimate.measured_step(train)
+    assert (step["variant"], step["ms"], step["flops_per_image"]) == ("ours bf16", 20.0, 1e9)
+
+
+def test_median_seconds_is_the_median_after_the_warmup(benchmarks, monkeypatch):
+    """On a clock that each call advances by the next of 100, 100, 1, 2, 9 seconds: two
+    warm-up calls (100 s each) untimed, then the median of 1, 2 and 9 (not their mean, 4)."""
+    import types
+
+    import _machine
+    import torch
+
+    clock = [0.0]
+    durations = [100.0, 100.0, 1.0, 2.0, 9.0]
+
+    def call():
+        clock[0] += durations.pop(0)
+
+    monkeypatch.setattr(_machine, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert _machine.median_seconds(call, torch.device("cpu"), repeats=3, warmup=2) == 2.0
+    assert durations == []
+    monkeypatch.setattr(_machine, "median_seconds", lambda fn, device, repeats: 0.5)
+    # MFU's denominator: a size^3 product is 2 size^3 FLOPs (a multiply and an add)
+    assert _machine.bf16_matmul_flops(torch.device("cpu"), size=64) == 2 * 64**3 / 0.5
+
+
+def test_print_table_pads_every_column_to_its_widest_cell(benchmarks, capsys):
+    import _machine
+
+    _machine.print_table(["goal", "n"], [["a", "1.5x"], ["longer", "10"]])
+    assert capsys.readouterr().out.splitlines() == [
+        "goal    n   ", "------  ----", "a       1.5x", "longer    10"]
+
+
+def _cpp_check(monkeypatch, tmp_path, python_off: dict, module_off: dict, failing=(),
+               stopped=()):
+    """cpp_check's main with the run, the exports, the program and the module stubbed: each
+    format's program gives the Python recipe's images plus python_off[fmt] (float32) or the
+    TF32 recipe's plus 0.125, the module the program's plus module_off[fmt]."""
+    import types
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cpp_check
+
+    recipes = [torch.zeros(24, 3, 4, 4), torch.full((24, 3, 4, 4), 0.25)]  # float32, then TF32
+
+    def cli(command, *args):
+        fmt = next((a.removeprefix("format=") for a in args if a.startswith("format=")), None)
+        if fmt in failing:
+            raise cpp_check.CommandFailed(f"sagan-plugin export: error: {fmt} failed")
+        if fmt in stopped:  # the suite's timeout -s INT
+            raise KeyboardInterrupt
+        return 0.5
+
+    def run(cmd, **kwargs):
+        fmt = "aoti" if cmd[cmd.index("--model") + 1].endswith(".pt2") else "torchscript"
+        tensor = (recipes[0] + python_off[fmt]) if "--no-tf32" in cmd else recipes[1] + 0.125
+        torch.save(tensor, cmd[cmd.index("--save-tensor") + 1])
+        return subprocess.CompletedProcess(cmd, 0, "24 images in 0.1 s, 240 images/s", "")
+
+    class Generator:
+        def __init__(self, path: str, device: str) -> None:
+            self.fmt = "aoti" if path.endswith(".pt2") else "torchscript"
+
+        def sample(self, n, seed, classes, batch):
+            return recipes[0] + python_off[self.fmt] + module_off[self.fmt]
+
+    monkeypatch.setattr(cpp_check, "cli", cli)
+    monkeypatch.setattr(cpp_check, "load_generator",
+                        lambda run, device: types.SimpleNamespace(netG=None))
+    sampled = iter(recipes)
+    monkeypatch.setattr(cpp_check, "sample", lambda *args, **kwargs: next(sampled))
+    monkeypatch.setattr(cpp_check, "subprocess", types.SimpleNamespace(run=run))
+    monkeypatch.setitem(sys.modules, "sagan_sample_ext", types.SimpleNamespace(
+        Generator=Generator))
+    monkeypatch.setattr(sys, "argv", ["cpp_check.py", "--device", "cpu", "--work", str(tmp_path)])
+    try:
+        code = cpp_check.main()
+    except KeyboardInterrupt:
+        code = 130
+    return code, json.loads((tmp_path / "cpp_check.json").read_text())
+
+
+def test_cpp_check_passes_only_when_every_format_is_within_tolerance(monkeypatch, tmp_path):
+    """The CPU tolerance is 1e-5: 2e-5 from Python (or between module and program) fails its
+    format, and one failed format fails the check, whichever format comes last."""
+    code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 2e-5, "aoti": 0.0},
+                              {"torchscript": 0.0, "aoti": 0.0})
+    assert code == 1 and report["pass"] is False
+    assert [report["formats"][f]["pass"] for f in ("torchscript", "aoti")] == [False, True]
+    assert report["formats"]["torchscript"]["max_abs_vs_python"] == pytest.approx(2e-5)
+    # the program as a user runs it, against the Python recipe with the same TF32 default
+    assert report["formats"]["aoti"]["max_abs_vs_python_tf32"] == 0.125
+
+    code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 0.0, "aoti": 0.0},
+                              {"torchscript": 0.0, "aoti": 2e-5})
+    assert code == 1 and report["pass"] is False
+    assert [report["formats"][f]["pass"] for f in ("torchscript", "aoti")] == [True, False]
+
+    code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 0.0, "aoti": 0.0},
+                              {"torchscript": 0.0, "aoti": 0.0}, failing=("aoti",))
+    assert code == 1 and report["pass"] is False
+    assert report["formats"]["aoti"] == {"error": "sagan-plugin export: error: aoti failed"}
+
+    # Stopped after TorchScript passed: one format is not both, and the file says it stopped.
+    code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 0.0, "aoti": 0.0},
+                              {"torchscript": 0.0, "aoti": 0.0}, stopped=("aoti",))
+    assert code == 130 and report["pass"] is False and report["interrupted"] is True
+    assert list(report["formats"]) == ["torchscript"]
+
+    code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 0.0, "aoti": 0.0},
+                              {"torchscript": 0.0, "aoti": 0.0})
+    assert code == 0 and report["pass"] is True and "interrupted" not in report
+
+
+def _check_flags(*words: str) -> str:
+    """gpu_suite.sh's check_flags on words, run alone: what it reports."""
+    body = re.search(r"^check_flags\(\) \{.*?^\}", SCRIPT.read_text(), re.MULTILINE | re.DOTALL)
+    script = f'problem() {{ echo "CHECK FAILED: $*"; }}\n{body.group(0)}\ncheck_flags "$@"'
+    return subprocess.run(["bash", "-c", script, "check_flags", *words], capture_output=True,
+                          text=True, cwd=REPO, check=True).stdout
+
+
+def test_dry_run_flag_check_finds_an_undeclared_flag_and_a_missing_script():
+    assert _check_flags("python3", "benchmarks/goals.py", "--results", "R", "--device=cuda") == ""
+    assert _check_flags("python3", "benchmarks/goals.py", "--results", "R", "--speed", "9") == \
+        "CHECK FAILED: benchmarks/goals.py does not declare --speed\n"
+    assert "CHECK FAILED: missing script benchmarks/gone.py" in _check_flags(
+        "python3", "benchmarks/gone.py")
+
+
+@pytest.mark.parametrize("remove, said", [
+    ("deb/libstb0_1.0_amd64.deb", "missing {whl}/deb/libstb0_*.deb"),
+    ("data/t10k-labels-idx1-ubyte.xz", "missing {whl}/data/t10k-labels-idx1-ubyte.xz"),
+    ("fid/inception_10bit.xz", "missing {whl}/fid/inception_10bit.xz"),
+    (None, "holds 2 wheels of torch-mimicry==0.1.16"),
+    (None, "what travels is over 64 MiB"),
+])
+def test_dry_run_reports_what_is_missing_or_too_much(carried, remove, said):
+    if remove:
+        (carried / remove).unlink()
+    elif "wheels" in said:
+        (carried / "torch_mimicry-0.1.16-py2-none-any.whl").touch()  # a second one
+    else:
+        big = carried / "fid" / "big.bin"
+        big.touch()
+        os.truncate(big, 65 * 2**20)  # sparse: du -sb counts its 65 MiB all the same
+    result = suite("--dry-run", "eval", whl=carried)
+    assert result.returncode == 1, result.stdout
+    assert said.format(whl=carried) in result.stdout, result.stdout

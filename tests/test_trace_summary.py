@@ -82,3 +82,25 @@ def test_the_command_reads_a_gzipped_trace_and_a_cpu_trace_has_nothing_to_say(tm
     cpu.write_text("{")
     done = run(cpu)
     assert done.returncode == 1 and done.stderr.startswith(f"error: {cpu}: not a readable"), done
+
+
+def test_a_trace_on_the_profiler_clock_with_nested_work(trace_summary) -> None:
+    """Timestamps as a profiler writes them (far from 0): a kernel inside another (a second
+    stream), two back to back, and the idle stretch blamed on the innermost CPU operator."""
+    t = 1_700_000_000_000.0
+    trace = [
+        _event("kernel", "ampere_sgemm_128x64_nn", t, 20),  # busy t..t+20
+        _event("kernel", "void at::native::vectorized_elementwise_kernel<4>", t + 5, 5),  # inside
+        _event("cpu_op", "aten::to", t + 10, 40),  # t+10..t+50, around the idle start (t+20)
+        _event("cpu_op", "aten::_local_scalar_dense", t + 18, 10),  # inside it: the innermost
+        _event("cuda_runtime", "cudaDeviceSynchronize", t + 28, 20),
+        _event("cuda_runtime", "cudaEventSynchronize", t + 48, 1),
+        _event("kernel", "triton_poi_fused_add_0", t + 50, 10),  # busy t+50..t+70, no gap
+        _event("kernel", "triton_poi_fused_mul_1", t + 60, 10),
+    ]
+    s = trace_summary.summarize(trace, steps=1)
+    assert s["gpu_window_ms_per_step"] == pytest.approx(70 / 1e3)
+    assert s["gpu_busy_fraction"] == pytest.approx(40 / 70)  # 20 + 20 of 70 us
+    assert s["longest_idle"] == [{"ms": pytest.approx(30 / 1e3),
+                                  "cpu_op": "aten::_local_scalar_dense"}]
+    assert s["syncs_per_step"] == 2
