@@ -45,6 +45,32 @@ def test_ema_copies_before_start_then_averages_and_copies_buffers() -> None:
     assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
 
 
+def test_ema_power_iteration_continues_from_its_own_vectors() -> None:
+    """After the start each update runs one iteration u = Wv/|Wv|, v = W^T u/|W^T u| on the
+    averaged W from the EMA's own v: G's u and v (here perturbed) are never copied in."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = GENERATORS[32](ngf=8)
+    ema = EMA(net, decay=0.5, start=0)
+    _perturb(net)
+    before = {name: b.clone() for name, b in ema.model.named_buffers()}
+    ema.update(net, global_step=1)
+    checked = 0
+    for name, module in ema.model.named_modules():
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        weight = module.parametrizations.weight.original.flatten(1)
+        v = F.normalize(before[f"{name}.parametrizations.weight.0._v"], dim=0)
+        u = F.normalize(weight @ v, dim=0)
+        v = F.normalize(weight.T @ u, dim=0)
+        norm = module.parametrizations.weight[0]
+        torch.testing.assert_close(norm._u, u, msg=name)
+        torch.testing.assert_close(norm._v, v, msg=name)
+        checked += 1
+    assert checked > 10
+
+
 def _sigmas(net: torch.nn.Module) -> dict[str, float]:
     """Largest singular value of every spectrally normalised weight, as the net uses it."""
     return {name: torch.linalg.matrix_norm(m.weight.detach().flatten(1).double(), ord=2).item()
@@ -62,9 +88,14 @@ def test_ema_weights_are_normalised_by_their_own_sigma(tiny_overrides: list[str]
     assert all(abs(sigma - 1) < 1e-2 for sigma in sigmas.values()), sigmas
 
 
-def test_trainer_saves_the_ema_and_loading_prefers_it(tiny_overrides: list[str]) -> None:
+def test_trainer_saves_the_ema_and_loading_prefers_it(tiny_overrides: list[str],
+                                                      monkeypatch) -> None:
     cfg = compose(tiny_overrides + ["train.steps=3", "train.ema_decay=0.5", "train.ema_start=1"])
+    steps, update = [], EMA.update
+    monkeypatch.setattr(EMA, "update", lambda self, net, global_step: (
+        steps.append(global_step), update(self, net, global_step))[1])
     trainer = run(cfg)
+    assert steps == [1, 2, 3]  # after each G update, with the step it completed
     ckpt = read_checkpoint(checkpoint_path(cfg.run_dir, 3))
     assert ckpt["ema"] == {"decay": 0.5, "start": 1}
     ema_state, g_state = ckpt["ema_state_dict"], ckpt["model_state_dict"]

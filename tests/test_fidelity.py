@@ -43,6 +43,36 @@ def test_running_statistics_average_then_decay() -> None:
                                + bn.bias[:, None, None])
 
 
+def test_running_statistics_decay_takes_over_at_one_minus_decay() -> None:
+    """Past the opening, batch k weighs 1 - decay, not decay (decay 0.5 cannot tell them)."""
+    torch.manual_seed(0)
+    bn = BatchNorm2d(2, decay=0.6)  # 10 / (k + 9) falls below 0.4 after batch 16
+    mean, var = torch.zeros(2), torch.ones(2)
+    for k in range(1, 21):
+        x = torch.randn(6, 2, 2, 2) * k + k
+        bn(x)
+        weight = max(10 / (k + 9), 0.4)
+        mean = (1 - weight) * mean + weight * x.mean(dim=(0, 2, 3))
+        var = (1 - weight) * var + weight * x.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+
+
+def test_conditional_batch_norm_starts_with_gain_one_and_bias_zero() -> None:
+    """The reference's per-class gamma starts at 1 and beta at 0: at initialisation every
+    class's output is x normalised by the batch's statistics alone."""
+    from sagan_plugin.nets.layers import ConditionalBatchNorm2d
+
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(4, num_classes=5)
+    x, y = torch.randn(6, 4, 3, 3) * 2 + 1, torch.tensor([0, 1, 2, 3, 4, 1])
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(cbn(x, y), (x - mean) / (var + 1e-5).sqrt())
+    torch.testing.assert_close(cbn.gain, torch.ones(5, 4), rtol=0, atol=0)
+    torch.testing.assert_close(cbn.bias, torch.zeros(5, 4), rtol=0, atol=0)
+
+
 def _count_power_iterations(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
     counts: dict[int, int] = {}
     original = _SpectralNorm._power_method
@@ -72,6 +102,19 @@ def test_spectral_norm_of_d_iterates_once_per_d_step_before_its_passes(
     netG.train_step((x, y), netD, optG, MetricLog(), device="cpu")
     assert [counts.get(n, 0) for n in norms] == [1] * len(norms)  # G's step leaves D's alone
     assert all(m.training for m in netD.modules())
+
+
+def test_spectral_norm_iterates_once_per_training_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One power iteration per training-mode forward of G and of D (n_power_iterations=1)."""
+    torch.manual_seed(0)
+    netG, netD = GENERATORS[32](num_classes=10, ngf=4), DISCRIMINATORS[32](num_classes=10, ndf=4)
+    counts = _count_power_iterations(monkeypatch)
+    y = torch.tensor([0, 5])
+    with torch.no_grad():
+        netD(netG(torch.randn(2, 128), y), y)
+    for net in (netG, netD):
+        norms = [id(m) for m in net.modules() if isinstance(m, _SpectralNorm)]
+        assert norms and [counts.get(n, 0) for n in norms] == [1] * len(norms)
 
 
 def test_one_override_moves_both_attention_layers_to_64() -> None:

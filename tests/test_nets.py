@@ -138,3 +138,22 @@ def test_spectral_norm_on_every_weight_layer() -> None:
             weight = layer.weight.detach().flatten(1)  # the normalised weight
             sigma = torch.linalg.matrix_norm(weight.double(), ord=2).item()
             assert abs(sigma - 1) < 1e-2, (type(layer).__name__, sigma)
+
+
+def test_weights_start_xavier_uniform_and_biases_at_zero() -> None:
+    """Each stored (pre-normalisation) weight is U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
+    Xavier (Glorot) uniform, as sn() states; every bias starts at 0."""
+    torch.manual_seed(0)
+    nets = GENERATORS[32](num_classes=10, ngf=8), DISCRIMINATORS[32](num_classes=10, ndf=8)
+    layers = [m for net in nets for m in net.modules() if parametrize.is_parametrized(m, "weight")]
+    assert len(layers) > 20
+    for layer in layers:
+        weight = layer.parametrizations.weight.original
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(weight)
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert weight.abs().max() <= bound
+        if weight.numel() >= 500:  # uniform: the std of U(-a, a), and values near the edge
+            assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+            assert weight.abs().max() > 0.95 * bound
+        if getattr(layer, "bias", None) is not None:
+            assert torch.equal(layer.bias, torch.zeros_like(layer.bias))

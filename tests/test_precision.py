@@ -121,6 +121,31 @@ def test_compiled_training_steps_match_eager_ones() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_losses_are_computed_in_fp32_under_bf16_autocast(monkeypatch) -> None:
+    """Under bf16 autocast D's logits come out in bfloat16 (its last linear layer): both steps
+    hand the loss float32 logits, so the hinge terms and their means are fp32."""
+    from sagan_plugin.host import MetricLog
+
+    torch.manual_seed(0)
+    netG, netD = GENERATORS[32](ngf=8), DISCRIMINATORS[32](ndf=8)  # no projection: bf16 logits
+    prepare_for_training(netG, netD, precision="bf16")
+    dtypes = []
+    for net in (netG, netD):
+        def recording(*args, _compute=net.compute_gan_loss, **kwargs):
+            dtypes.extend(t.dtype for t in (*args, *kwargs.values()))
+            return _compute(*args, **kwargs)
+
+        monkeypatch.setattr(net, "compute_gan_loss", recording)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert netD(x).dtype == torch.bfloat16
+        netD.train_step((x, None), netG, torch.optim.SGD(netD.parameters(), 0.0), MetricLog(),
+                        device="cpu")
+        netG.train_step((x, None), netD, torch.optim.SGD(netG.parameters(), 0.0), MetricLog(),
+                        device="cpu")
+    assert dtypes == [torch.float32] * 3
+
+
 def test_attention_in_bf16_matches_fp32(monkeypatch) -> None:
     import torch.nn.functional as F
 

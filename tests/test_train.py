@@ -213,6 +213,28 @@ def test_resuming_uses_the_configured_optimiser(tiny_overrides: list[str]) -> No
     assert seen == [[(3e-4, (0.5, 0.8)), (5e-4, (0.5, 0.8))]] * 2
 
 
+def test_linear_decay_sets_each_steps_learning_rates_and_n_dis_d_steps(
+        tiny_overrides: list[str]) -> None:
+    """Step k (1-based) of N updates D n_dis times, then G once, at lr0 * (1 - (k - 1) / N):
+    the decay after step k - 1 reaches the updates of step k, not those of k - 1 or k + 1."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((opt, opt.param_groups[0]["lr"])))
+    try:
+        trainer = run(compose(tiny_overrides + ["train.steps=3", "train.n_dis=2",
+                                                "train.lr_decay=linear"]))
+    finally:
+        handle.remove()
+    names = {id(trainer.optD): "D", id(trainer.optG): "G"}
+    expected = [(net, lr * (1 - k / 3)) for k in range(3)
+                for net, lr in (("D", 4e-4), ("D", 4e-4), ("G", 1e-4))]
+    got = [(names[id(opt)], lr) for opt, lr in seen]
+    assert [net for net, _ in got] == [net for net, _ in expected]
+    assert [lr for _, lr in got] == pytest.approx([lr for _, lr in expected], rel=1e-9)
+
+
 def test_a_run_that_failed_before_its_first_checkpoint_starts_again_with_new_settings(
         tiny_overrides: list[str], monkeypatch, capsys) -> None:
     # As after a first step that ran out of GPU memory: lowering the batch must not be refused.

@@ -190,3 +190,25 @@ def test_training_normalises_g_in_the_groups_of_train_bn_group(tmp_path) -> None
         norms = [m for m in trainer.netG.modules() if isinstance(m, BatchNorm2d)]
         assert norms and {(m.group, int(m.num_batches_tracked)) for m in norms} == \
             {(group, updates)}
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_steps_minimise_the_hinge_losses(num_classes: int) -> None:
+    """errD = mean relu(1 - D(x)) + mean relu(1 + D(G(z))), errG = -mean D(G(z)): the loss
+    each step logs (and backpropagates), from D's logits in that step, nets built directly."""
+    netG, netD = _nets(num_classes)
+    x, y = _reals(num_classes)
+    labels = y if y is not None else torch.zeros(BATCH, dtype=torch.int64)
+    logits = []
+    netD.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+    log = netD.train_step((x, labels), netG, torch.optim.SGD(netD.parameters(), 0.0),
+                          MetricLog(), device="cpu")
+    real, fake = logits
+    assert ((fake < -1) | (real > 1)).any()  # where relu cuts off: it must be there
+    expected = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+    assert log["errD"] == pytest.approx(expected.item(), abs=1e-3)  # logged to 4 places
+    logits.clear()
+    log = netG.train_step((x, labels), netD, torch.optim.SGD(netG.parameters(), 0.0),
+                          MetricLog(), device="cpu")
+    (fake,) = logits
+    assert log["errG"] == pytest.approx(-fake.mean().item(), abs=1e-3)
