@@ -90,10 +90,12 @@ def write_json(path: str | Path, payload: dict) -> None:
 _so_far: tuple[Path, Callable[[], dict | None]] | None = None
 
 
-def keep_if_interrupted(path: str | Path, so_far: Callable[[], dict | None]) -> None:
+def keep_if_interrupted(path: str | Path, so_far: Callable[[], dict | None] | None) -> None:
     """Should the benchmark be interrupted, write `so_far()` (its rows until then; None: none
     yet) to `path`, marked "interrupted", unless `path` already holds results: an interrupted
-    run never replaces a finished one. The GPU suite's stages end by a timeout's SIGINT."""
+    run never replaces a finished one. The GPU suite's stages end by a timeout's SIGINT.
+    so_far=None: the benchmark rewrites `path` itself after every step (cpp_check, which marks
+    it interrupted until its last), so an interrupt only says where it is."""
     global _so_far
     _so_far = (Path(path), so_far)
 
@@ -113,9 +115,13 @@ def run_main(main: Callable[[], object]) -> None:
 
 
 def _keep_what_was_measured() -> Path | None:
-    if _so_far is None or _so_far[0].exists():
+    if _so_far is None:
         return None
     path, so_far = _so_far
+    if so_far is None:
+        return path if path.exists() else None
+    if path.exists():
+        return None
     payload = so_far()
     if payload is None:
         return None

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import last_error_line, run_main
+from _machine import keep_if_interrupted, last_error_line, run_main
 
 from sagan_plugin.export import CHECK_TOLERANCE, full_fp32
 from sagan_plugin.runs import load_generator
@@ -64,6 +64,8 @@ def main() -> int:
     result: dict = {"device": args.device, "n": N, "seed": SEED, "classes": list(CLASSES),
                     "tolerance": CHECK_TOLERANCE[device.type], "formats": {}}
     out = args.json or args.work / "cpp_check.json"
+    out.unlink(missing_ok=True)  # an earlier check's verdict must not pass for this one's
+    keep_if_interrupted(out, None)
 
     def save(passed: bool) -> None:  # after every format: a stage stopped early keeps them
         unfinished = len(result["formats"]) < len(FORMATS) and "error" not in result

@@ -607,6 +607,7 @@ def _cpp_check(monkeypatch, tmp_path, python_off: dict, module_off: dict, failin
     import torch
 
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _machine
     import cpp_check
 
     recipes = [torch.zeros(24, 3, 4, 4), torch.full((24, 3, 4, 4), 0.25)]  # float32, then TF32
@@ -615,7 +616,7 @@ def _cpp_check(monkeypatch, tmp_path, python_off: dict, module_off: dict, failin
         fmt = next((a.removeprefix("format=") for a in args if a.startswith("format=")), None)
         if fmt in failing:
             raise cpp_check.CommandFailed(f"sagan-plugin export: error: {fmt} failed")
-        if fmt in stopped:  # the suite's timeout -s INT
+        if (fmt or command) in stopped:  # the suite's timeout -s INT
             raise KeyboardInterrupt
         return 0.5
 
@@ -641,11 +642,11 @@ def _cpp_check(monkeypatch, tmp_path, python_off: dict, module_off: dict, failin
     monkeypatch.setitem(sys.modules, "sagan_sample_ext", types.SimpleNamespace(
         Generator=Generator))
     monkeypatch.setattr(sys, "argv", ["cpp_check.py", "--device", "cpu", "--work", str(tmp_path)])
-    try:
-        code = cpp_check.main()
-    except KeyboardInterrupt:
-        code = 130
-    return code, json.loads((tmp_path / "cpp_check.json").read_text())
+    monkeypatch.setattr(_machine, "_so_far", None)
+    with pytest.raises(SystemExit) as ended:
+        _machine.run_main(cpp_check.main)
+    report = tmp_path / "cpp_check.json"
+    return ended.value.code, json.loads(report.read_text()) if report.exists() else None
 
 
 def test_cpp_check_passes_only_when_every_format_is_within_tolerance(monkeypatch, tmp_path):
@@ -678,6 +679,23 @@ def test_cpp_check_passes_only_when_every_format_is_within_tolerance(monkeypatch
     code, report = _cpp_check(monkeypatch, tmp_path, {"torchscript": 0.0, "aoti": 0.0},
                               {"torchscript": 0.0, "aoti": 0.0})
     assert code == 0 and report["pass"] is True and "interrupted" not in report
+
+
+def test_an_interrupted_cpp_check_says_where_its_json_is_and_leaves_no_earlier_verdict(
+        monkeypatch, tmp_path, capsys):
+    """Stopped after TorchScript, cpp_check's own JSON holds that format: the log must point to
+    it. Stopped while training, an earlier check's passing JSON must not read as this one's."""
+    fine = {"torchscript": 0.0, "aoti": 0.0}
+    code, report = _cpp_check(monkeypatch, tmp_path, fine, fine, stopped=("aoti",))
+    assert code == 130 and list(report["formats"]) == ["torchscript"]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "stopped: cpp_check.py was interrupted before it finished; what it measured is in "
+        f"{tmp_path / 'cpp_check.json'}")
+
+    assert _cpp_check(monkeypatch, tmp_path, fine, fine)[1]["pass"] is True
+    code, report = _cpp_check(monkeypatch, tmp_path, fine, fine, stopped=("train",))
+    assert code == 130 and report is None
+    assert capsys.readouterr().err.strip().endswith("it wrote no JSON")
 
 
 def _check_flags(*words: str) -> str:
