@@ -319,8 +319,10 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
         model.num_classes = 0 if family.conditional is False else data.num_classes
     if model.num_classes and model.num_classes != data.num_classes:
         where = f" at {data.root}" if data.root else ""
+        use = (f"; use {data.num_classes} or 0" if data.num_classes else
+               ": it has no labels, use 0")
         raise UsageError(f"model.num_classes={model.num_classes} does not match data {data.name}"
-                         f"{where} ({data.num_classes} classes); use {data.num_classes} or 0")
+                         f"{where} ({data.num_classes} classes){use}")
     if family.conditional and not model.num_classes:
         raise UsageError(f"model {family.name} is class-conditional but data {data.name} "
                          "has no labels")

@@ -8,6 +8,7 @@ Nothing is downloaded: a missing data set is an error that says where the files 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import shutil
@@ -181,7 +182,13 @@ def _fashion_mnist_root(root: str | None) -> Path:
 
 
 def _unpacked(gz_folder: Path) -> Path:
-    root = cache_dir()
+    """A root whose FashionMNIST/raw holds gz_folder's files unpacked, in the cache: one per
+    source (its path, and its files' sizes and times), so that the copy of one data.root (or
+    of Debian's package) is never read for another's."""
+    sources = [gz_folder / f"{name}.gz" for name in FASHION_MNIST_FILES]
+    identity = [str(gz_folder.resolve())] + [
+        (stat.st_size, stat.st_mtime_ns) for stat in (path.stat() for path in sources)]
+    root = cache_dir() / "fashion_mnist" / hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:

@@ -78,7 +78,37 @@ def test_fashion_mnist_from_a_root_with_gzip_files(tmp_path: Path, monkeypatch) 
     assert len(data) == 10000
     with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
         assert data[0][1] == f.read()[8]  # the idx label file's first label
-    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+    assert len(list((tmp_path / "cache").glob("fashion_mnist/*/FashionMNIST/raw/"
+                                              "t10k-labels-idx1-ubyte"))) == 1
+
+
+def _idx_gz(source: Path, target: Path, count: int) -> None:
+    """The first `count` items of a gzip idx file (images or labels), as a gzip idx file."""
+    with gzip.open(source) as f:
+        data = f.read()
+    header = 16 if data[3] == 3 else 8  # idx3 (images): 4 ints; idx1 (labels): 2
+    item = 28 * 28 if header == 16 else 1
+    target.write_bytes(gzip.compress(data[:4] + count.to_bytes(4, "big") + data[8:header]
+                                     + data[header:header + count * item]))
+
+
+@needs_debian_package
+def test_each_data_root_with_gzip_files_is_read_from_its_own_files(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Unpacked copies are cached per source folder: a second data.root with other gzip files
+    is not served the first one's images (nor Debian's, unpacked before it)."""
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
+    sizes = {}
+    for root, count in (("first", 300), ("second", 200)):
+        raw = tmp_path / root / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for kind in ("images-idx3", "labels-idx1"):
+            for split in ("train", "t10k"):
+                _idx_gz(DEBIAN_FASHION_MNIST / f"t10k-{kind}-ubyte.gz",
+                        raw / f"{split}-{kind}-ubyte.gz", count)
+        sizes[root] = len(build_dataset(compose_data(
+            "fashion_mnist", {"root": str(tmp_path / root)})))
+    assert sizes == {"first": 300, "second": 200}
 
 
 @needs_debian_package

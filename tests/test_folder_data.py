@@ -176,6 +176,9 @@ def _bad_folders(tmp: Path) -> list[tuple[str, list[str], str]]:
          "sub-folders (cats)"),
         ("class count", [f"data.root={tmp / 'classes'}", "model.num_classes=5"],
          f"model.num_classes=5 does not match data folder at {tmp / 'classes'} (3 classes)"),
+        ("class count, unlabelled", [f"data.root={tiny}", "model.num_classes=3"],
+         f"model.num_classes=3 does not match data folder at {tiny} (0 classes): it has no "
+         "labels, use 0"),
         ("data class count", [f"data.root={tmp / 'classes'}", "data.num_classes=2"],
          f"data.num_classes=2 does not match data folder {tmp / 'classes'}: 3 class"),
         ("classes", [f"data.root={tmp / 'classes'}", "data.classes=[ant,zebra]"],
