@@ -187,6 +187,8 @@ FOLDER_CASES = [
                         "failed finding central directory)"),
     ("cut_checkpoint", f"netG_{STEP}_steps.pth: a damaged or incomplete file ([Errno 22]"),
     ("text_checkpoint", "not tensors and plain values (a damaged file, or another kind"),
+    ("text_step_checkpoint", "is not a checkpoint: model_state_dict must be a dict and "
+                             "global_step an integer"),
     ("empty_checkpoints", "has no checkpoint under"),
     ("generator_only", "without both netG and netD files"),
     ("other_resolution", "is a checkpoint of another model"),
@@ -249,6 +251,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
     damaged("keyless_checkpoint", checkpoint={"weights": {}})
     damaged("garbage_checkpoint", checkpoint=b"PK\x03\x04 not a zip at all")
     damaged("text_checkpoint", checkpoint=b"hello, not a checkpoint\n")
+    damaged("text_step_checkpoint", checkpoint={**ckpt, "global_step": str(STEP)})
     whole = checkpoint_path(run, STEP).read_bytes()
     damaged("half_checkpoint", checkpoint=whole[: len(whole) // 2])
     damaged("cut_checkpoint", checkpoint=whole[:5000])  # torch's reader seeks before its start

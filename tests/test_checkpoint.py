@@ -2,12 +2,15 @@
 
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -299,3 +302,100 @@ def test_drawing_sample_grids_leaves_the_training_random_streams_alone(
         run(cfg)
         states.append(_final_state(Path(cfg.run_dir), 2))
     _assert_identical(*states)
+
+
+def test_a_temporary_file_left_by_a_killed_save_names_no_step(tmp_path: Path) -> None:
+    """A SIGKILL during a save leaves its temporary file (.netG_4_steps.pth.XXXX.tmp) beside
+    the checkpoints: it is no checkpoint of step 4, for resuming nor for sampling."""
+    for net in ("netG", "netD"):
+        _fake_checkpoint(tmp_path, 2, net, 2)
+        folder = checkpoint_path(tmp_path, 2, net).parent
+        (folder / f".{net}_4_steps.pth.k2j3h4.tmp").write_bytes(b"PK\x03\x04 partial")
+    assert checkpoint_steps(tmp_path) == checkpoint.complete_steps(tmp_path) == [2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to skip
+        assert checkpoint.load_latest(tmp_path)[0] == 2
+
+
+def test_a_state_dict_mismatch_is_one_line_with_each_kinds_count_and_first_key() -> None:
+    """A net of another size lists hundreds of keys: the message keeps a count of each kind."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = net.state_dict()
+    del state["1.weight"], state["1.bias"]
+    state |= {"extra": torch.zeros(1), "0.weight": torch.zeros(4, 2), "0.bias": torch.zeros(5)}
+    with pytest.raises(RuntimeError) as error:
+        net.load_state_dict(state)
+    said = checkpoint.state_dict_mismatch(error.value)
+    assert "\n" not in said
+    assert said.startswith("missing 2 key(s): 1.weight, ...; unexpected 1 key(s): extra; size "
+                           "mismatch for 0.weight: "), said
+    assert said.endswith(" (2 in all)"), said
+
+
+def test_a_step_whose_netg_fails_to_save_leaves_no_netd_behind(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """netD is written, then netG fails (a full disk): the lone netD file goes too, or the
+    next start would find a step without its netG and refuse the run folder."""
+    save = checkpoint.atomic_save
+
+    def netg_fails(obj: object, path: Path) -> None:
+        if path.name.startswith("netG"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", netg_fails)
+    state = {"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 2}
+    with pytest.raises(OSError):
+        checkpoint.save_pair(tmp_path, 2, {"netD": state, "netG": state})
+    assert not list(tmp_path.rglob("*.pth"))
+    assert checkpoint.load_latest(tmp_path) is None  # a fresh start, not a refusal
+
+
+def test_the_last_checkpoint_named_is_the_newest_complete_step(tmp_path: Path) -> None:
+    """What a stopped run's message names as kept."""
+    assert checkpoint.last_checkpoint_said(tmp_path) == "no checkpoint"
+    for step in (2, 4):
+        for net in ("netG", "netD"):
+            _fake_checkpoint(tmp_path, step, net, step)
+    _fake_checkpoint(tmp_path, 6, "netD", 6)  # a step cut short
+    assert checkpoint.last_checkpoint_said(tmp_path) == "the last checkpoint is step 4"
+
+
+def test_random_states_come_back_through_a_checkpoint_file(tmp_path: Path) -> None:
+    """Each stream a data pipeline may draw from (torch, Python, NumPy, with NumPy's cached
+    gaussian) goes on where it was, after a round trip through a file read as checkpoints
+    are read."""
+    np.random.standard_normal()  # leaves a cached gaussian
+    path = tmp_path / "state.pth"
+    torch.save({"rng": checkpoint.rng_state()}, path)
+
+    def draw() -> tuple:
+        return (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist(),
+                np.random.standard_normal())
+
+    expected = draw()
+    checkpoint.set_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert draw() == expected
+
+
+class _CallsWhenUnpickled:
+    def __reduce__(self) -> tuple:
+        return os.getpid, ()
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path: Path) -> None:
+    """Checkpoints are read as tensors and plain values only: a file that calls a function
+    while it is unpickled (here a harmless os.getpid) is refused, not run."""
+    path = tmp_path / "netG_2_steps.pth"
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 2,
+                "extra": _CallsWhenUnpickled()}, path)
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="not tensors and plain values"):
+        checkpoint.read_checkpoint(path)
+
+
+def test_a_checkpoint_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "netG_2_steps.pth"
+    path.mkdir()
+    with pytest.raises(checkpoint.CorruptCheckpoint,
+                       match=f"^cannot read checkpoint {path}: Is a directory$"):
+        checkpoint.read_checkpoint(path)

@@ -19,6 +19,7 @@ from sagan_plugin.data import (
     ProceduralShapes,
     build_dataloader,
     build_dataset,
+    square_crop_transform,
 )
 from sagan_plugin.errors import UsageError
 
@@ -42,6 +43,11 @@ def test_dataloader_drops_last_and_refuses_tiny_sets() -> None:
     assert [len(x) for x, _ in loader] == [4, 4]
     with pytest.raises(UsageError, match="fewer than one batch"):
         build_dataloader(ProceduralShapes(3, 32, 2), batch_size=4, num_workers=0)
+
+
+def test_a_data_set_of_exactly_one_batch_is_enough() -> None:
+    loader = build_dataloader(ProceduralShapes(4, 32, 2), batch_size=4, num_workers=0)
+    assert [len(x) for x, _ in loader] == [4]
 
 
 needs_debian_package = pytest.mark.skipif(
@@ -153,6 +159,28 @@ def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> Non
                             "num_classes": 1000, "split": "train"})
     with pytest.raises(UsageError, match="imagenet_32 is 32x32"):
         build_dataset(cfg)
+
+
+def test_host_imagenet_128_items_are_the_largest_centred_square_of_each_file(
+        tmp_path: Path) -> None:
+    """data.crop=square (imagenet_128's default) replaces the host's 224-pixel centre crop with
+    the reference's largest centred square, resized bilinearly; data.crop=mimicry keeps it."""
+    from PIL import Image
+
+    _fake_imagenet(tmp_path, ["n01440764"], per_class=1)
+    file = tmp_path / "imagenet" / "train" / "n01440764" / "0.JPEG"
+    pixels = torch.randint(0, 256, (240, 320, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.numpy()).save(file)  # not square, and different everywhere
+    with Image.open(file) as image:
+        picture = image.convert("RGB")
+    cfg = compose(["data=imagenet_128", f"data.root={tmp_path}"])
+    assert cfg.data.crop == "square"
+    image, _ = build_dataset(cfg.data)[0]
+    torch.testing.assert_close(image, square_crop_transform(128)(picture), rtol=0, atol=0)
+    host, _ = build_dataset(compose(["data=imagenet_128", f"data.root={tmp_path}",
+                                     "data.crop=mimicry"]).data)[0]
+    assert host.shape == image.shape and (host - image).abs().mean() > 0.1
 
 
 def _fake_imagenet_val(root: Path, wnids: list[str], per_class: int) -> None:

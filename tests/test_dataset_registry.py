@@ -75,6 +75,14 @@ def test_a_data_set_has_its_default_split_unless_it_declares_more() -> None:
             DataSet(name="x", build=build, splits=splits)
 
 
+def test_a_data_set_without_a_description_is_summarised_from_its_preset() -> None:
+    build = get_dataset("procedural").build
+    assert DataSet(name="x", build=build, defaults={"resolution": 48}).summary == \
+        "48 px, 0 classes"  # no num_classes: unlabelled, as DataConfig's default
+    assert DataSet(name="x", build=build).summary == "? px, 0 classes"
+    assert DataSet(name="x", build=build, description="mine").summary == "mine"
+
+
 def test_the_split_check_runs_before_a_data_set_s_own_configure_hook(tmp_path: Path) -> None:
     # The folder's configure would refuse the missing folder; the split is refused first.
     missing = f"data.root={tmp_path / 'nothing'}"

@@ -182,3 +182,69 @@ def test_the_export_check_compares_in_float32_and_restores_tf32(conditional_run)
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_the_check_refuses_an_artefact_a_tenth_of_a_pixel_level_off(conditional_run):
+    """The CPU tolerance lies far below one level of a PNG (1/127.5): images off by a tenth
+    of a level are refused."""
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+    with pytest.raises(RuntimeError, match="export check failed: output differs"):
+        export.check_export(lambda z, y: reference(z, y) + 0.1 / 127.5, reference,
+                            torch.device("cpu"))
+
+
+@pytest.mark.parametrize("wrong_at", export.CHECK_BATCHES)
+def test_an_artefact_wrong_at_any_one_check_batch_is_refused(conditional_run, wrong_at):
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+
+    def exported(z, y):
+        return reference(z, y) + (1e-2 if len(z) == wrong_at else 0)
+
+    with pytest.raises(RuntimeError, match="export check failed"):
+        export.check_export(exported, reference, torch.device("cpu"))
+
+
+def test_an_artefact_of_another_shape_is_refused_naming_both_shapes(conditional_run):
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+    with pytest.raises(RuntimeError, match=r"export check failed at batch 1: shape "
+                                           r"\(1, 3, 16, 16\) instead of \(1, 3, 32, 32\)"):
+        export.check_export(lambda z, y: torch.nn.functional.avg_pool2d(reference(z, y), 2),
+                            reference, torch.device("cpu"))
+
+
+def test_the_check_catches_an_artefact_that_ignores_the_labels(conditional_run):
+    """The check's inputs hold several classes: an artefact that draws class 0 for every
+    label is refused."""
+    reference = export.SamplingModule(load_generator(conditional_run).netG)
+    with pytest.raises(RuntimeError, match="export check failed"):
+        export.check_export(lambda z, y: reference(z, torch.zeros_like(y)), reference,
+                            torch.device("cpu"))
+
+
+def test_a_fold_that_loses_the_normalisation_fails_the_check(conditional_run, tmp_path,
+                                                              monkeypatch):
+    """The artefact is checked against a second load of the generator, its spectral norm still
+    parametrized, not against the folded net itself: a wrong fold is refused, nothing written."""
+    def fold_without_normalising(netG):
+        netG.eval()
+        for module in netG.modules():
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        return netG
+
+    monkeypatch.setattr(export, "fold_spectral_norm", fold_without_normalising)
+    with pytest.raises(RuntimeError, match="export check failed"):
+        export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folding_a_generator_in_training_mode_puts_it_in_eval_mode_first(conditional_run):
+    """A net handed over in training mode is folded as it is, in eval mode: no power
+    iteration moves its weights and batch norm uses its running statistics."""
+    reference = load_generator(conditional_run).netG
+    folded = export.fold_spectral_norm(load_generator(conditional_run).netG.train())
+    assert not folded.training
+    z, y = export.check_inputs(reference, 6, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(z, y), reference(z, y), rtol=0, atol=1e-6)

@@ -1,6 +1,7 @@
 """Where the nets follow the authors' reference beyond the architecture: batch-norm decay,
 when spectral norm iterates, feat64, the 32 px D's layout, the ImageNet crop."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,16 @@ def test_reference_crop_is_the_largest_centred_square() -> None:
     tall = Image.new("RGB", (30, 50), (0, 0, 255))
     tall.paste((255, 255, 255), (0, 10, 30, 40))
     torch.testing.assert_close(square_crop_transform(8)(tall), torch.ones(3, 8, 8))
+
+
+def test_reference_crop_is_resized_bilinearly() -> None:
+    """The square is resized as PIL's bilinear filter resizes it, not by nearest pixels."""
+    pixels = torch.randint(0, 256, (40, 60, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(pixels.numpy())
+    square = image.crop((10, 0, 50, 40)).resize((16, 16), Image.BILINEAR)
+    expected = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1).float()
+    torch.testing.assert_close(square_crop_transform(16)(image), expected / 255 * 2 - 1)
 
 
 def test_imagenet_128_uses_the_reference_crop_by_default() -> None:

@@ -15,7 +15,13 @@ from PIL import Image
 
 from sagan_plugin.data import ProceduralShapes
 from sagan_plugin.errors import UsageError
-from sagan_plugin.metrics.features import FeatureExtractor, folder_batches, folder_files
+from sagan_plugin.metrics.features import (
+    IMAGE_EXTENSIONS,
+    FeatureExtractor,
+    dataset_batches,
+    folder_batches,
+    folder_files,
+)
 from sagan_plugin.metrics.scores import frechet_distance
 from sagan_plugin.sample import to_uint8, write_images
 
@@ -103,3 +109,45 @@ def test_fid_is_zero_against_itself_and_grows_with_noise(extractor):
             for s in (0.0, 0.1, 0.3, 0.6)]
     assert abs(fids[0]) < 1e-3
     assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids
+
+
+def test_a_folder_holds_the_files_and_pixels_pytorch_fid_reads(tmp_path):
+    """Every extension pytorch-fid's CLI picks up, and each image as its RGB conversion (a
+    PNG with alpha, a grey one): what pytorch-fid feeds its Inception."""
+    from sagan_plugin.compat import ensure_host_importable
+
+    ensure_host_importable()
+    from pytorch_fid.fid_score import IMAGE_EXTENSIONS as PYTORCH_FID_EXTENSIONS
+
+    assert set(IMAGE_EXTENSIONS) == PYTORCH_FID_EXTENSIONS
+    pixels = to_uint8(_shapes(0, 1))[0].permute(1, 2, 0).numpy()
+    for ext in IMAGE_EXTENSIONS:
+        Image.fromarray(pixels).convert("L" if ext == "pgm" else "RGB").save(tmp_path / f"a.{ext}")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert folder_files(tmp_path) == sorted(tmp_path / f"a.{ext}" for ext in IMAGE_EXTENSIONS)
+    for path in tmp_path.iterdir():
+        path.unlink()
+    Image.fromarray(pixels).convert("RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray(pixels).convert("L").save(tmp_path / "grey.png")
+    files = folder_files(tmp_path)
+    batch = torch.cat(list(folder_batches(files, 50)))
+    expected = [np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1) for f in files]
+    assert batch.dtype == torch.uint8 and torch.equal(batch, torch.from_numpy(np.stack(expected)))
+
+
+def test_real_images_reach_inception_as_the_uint8_of_their_png_in_the_order_asked():
+    """A data set's images are quantised as `sample` writes PNGs (the FID of a run compares
+    like with like), batch after batch in the order of the indices."""
+    data = ProceduralShapes(12, 32, 10)
+    order = [7, 2, 11, 5, 0, 9, 3, 8]
+    batches = list(dataset_batches(data, order, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 2]
+    expected = to_uint8(torch.stack([data[i][0] for i in order]))
+    assert torch.equal(torch.cat(batches), expected)
+
+
+def test_features_are_float64_and_no_images_is_a_usage_error(extractor):
+    features = extractor.extract([to_uint8(_shapes(0, 2))])
+    assert features.features.dtype == np.float64 and features.features.shape == (2, 2048)
+    with pytest.raises(UsageError, match="^no images to evaluate$"):
+        extractor.extract([])

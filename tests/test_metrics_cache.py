@@ -88,3 +88,33 @@ def test_the_real_images_are_a_seeded_random_subset_not_the_first_n(monkeypatch)
     assert read == [expected] and expected != list(range(10))
     real_stats.subset_features(list(range(100)), 10, extractor)
     assert read[1] == expected  # the same subset every time
+
+
+def _fake_extractor(calls):
+    """An extractor of the features a real one would return, without Inception: seeded."""
+    from types import SimpleNamespace
+
+    def extract(batches, total, desc):
+        calls.append(total)
+        rng = np.random.default_rng(len(calls))
+        return SimpleNamespace(features=rng.normal(size=(total, 2048)) / 3)
+
+    return SimpleNamespace(batch_size=4, extract=extract,
+                           weights=SimpleNamespace(sha256="ab" * 32))
+
+
+def test_a_cache_hit_scores_exactly_as_the_miss_that_wrote_it(tmp_path, data_cfg):
+    """Features read back from the cache are the float64 the first call returned, so FID is
+    the same number whether or not the real images were cached."""
+    from sagan_plugin.metrics.scores import frechet_distance
+
+    calls = []
+    dataset, extractor = build_dataset(data_cfg), _fake_extractor(calls)
+    first, path = real_features(data_cfg, dataset, 6, extractor, tmp_path)
+    again, _ = real_features(data_cfg, dataset, 6, extractor, tmp_path)
+    assert calls == [6] and first.dtype == again.dtype == np.float64
+    fake = np.random.default_rng(9).normal(size=(6, 2048))
+    assert frechet_distance(fake, again) == frechet_distance(fake, first)
+    np.savez(path, other=np.zeros(3))  # an npz without features: damaged, recomputed
+    recomputed, _ = real_features(data_cfg, dataset, 6, extractor, tmp_path)
+    assert calls == [6, 6] and recomputed.shape == (6, 2048)

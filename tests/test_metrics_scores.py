@@ -163,3 +163,53 @@ def test_kid_subsets_are_drawn_from_the_seed():
     assert kernel_inception_distance(x, y, subsets=5, subset_size=20, seed=1) == first
     other = kernel_inception_distance(x, y, subsets=5, subset_size=20, seed=2)
     assert other[0] != first[0] and other[1] != first[1]
+
+
+def _reference_fid(a, b):
+    """FID by its definition, with the symmetric root of S_a (as the test above)."""
+    (mu_a, s_a), (mu_b, s_b) = statistics(a), statistics(b)
+    w, u = np.linalg.eigh(s_a)
+    root_a = (u * np.sqrt(w.clip(0))) @ u.T
+    trace_root = np.sqrt(np.linalg.eigvalsh(root_a @ s_b @ root_a).clip(0)).sum()
+    return ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root
+
+
+def test_a_singular_covariance_gives_a_finite_fid_on_both_routes(monkeypatch):
+    # More samples than dimensions, but half the features are combinations of the others:
+    # rounding leaves eigenvalues of about -1e-13, whose square roots must not become NaN.
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(300, 64)), rng.normal(1.0, 2.0, size=(300, 64))
+    a[:, 32:] = a[:, :32] @ rng.normal(size=(32, 32))
+    b[:, 32:] = b[:, :32] @ rng.normal(size=(32, 32))
+    expected = _reference_fid(a, b)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    monkeypatch.setattr(scores, "SVD_MAX_SIZE", 0)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_and_kid_refuse_fewer_than_two_samples():
+    rng = np.random.default_rng(8)
+    one, many = rng.normal(size=(1, 8)), rng.normal(size=(10, 8))
+    for a, b in ((one, many), (many, one)):
+        with pytest.raises(ValueError, match="FID needs at least 2 samples per set"):
+            frechet_distance(a, b)
+        with pytest.raises(ValueError, match="KID needs at least 2 samples per set"):
+            kernel_inception_distance(a, b, subsets=3, subset_size=5)
+
+
+def test_kid_is_the_mean_and_population_spread_of_its_subsets_as_mimicry_reports():
+    # Mimicry's kid_score: np.mean and np.std (no n - 1) of the per-subset MMD^2 estimates.
+    ensure_host_importable()
+    from torch_mimicry.metrics.kid import kid_utils
+
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(40, 8)), rng.normal(0.4, 1.0, size=(50, 8))
+    draw = np.random.default_rng(3)
+    estimates = []
+    for _ in range(4):
+        x = a[draw.choice(len(a), 12, replace=False)]
+        y = b[draw.choice(len(b), 12, replace=False)]
+        estimates.append(kid_utils.polynomial_mmd(x, y))
+    mean, spread = kernel_inception_distance(a, b, subsets=4, subset_size=12, seed=3)
+    assert mean == pytest.approx(np.mean(estimates), rel=1e-9)
+    assert spread == pytest.approx(np.std(estimates), rel=1e-9)

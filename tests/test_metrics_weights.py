@@ -130,6 +130,46 @@ def test_unreadable_or_foreign_weights_are_one_line_errors(tmp_path):
         FIDInception(state)
 
 
+def test_an_empty_environment_variable_counts_as_unset(tmp_path, monkeypatch):
+    """`SAGAN_INCEPTION_WEIGHTS= sagan-plugin eval ...` falls back to the search order."""
+    cached = _place_cached_conversion(tmp_path)
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", "")
+    assert weights.resolve_weights().path == cached
+    assert weights.resolve_weights("").path == cached
+
+
+def test_a_state_dict_that_is_not_the_whole_network_is_refused(tmp_path):
+    """A tensor missing (it would keep its random initial value) or one of another network
+    (torchvision's ImageNet Inception has AuxLogits) is refused, as is a file of no dict."""
+    state = torch.load(converted_weights(), weights_only=True)
+    missing = {k: v for k, v in state.items() if k != "Mixed_6b.branch1x1.conv.weight"}
+    with pytest.raises(UsageError, match=r"^not a pytorch-fid InceptionV3 state dict \(keys "
+                                         r"\['Mixed_6b.branch1x1.conv.weight'\] differ\)$"):
+        FIDInception(missing)
+    extra = {**state, "AuxLogits.fc.weight": torch.zeros(1000, 768)}
+    with pytest.raises(UsageError, match=r"keys \['AuxLogits.fc.weight'\] differ"):
+        FIDInception(extra)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(UsageError, match=f"^{listed} holds a list, expected a pytorch-fid "
+                                         "InceptionV3 state dict$"):
+        load_inception(weights.resolve_weights(listed))
+
+
+def test_logits_are_the_classifier_of_the_pool3_features_and_grey_is_rgb():
+    state = with_classifier(torch.load(converted_weights(), weights_only=True))
+    generator = torch.Generator().manual_seed(0)
+    state["fc.weight"] = torch.randn(1008, 2048, generator=generator) * 0.01
+    state["fc.bias"] = torch.randn(1008, generator=generator)
+    net = FIDInception(state)
+    grey = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8, generator=generator)
+    with torch.inference_mode():
+        features, logits = net(grey)
+        rgb_features, _ = net(grey.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(logits, features @ state["fc.weight"].T + state["fc.bias"])
+    torch.testing.assert_close(features, rgb_features, rtol=0, atol=0)
+
+
 def test_converted_network_matches_fid_helper_torchscript():
     net = load_inception(weights.resolve_weights(converted_weights()))
     assert not net.has_logits

@@ -163,6 +163,14 @@ def without_ema(run, folder):
     return folder
 
 
+def with_scores_file(run, folder, text):
+    """A copy of run whose Mimicry scores file holds text."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("eval"))
+    (folder / "eval").mkdir()
+    (folder / "eval" / FILES["fid"]).write_text(text)
+    return folder
+
+
 # Each case: what to change in a good call, given the run and a scratch folder.
 BAD = {
     "step and range": (lambda r, t: {"evaluate_range": (STEP, STEP, 1)}, "one of evaluate_step"),
@@ -191,6 +199,17 @@ BAD = {
                                    "write_to_json": False}, "Inception Score is unavailable"),
     "no EMA": (lambda r, t: {"ema": True, "log_dir": without_ema(r, t / "mimicry_run")},
                "holds no EMA weights"),
+    "KID subsets": (lambda r, t: {"metric": "kid", "num_samples": N, "num_subsets": 3},
+                    r"^num_subsets=3: KID's subsets of num_samples // num_subsets = 1 images "
+                    "need at least 2$"),
+    "scores file": (lambda r, t: {"log_dir": with_scores_file(r, t / "log", "{not json")},
+                    "is not a file of scores"),
+    "data with a Dataset": (lambda r, t: {"dataset": Images(), "stats_file": t / "stats",
+                                          "data": {"root": str(t)}},
+                            "^data= sets fields of a named data set; dataset is a Dataset "
+                            "object$"),
+    "more real images": (lambda r, t: {"data": {"size": N}, "num_real_samples": N + 1},
+                         f"^{N + 1} real images asked of data set procedural, which has {N}$"),
 }
 
 
@@ -214,6 +233,27 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(run, tmp_path, case
         assert args["netG"].training  # the caller's net is as it was
         for key, value in args["netG"].state_dict().items():
             assert torch.equal(value, state[key]), key
+
+
+def test_each_step_s_scores_are_saved_before_the_next_step_is_scored(run, tmp_path,
+                                                                      monkeypatch):
+    """An evaluation stopped between checkpoints keeps the steps it scored (and skips them when
+    it is run again)."""
+    log = tmp_path / "log"
+    shutil.copytree(run, log, ignore=shutil.ignore_patterns("eval"))
+    restore = mimicry._restore
+
+    def stopped_at_the_second_step(netG, path, ema):
+        if path == checkpoint_path(log, 2 * STEP):
+            raise KeyboardInterrupt
+        restore(netG, path, ema)
+
+    monkeypatch.setattr(mimicry, "_restore", stopped_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        metrics.evaluate("fid", sagan_netG(), log, evaluate_range=(STEP, 2 * STEP, STEP),
+                         num_runs=1, dataset="procedural", **COUNTS["fid"], **FAST)
+    saved = json.loads((log / "eval" / FILES["fid"]).read_text())
+    assert list(saved) == [str(STEP)] and len(saved[str(STEP)]) == 1
 
 
 # Each case: arguments of a wrong type (or a count out of range), the argument named and what

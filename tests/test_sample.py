@@ -131,3 +131,61 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(run, tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip() == f"error: {out}: File too large"
     assert list(tmp_path.rglob("*")) == [out.parent]  # the folder it made, empty
+
+
+@pytest.mark.parametrize("n, nz, batch", [(9000, 3, 64), (4097, 3, 64), (4101, 5, 5000)])
+def test_noise_drawn_in_chunks_is_the_one_shot_draw(n, nz, batch):
+    """Step 1 at any n: the batches hold randn(n, nz) of one generator drawn at once, as the
+    C++ sampler draws it (a chunk of other than a multiple of 16 values, or a remainder of
+    fewer than 16, would draw other numbers)."""
+    expected = torch.randn(n, nz, generator=torch.Generator().manual_seed(5))
+    chunks = list(sampling.noise_batches(n, nz, 5, batch))
+    assert [len(c) for c in chunks] == [min(batch, n - i) for i in range(0, n, batch)]
+    assert torch.equal(torch.cat(chunks), expected)
+
+
+def test_sampled_images_hold_no_autograd_graph(netG):
+    """Sampling runs in inference mode: images that kept their graph would hold every
+    activation of every batch in memory."""
+    images = sampling.sample(netG, 3, batch=2)
+    assert not images.requires_grad and images.grad_fn is None
+
+
+def test_grid_columns_are_the_ceiling_of_the_square_root():
+    for n, cols in [(1, 1), (4, 2), (5, 3), (9, 3), (10, 4), (64, 8), (65, 9)]:
+        grid = sampling.image_grid(torch.zeros(n, 1, 1, 1, dtype=torch.uint8))
+        assert grid.shape[1] == cols * (1 + 2) + 2, n
+
+
+def test_sample_defaults_are_64_images_of_seed_0_in_an_8x8_grid(run, netG, tmp_path,
+                                                                  monkeypatch):
+    """The defaults the C++ sampler shares: n=64, seed=0, labels i % classes, samples.png."""
+    monkeypatch.chdir(tmp_path)
+    sampling.main([f"run={run}"])
+    png = np.asarray(Image.open(tmp_path / "samples.png"))
+    assert png.shape == (8 * (32 + 2) + 2, 8 * (32 + 2) + 2, 3)
+    expected = sampling.image_grid(sampling.to_uint8(sampling.sample(netG, 64, 0)))
+    assert np.array_equal(png, expected.numpy())
+
+
+def test_an_existing_folder_named_without_a_slash_gets_one_png_per_image(run, tmp_path):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    sampling.main([f"run={run}", "n=2", f"out={folder}"])
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_a_bad_out_is_refused_before_the_generator_is_loaded(run, tmp_path, monkeypatch):
+    from sagan_plugin import runs
+
+    def load_generator(*args, **kwargs):
+        raise AssertionError("the generator was loaded before out= was checked")
+
+    monkeypatch.setattr(runs, "load_generator", load_generator)
+    with pytest.raises(UsageError, match="out must end in .png"):
+        sampling.main([f"run={run}", f"out={tmp_path}/x.jpg"])
+
+
+def test_a_batch_of_zero_is_refused_by_its_name(netG):
+    with pytest.raises(UsageError, match="batch must be a positive number of images, got 0"):
+        sampling.sample(netG, 4, batch=0)

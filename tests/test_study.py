@@ -224,6 +224,7 @@ def test_a_study_the_readme_does_not_quote_is_skipped_with_a_note(
     (["study={missing_data}"], "data set cifar10 not found"),
     (["study={not_yaml}"], "is not YAML"),
     (["study={one_image}"], "study one_image: n must be at least 2, got 1"),
+    (["study={no_steps}"], "no_steps.yaml: bad field steps: Missing mandatory value: steps"),
 ])
 def test_bad_input_is_one_line_before_anything_trains(
         args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -235,6 +236,7 @@ def test_bad_input_is_one_line_before_anything_trains(
         "not_yaml": "data: [unclosed\n",
         "one_image": "data: procedural\nsteps: 2\nn: 1\n"
                      "configurations: [{name: a, model: sagan}]\n",
+        "no_steps": "data: procedural\nconfigurations: [{name: a, model: sagan}]\n",
     }
     for name, text in files.items():
         (tmp_path / f"{name}.yaml").write_text(text)
@@ -289,6 +291,58 @@ def test_run_keys_on_the_command_line_apply_to_every_run(tmp_path: Path) -> None
     assert {compose(job.argv).model.ndf for job in jobs} == {8}  # after the configurations'
 
 
+def test_each_run_gets_the_study_s_settings_with_its_configuration_s_overrides_last(
+        tmp_path: Path) -> None:
+    """Per run: the options over the study's steps, seeds and n, the configuration's overrides
+    over the study's, and the FID curve's interval and image count."""
+    from sagan_plugin.config import compose, parse_overrides
+
+    study = tmp_path / "mine.yaml"
+    study.write_text("data: procedural\nsteps: 3\nseeds: 3\nn: 50\ncurve_every: 2\n"
+                     "curve_n: 6\noverrides: [model.ngf=4, model.ndf=4]\n"
+                     "configurations: [{name: a, model: sagan, overrides: [model.ngf=8]},"
+                     " {name: b, model: sagan}]\n")
+    options = parse_overrides(study_module.CompareOptions,
+                              [f"study={study}", f"runs={tmp_path}", "seeds=2", "n=9"],
+                              "compare")
+    settings, jobs = study_module.plan(options)
+    assert (settings.steps, settings.seeds, settings.n) == (3, 2, 9)
+    assert [(job.configuration, job.seed, job.n) for job in jobs] == [
+        ("a", 0, 9), ("a", 1, 9), ("b", 0, 9), ("b", 1, 9)]
+    configs = [compose(job.argv) for job in jobs]
+    assert [cfg.model.ngf for cfg in configs] == [8, 8, 4, 4]
+    assert [cfg.train.seed for cfg in configs] == [0, 1, 0, 1]
+    assert {(cfg.train.steps, cfg.train.fid_every, cfg.train.fid_n) for cfg in configs} == {
+        (3, 2, 6)}
+    assert [job.run_dir for job in jobs] == [str(tmp_path / "mine" / name) for name in
+                                             ("a_s0", "a_s1", "b_s0", "b_s1")]
+
+
+def test_runs_at_once_are_one_on_a_cpu_and_what_gpu_memory_and_cores_allow_on_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert study_runs.default_parallel(torch.device("cpu"), 6) == 1
+    free = 5 * study_runs.GPU_MEMORY_PER_RUN + 1
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 80 * 2**30))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    gpu = torch.device("cuda")
+    assert study_runs.default_parallel(gpu, 6) == 5  # memory for 5 runs
+    assert study_runs.default_parallel(gpu, 3) == 3  # no more than the runs
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert study_runs.default_parallel(gpu, 6) == 3  # two cores a run
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**30, 80 * 2**30))
+    assert study_runs.default_parallel(gpu, 6) == 1  # at least one
+
+
+def test_a_worker_s_progress_is_the_last_state_of_its_bar(tmp_path: Path) -> None:
+    job = study_runs.Job("a", "g", 0, str(tmp_path / "a_s0"), [], n=8, device="cpu")
+    log = tmp_path / "a_s0.log"
+    assert study_runs._progress(job, log) == "starting"
+    log.write_text("restored the checkpoint of step 1\n  5%| 1/20\r 10%| 2/20\r 15%| 3/20 ")
+    assert study_runs._progress(job, log) == "15%| 3/20"
+
+
 def test_compare_under_torchrun_is_refused(monkeypatch, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -307,6 +361,11 @@ def test_compare_under_torchrun_is_refused(monkeypatch, tmp_path: Path,
     ("curve_every: -5\nconfigurations: [{name: a, model: sagan}]",
      "curve_every must be at least 0 and curve_n at least 2, got curve_every=-5"),
     ("configurations: [{name: a, model: sagan}", "is not YAML (line 4, column 1)"),
+    ("seeds: 1\nn: 2\noverrides: [model.ngf=4, model.ndf=4, train.batch_size=2, data.size=8, "
+     "data.num_workers=0]\nconfigurations: [{name: a, model: sagan}, {name: a, model: sngan}]",
+     "configurations need distinct names, got ['a', 'a']"),  # were they let through: tiny runs
+    ("seeds: 0\nconfigurations: [{name: a, model: sagan}]",
+     "steps and seeds must be at least 1, got steps=2 seeds=0"),
 ])
 def test_a_study_file_names_the_configuration_and_field_that_is_wrong(
         text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -336,9 +395,9 @@ def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
 
     study = tmp_path / "one.yaml"
     study.write_text("data: procedural\nsteps: 2\nseeds: 1\nn: 8\noverrides: "
-                     "[train.batch_size=4, data.size=64, data.num_workers=0, train.save_steps=1]"
-                     "\nconfigurations: [{name: a, model: sagan, overrides: [model.ngf=4, "
-                     "model.ndf=4]}]\n")
+                     "[train.batch_size=4, data.size=64, data.num_workers=0, train.save_steps=1,"
+                     " train.n_dis=2]\nconfigurations: [{name: a, model: sagan, overrides: "
+                     "[model.ngf=4, model.ndf=4]}]\n")
     options = parse_overrides(study_module.CompareOptions,
                               [f"study={study}", f"runs={tmp_path / 'runs'}"], "compare")
     job = study_module.plan(options)[1][0]
@@ -358,6 +417,22 @@ def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
     assert result["trained_at"] == ["aaa", "bbb"] and result["commit"] == "bbb"
     assert result["train_seconds"] > timing["seconds"]
     assert result["g_steps_per_s"] == pytest.approx(2 / result["train_seconds"])
+    # What the report quotes of the run: its eval's scores, its nets' sizes, D's image rate.
+    from sagan_plugin.config import build_models, compose
+
+    scored = json.loads((Path(job.run_dir) / "eval" / "study_n8.json").read_text())["rows"][-1]
+    assert [result[k] for k in ("step", "fid", "kid", "kid_std")] == [
+        scored[k] for k in ("step", "fid", "kid", "kid_std")]
+    netG, netD = build_models(compose(job.argv))
+    assert (result["params_G"], result["params_D"]) == (
+        sum(p.numel() for p in netG.parameters()), sum(p.numel() for p in netD.parameters()))
+    assert result["n_dis"] == 2 and result["d_real_images"] == 2 * 2 * 4
+    assert result["d_images_per_s"] == pytest.approx(result["g_steps_per_s"] * 2 * 4)
+    # Scored again with another n (a finished run, its result stale): it is not trained again.
+    monkeypatch.setattr(train, "run", lambda cfg: pytest.fail("a finished run was trained"))
+    again = study_runs._train_and_score(replace(job, n=4, commit="ccc"))
+    assert again["trained_at"] == ["aaa", "bbb"] and again["commit"] == "ccc"
+    assert again["train_seconds"] == result["train_seconds"] and again["n"] == 4
 
 
 def _alive_in_group(pgid: int) -> list[int]:
@@ -442,6 +517,46 @@ def test_the_summary_spread_is_the_sample_standard_deviation() -> None:
     assert a["seeds"] == 2 and a["fid_mean"] == pytest.approx(2.0)
     assert a["fid_std"] == pytest.approx(2**0.5) and a["kid_std"] == pytest.approx(2**0.5 / 2)
     assert b["seeds"] == 1 and b["fid_mean"] == 7.0 and b["fid_std"] == 0.0
+
+
+def test_the_summary_averages_time_over_runs_and_speed_over_those_that_measured_one() -> None:
+    """A run trained before its time was measured has no speed: it is left out of the mean,
+    not counted as 0."""
+    runs = [_run("a", 0, 1.0, 0.5), _run("a", 1, 3.0, 1.5), _run("a", 2, 2.0, 1.0)]
+    runs[1]["train_seconds"], runs[2]["train_seconds"] = 20.0, 0.0
+    runs[1]["g_steps_per_s"], runs[2]["g_steps_per_s"] = 4.0, None
+    (row,) = summarize(runs)
+    assert row["train_seconds_mean"] == pytest.approx(10.0)
+    assert row["g_steps_per_s"] == pytest.approx(3.0)
+    assert summarize([runs[2]])[0]["g_steps_per_s"] is None
+
+
+def test_the_table_names_the_gpu_a_study_ran_on() -> None:
+    payload = json.loads((REPO / "results" / "ttur_cpu" / "study.json").read_text())
+    cpu = f"{payload['machine']['cpu']} ({payload['machine']['cores']} cores)"
+    assert cpu in results_table(payload).splitlines()[-1]
+    payload["machine"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    last = results_table(payload).splitlines()[-1]
+    assert "; NVIDIA H100 80GB HBM3, torch " in last and cpu not in last
+
+
+def test_the_report_reads_each_net_s_gamma_and_the_fid_curve_as_training_logs_them(
+        tmp_path: Path) -> None:
+    from sagan_plugin.host import MetricLog
+    from sagan_plugin.trainer import ProgressLogger
+
+    logger = ProgressLogger(log_dir=str(tmp_path), num_steps=2, dataset_size=8, device="cpu")
+    for step in (1, 2):
+        log = MetricLog()
+        log.add_metric("gamma_G", torch.tensor(0.1 * step), group="attention")
+        log.add_metric("gamma_D", torch.tensor(-0.2 * step), group="attention")
+        logger.write_summaries(log, step)
+        logger.write_scalar("eval/fid", 50.0 / step, step)
+    logger.close_writers()
+    scalars = study_report.read_scalars(tmp_path)
+    assert scalars["curve"] == [[1, 50.0], [2, 25.0]]
+    assert scalars["gamma"]["G"] == [[1, pytest.approx(0.1)], [2, pytest.approx(0.2)]]
+    assert scalars["gamma"]["D"] == [[1, pytest.approx(-0.2)], [2, pytest.approx(-0.4)]]
 
 
 def test_a_result_of_another_budget_or_configuration_is_not_finished(tmp_path: Path) -> None:

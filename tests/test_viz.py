@@ -1,6 +1,7 @@
 """`sagan-plugin viz`: the class grid and the attention maps of the paper's Figure 1."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,13 @@ import torch
 from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
-from run_helpers import make_run
+from run_helpers import STEP, make_run
 
 from sagan_plugin import cli, viz
 from sagan_plugin.checkpoint import checkpoint_path
 from sagan_plugin.config import build_models, compose
 from sagan_plugin.runs import load_generator
-from sagan_plugin.sample import GRID_PADDING, to_uint8
+from sagan_plugin.sample import GRID_PADDING, image_grid, sample, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +180,84 @@ def test_the_attention_map_is_drawn_as_row_major_key_positions():
     heat = figure[pad : pad + side, 2 * pad + side : 2 * pad + 2 * side].int().sum(-1)
     assert heat[:cell, cell : 2 * cell].min() > 300  # y=0, x=1 is lit
     assert heat[cell : 2 * cell, :cell].max() == 0  # y=1, x=0 (the transpose) is not
+
+
+def test_an_unconditional_generator_gets_a_row_of_samples(tmp_path):
+    run = make_run(tmp_path / "plain", num_classes=0)
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=grid", "per_class=3",
+                     "seed=2"]) == 0
+    netG = load_generator(run).netG
+    expected = image_grid(to_uint8(sample(netG, 3, 2)), cols=3)
+    with Image.open(out / "grid.png") as grid:
+        assert np.array_equal(np.asarray(grid), expected.numpy())
+
+
+def test_a_grid_has_one_row_per_class_up_to_20(tmp_path):
+    run = tmp_path / "many"
+    cfg = compose(["model=sagan", "data=procedural", "data.num_classes=25", "model.ngf=8",
+                   f"run_dir={run}"])
+    netG, _ = build_models(cfg)
+    checkpoint_path(run, 1).parent.mkdir(parents=True)
+    OmegaConf.save(cfg, run / "config.yaml")
+    torch.save({"model_state_dict": netG.state_dict(), "optimizer_state_dict": {},
+                "global_step": 1}, checkpoint_path(run, 1))
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=grid", "per_class=1"]) == 0
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == (32 + 2 * GRID_PADDING, 20 * (32 + GRID_PADDING) + GRID_PADDING)
+
+
+def test_queries_on_the_edges_of_the_image_are_accepted():
+    """y,x in [0, 1], both ends included: 1 is the last row or column of the map."""
+    assert viz.parse_queries("0,0;1,1") == [(0.0, 0.0), (1.0, 1.0)]
+    size = 8
+    attention = torch.full((1, size * size, (size // 2) ** 2), 1 / 16)
+    _, index = viz.attention_figure(-torch.ones(1, 3, 16, 16), attention, size,
+                                    [(0, 0), (1, 1), (1, 0)], 1)
+    assert index == [0, size * size - 1, (size - 1) * size]
+
+
+def test_a_uniform_attention_map_is_drawn_as_the_grey_image():
+    """A map with no contrast stretches to nothing: the tile is the image in grey (no NaN)."""
+    images = torch.zeros(1, 3, 16, 16)  # 128 in every channel
+    attention = torch.full((1, 64, 16), 1 / 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure, _ = viz.attention_figure(images, attention, 8, [(0.99, 0.99)], 1)
+    pad = GRID_PADDING
+    tile = figure[pad : pad + 16, 2 * pad + 16 : 2 * pad + 32]
+    assert (tile[:8, :8] == 128).all()  # away from the query's ring
+
+
+def test_a_grid_that_would_not_fit_in_memory_is_refused_before_anything_is_written(
+        run, tmp_path, capsys, monkeypatch):
+    from sagan_plugin import machine
+
+    monkeypatch.setattr(machine, "available_memory", lambda: 2**20)
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=grid"]) == 2
+    assert "a grid of per_class=8 needs about" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_attention_json_records_the_step_the_ema_and_the_seed(run, tmp_path):
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=attention", "images=1",
+                     "seed=4", "ema=false"]) == 0
+    record = json.loads((out / "attention.json").read_text())
+    assert (record["step"], record["ema"], record["seed"]) == (STEP, False, 4)
+
+
+def test_attention_maps_that_would_not_fit_in_memory_are_refused(run, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Each image's maps take (R/2)^4 bytes (H*W queries by H*W/4 keys in float32, H = R/2):
+    1000 images at 32 px take 65 MB of maps, more than half of 100 MB with the figure."""
+    from sagan_plugin import machine
+
+    monkeypatch.setattr(machine, "available_memory", lambda: 100 * 2**20)
+    out = tmp_path / "viz"
+    assert cli.main(["viz", f"run={run}", f"out={out}", "what=attention", "images=1000",
+                     "scale=1"]) == 2
+    assert "attention maps of images=1000 needs about" in capsys.readouterr().err
+    assert not out.exists()
