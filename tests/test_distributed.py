@@ -247,3 +247,62 @@ def test_the_sampler_reshuffles_each_epoch_and_resumes_mid_epoch() -> None:
     for k in range(7):
         assert {*shares[0][2 * k:2 * k + 2], *shares[1][2 * k:2 * k + 2]} == \
             set(second[12 + 4 * k:16 + 4 * k])
+
+
+def _collectives_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from sagan_plugin.distributed import (
+        World,
+        broadcast_from_main,
+        gather_to_main,
+        max_over_ranks,
+    )
+
+    _join(rank, 2, port)
+    dist.init_process_group("gloo")
+    world, cpu = World(rank, 2, rank), torch.device("cpu")
+    seen = {"both_signalled": max_over_ranks([0, 15], cpu),
+            "each_its_own": max_over_ranks([[1, 0], [0, 2]][rank], cpu),
+            "broadcast": broadcast_from_main(f"rank {rank}", world),
+            "gathered": gather_to_main(f"rank {rank}", world)}
+    torch.save(seen, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_through_max_broadcast_and_gather(tmp_path: Path) -> None:
+    """How ranks agree after each step: a SIGTERM that reached every rank stays SIGTERM (not
+    the sum of their signals), a NaN on one rank and a signal on another both count; rank 0's
+    value is broadcast; rank 0 gathers every rank's in rank order."""
+    out = tmp_path / "seen"
+    mp.spawn(_collectives_worker, args=(_free_port(), str(out)), nprocs=2)
+    rank0, rank1 = (torch.load(f"{out}.{rank}") for rank in (0, 1))
+    assert rank0 == {"both_signalled": [0, 15], "each_its_own": [1, 2], "broadcast": "rank 0",
+                     "gathered": ["rank 0", "rank 1"]}
+    assert rank1 == {**rank0, "gathered": None}
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank() -> None:
+    """On the second node of a launch, global rank 5 is local rank 1: it takes cuda:1, and
+    only global rank 0 is the main process."""
+    from sagan_plugin.distributed import World, device_for_rank
+    from sagan_plugin.errors import UsageError
+
+    second_node = World(rank=5, world_size=8, local_rank=1)
+    assert device_for_rank(torch.device("cuda"), second_node) == torch.device("cuda", 1)
+    assert device_for_rank(torch.device("cpu"), second_node) == torch.device("cpu")
+    assert device_for_rank(torch.device("cuda", 3), World()) == torch.device("cuda", 3)
+    with pytest.raises(UsageError, match="train.device=cuda:0 names one GPU, but torchrun "
+                                         "started 8 processes; use train.device=cuda or auto"):
+        device_for_rank(torch.device("cuda", 0), second_node)
+    assert not World(rank=4, world_size=8, local_rank=0).is_main
+    assert World(rank=0, world_size=8, local_rank=0).is_main
+
+
+def test_rank_variables_that_are_not_integers_are_a_usage_error(monkeypatch) -> None:
+    from sagan_plugin.distributed import world_from_env
+    from sagan_plugin.errors import UsageError
+
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(UsageError, match="RANK, WORLD_SIZE and LOCAL_RANK must be integers"):
+        world_from_env()

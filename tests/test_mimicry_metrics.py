@@ -163,6 +163,17 @@ def without_ema(run, folder):
     return folder
 
 
+def saved_stats(folder, n, sha=None):
+    """A features file as evaluate writes one, for n images by the weights of sha (default:
+    the converted weights the tests use)."""
+    from sagan_plugin.files import file_digest
+
+    path = folder / "stats.npz"
+    np.savez(path, features=np.zeros((n, 2048), np.float32), n=np.array(n),
+             weights_sha256=np.array(sha or file_digest(converted_weights())))
+    return path
+
+
 def with_scores_file(run, folder, text):
     """A copy of run whose Mimicry scores file holds text."""
     shutil.copytree(run, folder, ignore=shutil.ignore_patterns("eval"))
@@ -202,6 +213,13 @@ BAD = {
     "KID subsets": (lambda r, t: {"metric": "kid", "num_samples": N, "num_subsets": 3},
                     r"^num_subsets=3: KID's subsets of num_samples // num_subsets = 1 images "
                     "need at least 2$"),
+    "stats of other n": (lambda r, t: {"dataset": Images(), "stats_file": saved_stats(t, N + 1),
+                                       "write_to_json": False},  # a step scored before too
+                         f"holds features of {N + 1} images by Inception weights "),
+    "stats of other weights": (lambda r, t: {"dataset": Images(), "write_to_json": False,
+                                             "stats_file": saved_stats(t, N, "0" * 64)},
+                               f"holds features of {N} images by Inception weights 000000000000;"
+                               f" this asks for {N} by "),
     "scores file": (lambda r, t: {"log_dir": with_scores_file(r, t / "log", "{not json")},
                     "is not a file of scores"),
     "data with a Dataset": (lambda r, t: {"dataset": Images(), "stats_file": t / "stats",

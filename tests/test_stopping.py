@@ -3,11 +3,14 @@ writer per run folder, and torchrun ranks agree on the step to stop at."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +20,13 @@ from test_checkpoint import _assert_identical, _final_state, _train_command
 from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
 from sagan_plugin.errors import UsageError
 from sagan_plugin.runs import LOCK_FILE, RunLock
+from sagan_plugin.stopping import (
+    EXIT_CODES,
+    Interrupted,
+    StopRequests,
+    Terminated,
+    sigterm_raises,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STOPPED = re.compile(r"interrupted: stopped by (SIG\w+) after step (\d+): its checkpoint is in ")
@@ -145,3 +155,91 @@ def test_a_holder_killed_with_its_name_in_the_lock_file_is_replaced_not_appended
     with RunLock(tmp_path):
         lines = (tmp_path / LOCK_FILE).read_text().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"process {os.getpid()} on "), lines
+
+
+def test_stop_requests_record_signals_then_a_second_ctrl_c_stops_at_once() -> None:
+    """While entered, SIGTERM and Ctrl-C are recorded, not acted on; a second Ctrl-C raises
+    KeyboardInterrupt; on leaving, the handlers that were there are back."""
+    before = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
+    with StopRequests() as stop:
+        assert stop.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {signum: signal.getsignal(signum) for signum in EXIT_CODES} == before
+
+
+def test_stop_requests_can_be_entered_outside_the_main_thread() -> None:
+    """Training from another thread (a notebook's, a server's) is allowed: signals reach the
+    main thread alone, so no handler is installed there."""
+    errors = []
+
+    def train() -> None:
+        try:
+            with StopRequests():
+                pass
+        except Exception as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+def _data_worker(stop: StopRequests, ready) -> None:
+    # the handlers of a worker started by spawn or forkserver, not the trainer's
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop.worker_init(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_data_workers_ignore_ctrl_c_and_sigterm_until_training_is_over() -> None:
+    """A Ctrl-C or SIGTERM sent to the process group reaches the DataLoader's workers: they
+    serve the step being finished; once training is over a SIGTERM ends them, as
+    multiprocessing's clean-up sends it."""
+    context = multiprocessing.get_context("fork")
+    ready, worker = context.Event(), None
+    try:
+        with StopRequests() as stop:
+            worker = context.Process(target=_data_worker, args=(stop, ready))
+            worker.start()
+            assert ready.wait(30)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                os.kill(worker.pid, signum)
+            worker.join(0.5)
+            assert worker.exitcode is None  # still serving
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(10)
+        assert worker.exitcode == 0
+    finally:
+        if worker is not None and worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+def test_sigterm_raises_once_then_is_ignored_and_the_handler_comes_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with sigterm_raises():
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one, while stopping: ignored
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGTERM) == before
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_interrupted_names_its_checkpoint_and_crosses_processes_whole() -> None:
+    """A study's worker hands the exception to the main process by pickling it."""
+    stopped = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, 4, "/runs/a/checkpoints")))
+    assert (stopped.signum, stopped.step, stopped.exit_code) == (signal.SIGTERM, 4, 143)
+    assert str(stopped) == ("stopped by SIGTERM after step 4: its checkpoint is in "
+                            "/runs/a/checkpoints; run the same command again to resume")

@@ -183,6 +183,7 @@ def test_the_attention_map_is_drawn_as_row_major_key_positions():
 
 
 def test_an_unconditional_generator_gets_a_row_of_samples(tmp_path):
+    """No classes, no class rows: the grid is one row of per_class samples of the recipe."""
     run = make_run(tmp_path / "plain", num_classes=0)
     out = tmp_path / "viz"
     assert cli.main(["viz", f"run={run}", f"out={out}", "what=grid", "per_class=3",
@@ -194,6 +195,7 @@ def test_an_unconditional_generator_gets_a_row_of_samples(tmp_path):
 
 
 def test_a_grid_has_one_row_per_class_up_to_20(tmp_path):
+    """Without classes=, a model of 25 classes gets a grid of its first 20, a row each."""
     run = tmp_path / "many"
     cfg = compose(["model=sagan", "data=procedural", "data.num_classes=25", "model.ngf=8",
                    f"run_dir={run}"])
