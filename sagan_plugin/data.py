@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
 from sagan_plugin.errors import UsageError, first_line
-from sagan_plugin.files import cache_dir, write_atomically
+from sagan_plugin.files import cache_dir, files_fingerprint, write_atomically
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -120,7 +121,12 @@ def host_dataset(data: DictConfig) -> Dataset:
                          f"{first_line(error)}") from None
     if square:
         dataset.transform = square_crop_transform(data.resolution)
+    dataset.fingerprint = partial(_tree_fingerprint, root / folder)
     return dataset
+
+
+def _tree_fingerprint(folder: Path) -> str:
+    return files_fingerprint(folder, sorted(path for path in folder.rglob("*") if path.is_file()))
 
 
 class CentredSquareCrop:
@@ -157,8 +163,13 @@ def fashion_mnist(data: DictConfig) -> Dataset:
         fit, transforms.Grayscale(num_output_channels=3), transforms.ToTensor(),
         transforms.Normalize((0.5,) * 3, (0.5,) * 3),
     ])
-    return torchvision.datasets.FashionMNIST(str(root), train=FASHION_MNIST_SPLITS[data.split],
-                                             download=False, transform=transform)
+    dataset = torchvision.datasets.FashionMNIST(str(root), train=FASHION_MNIST_SPLITS[data.split],
+                                                download=False, transform=transform)
+    raw = root / "FashionMNIST" / "raw"
+    prefix = "train" if FASHION_MNIST_SPLITS[data.split] else "t10k"
+    dataset.fingerprint = partial(files_fingerprint, raw, [
+        raw / name for name in FASHION_MNIST_FILES if name.startswith(prefix)], contents=True)
+    return dataset
 
 
 def _fashion_mnist_root(root: str | None) -> Path:

@@ -35,7 +35,10 @@ class DataSet:
 
     build(data) returns a torch Dataset of (image, label): the image a float tensor (3, R, R)
     in [-1, 1] with R = data.resolution, the label an int below data.num_classes (0 when that
-    is 0). data has the fields of sagan_plugin.config.DataConfig.
+    is 0). data has the fields of sagan_plugin.config.DataConfig. The Dataset may have a
+    fingerprint() returning a str that changes with its files (sagan_plugin.files'
+    files_fingerprint): the real-image statistics are then cached under it too, so that files
+    replaced under the same data.root are not scored against their predecessors' statistics.
     defaults: the preset's data fields (resolution, num_classes, ...: keys of DataConfig).
     configure(data), optional: run when a command line is composed, before the class count is
     checked against the model's; returns data fields that follow from the files (a folder's

@@ -10,7 +10,6 @@ Dataset, so in the DataLoader's workers. A file that does not decode is skipped 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.data import Dataset
 
 from sagan_plugin.data import square_crop_transform
 from sagan_plugin.errors import UsageError, first_line, warn
+from sagan_plugin.files import files_fingerprint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXPECTED = "PNG, JPEG or WebP images, in one sub-folder per class or all loose"
@@ -147,12 +147,5 @@ class FolderImages(Dataset):
             return None
 
     def fingerprint(self) -> str:
-        """A hash of the relative file names and sizes: the FID cache's key for the images."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            try:
-                size = path.stat().st_size
-            except OSError:
-                size = -1
-            digest.update(f"{path.relative_to(self.root)}\0{size}\n".encode())
-        return digest.hexdigest()
+        """The FID cache's key for the images: their names and sizes."""
+        return files_fingerprint(self.root, self.files)

@@ -88,14 +88,18 @@ def test_fashion_mnist_from_a_root_with_gzip_files(tmp_path: Path, monkeypatch) 
                                               "t10k-labels-idx1-ubyte"))) == 1
 
 
-def _idx_gz(source: Path, target: Path, count: int) -> None:
-    """The first `count` items of a gzip idx file (images or labels), as a gzip idx file."""
+def _idx(source: Path, count: int, start: int = 0) -> bytes:
+    """Items start to start + count of a gzip idx file (images or labels), as an idx file."""
     with gzip.open(source) as f:
         data = f.read()
     header = 16 if data[3] == 3 else 8  # idx3 (images): 4 ints; idx1 (labels): 2
     item = 28 * 28 if header == 16 else 1
-    target.write_bytes(gzip.compress(data[:4] + count.to_bytes(4, "big") + data[8:header]
-                                     + data[header:header + count * item]))
+    return (data[:4] + count.to_bytes(4, "big") + data[8:header]
+            + data[header + start * item:header + (start + count) * item])
+
+
+def _idx_gz(source: Path, target: Path, count: int) -> None:
+    target.write_bytes(gzip.compress(_idx(source, count)))
 
 
 @needs_debian_package
@@ -129,6 +133,32 @@ def test_a_data_root_without_fashion_mnist_is_refused_not_replaced(tmp_path: Pat
         build_dataset(cfg.data)
 
 
+@needs_debian_package
+def test_real_statistics_follow_fashion_mnist_files_replaced_in_place(tmp_path: Path) -> None:
+    """The FID cache knows Fashion-MNIST by its idx files' contents: files of other images,
+    of the very same size, under the same data.root get their own statistics."""
+    from test_folder_data import _FakeExtractor
+
+    from sagan_plugin.metrics.real_stats import real_features
+
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for kind in ("images-idx3", "labels-idx1"):
+        for split in ("train", "t10k"):
+            (raw / f"{split}-{kind}-ubyte").write_bytes(
+                _idx(DEBIAN_FASHION_MNIST / f"t10k-{kind}-ubyte.gz", 20))
+    cfg, extractor = compose_data("fashion_mnist", {"root": str(raw.parents[1])}), _FakeExtractor()
+
+    def cached() -> Path:
+        return real_features(cfg, build_dataset(cfg), 4, extractor, tmp_path / "cache")[1]
+
+    first = cached()
+    assert cached() == first and extractor.calls == 1
+    (raw / "train-images-idx3-ubyte").write_bytes(
+        _idx(DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz", 20, start=20))
+    assert cached() != first and extractor.calls == 2
+
+
 def _fake_imagenet(root: Path, wnids: list[str], per_class: int) -> None:
     """ImageNet's on-disk layout as Mimicry reads it: meta.bin and train/<wnid>/*.JPEG."""
     from PIL import Image
@@ -151,6 +181,19 @@ def test_host_imagenet_loader_reads_the_standard_layout(tmp_path: Path) -> None:
     image, label = data[4]
     assert image.shape == (3, 128, 128) and label == 1
     assert -1 <= image.min() and image.max() <= 1
+
+
+def test_host_data_sets_are_known_to_the_fid_cache_by_their_files(tmp_path: Path) -> None:
+    """A host data set's fingerprint (the real-image statistics' cache key) follows its files'
+    names and sizes under data.root: a file replaced by another image changes it."""
+    from PIL import Image
+
+    _fake_imagenet(tmp_path, ["n01440764"], per_class=2)
+    cfg = compose(["data=imagenet_128", f"data.root={tmp_path}"]).data
+    first = build_dataset(cfg).fingerprint()
+    assert build_dataset(cfg).fingerprint() == first
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(tmp_path / "imagenet/train/n01440764/1.JPEG")
+    assert build_dataset(cfg).fingerprint() != first
 
 
 def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 The cache key names the data set, split, resolution, sample count and the Inception weights'
 hash, plus a short hash of the whole data config (a root folder or a generator seed changes the
-images too) and, for a data set of files that says which (an image folder's `fingerprint()`:
-its file names and sizes), of those: change any of them and the features are recomputed.
+images too) and of the data set's `fingerprint()`, where it has one (sagan_plugin.files'
+files_fingerprint): an image folder's and the host's data sets' file names and sizes,
+Fashion-MNIST's idx files' contents. Change any of them and the features are recomputed.
 """
 
 from __future__ import annotations
