@@ -40,6 +40,8 @@ CHECK_BATCHES = (1, 5)  # neither is the batch size the export was traced with
 # CUDA: the two sides' kernels differ (Inductor fuses and may lay convolutions out
 # channels-last) and sum in other orders; a guess until a GPU measures it (cpp_check.py).
 CHECK_TOLERANCE = {"cpu": 1e-5, "cuda": 1e-3}
+# An AOTInductor package is compiled for batches up to this (its kernels' index arithmetic is
+# sized for it); the C++ sampler refuses larger ones. TorchScript has no limit.
 MAX_BATCH = 1 << 16
 # The sidecar's shape fields are also stored inside the artefact (a TorchScript extra file, an
 # AOTInductor metadata entry), so that the C++ sampler can tell that a sidecar describes this
@@ -203,6 +205,8 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             channels = reference(*check_inputs(folded, 1, device)).shape[1]
         shape = {"nz": folded.nz, "num_classes": folded.num_classes,
                  "resolution": folded.resolution, "channels": int(channels)}
+        if fmt == "aoti":
+            shape["max_batch"] = MAX_BATCH
         writer = _write_torchscript if fmt == "torchscript" else _write_aoti
         writer(module, check_inputs(folded, 2, device), staged, json.dumps(shape))
         check_export(load_export(staged, fmt), reference, device)

@@ -207,6 +207,32 @@ print(tuple(g.forward(torch.randn(128, 2).t(), torch.full((2,), 9)).shape))
     ]
 
 
+def test_an_aoti_package_refuses_batches_larger_than_it_was_exported_for(
+        ext, conditional_run, tmp_path, monkeypatch):
+    """Its kernels' index arithmetic is sized for the largest batch it was compiled for: the
+    sampler refuses a larger one, in sample() before any work and in forward()."""
+    from sagan_plugin import export
+
+    monkeypatch.setattr(export, "MAX_BATCH", 8)
+    model = export.export_generator(conditional_run, "aoti", out=tmp_path / "G.pt2")
+    assert json.loads(sidecar_path(model).read_text())["max_batch"] == 8
+    result = run_program("--model", model, "--n", 20, "--batch", 9, "--out", tmp_path / "a.png")
+    assert_clean_error(result, "batch 9 is more than this AOTInductor package takes: it was "
+                               "exported for batches of at most 8")
+    assert not (tmp_path / "a.png").exists()
+    result = run_program("--model", model, "--n", 20, "--batch", 8, "--save-tensor",
+                         tmp_path / "images.pt")
+    assert result.returncode == 0, result.stderr
+    assert torch.load(tmp_path / "images.pt").shape == (20, 3, 32, 32)
+    assert run_ext(ERROR_LINE + f"""
+g = E.Generator({str(model)!r}, "cpu")
+print(g.info["max_batch"], tuple(g.sample(5, batch=100).shape))  # chunks of 5 <= 8: fine
+error(lambda: g.forward(torch.randn(9, 128), torch.zeros(9, dtype=torch.long)))
+""") == ["8 (5, 3, 32, 32)",
+         "UsageError 1 z has 9 rows, but this AOTInductor package was exported for batches of "
+         "at most 8"]
+
+
 def test_python_module_errors_are_one_line(ext, conditional_run, tmp_path):
     model = conditional_run / "export" / "generator.pt"
     legacy = legacy_copy(model, tmp_path / "legacy.pt", nz=64)  # wrong, and nothing can tell
@@ -340,6 +366,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     add("edited_channels.pt", source.read_bytes(), channels=1)
     package = source.with_suffix(".pt2")
     add("edited_classes.pt2", package.read_bytes(), format="aoti", num_classes=20)
+    add("edited_max_batch.pt2", package.read_bytes(), format="aoti", max_batch=1 << 20)
     shutil.copy(source, folder / "no_sidecar.pt")
     models["no_sidecar.pt"] = folder / "no_sidecar.pt"
     (folder / "not_json.pt").write_bytes(source.read_bytes())
@@ -367,6 +394,7 @@ def broken_copies(conditional_run: Path, folder: Path) -> dict[str, Path]:
     ("edited_resolution.pt", "says resolution=64, the model itself resolution=32"),
     ("edited_channels.pt", "says channels=1, the model itself channels=3"),
     ("edited_classes.pt2", "says num_classes=20, the model itself num_classes=10"),
+    ("edited_max_batch.pt2", "says max_batch=1048576, the model itself max_batch=65536"),
 ])
 def test_program_refuses_bad_models(program, conditional_run, tmp_path, case, message):
     models = broken_copies(conditional_run, tmp_path)

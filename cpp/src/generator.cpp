@@ -95,9 +95,12 @@ void check_embedded(const ExportInfo& info, const std::string& embedded,
                     const std::filesystem::path& model_path) {
   if (embedded.empty()) return;
   nlohmann::json doc = nlohmann::json::parse(embedded, nullptr, false);
-  const std::pair<const char*, int64_t> sidecar_says[] = {
+  std::vector<std::pair<const char*, int64_t>> sidecar_says = {
       {"nz", info.nz}, {"num_classes", info.num_classes}, {"resolution", info.resolution},
       {"channels", info.channels}};
+  // Stored in AOTInductor packages only, and only since the sampler enforces it.
+  if (doc.is_object() && doc.contains("max_batch"))
+    sidecar_says.emplace_back("max_batch", info.max_batch);
   for (const auto& [key, value] : sidecar_says) {
     if (!doc.is_object() || !doc.contains(key) || !doc.at(key).is_number_integer())
       throw UsageError(model_path.string() + " holds no valid " + kEmbedded + " (export it again)");
@@ -170,6 +173,7 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
   info.num_classes = field<int64_t>(doc, "num_classes", sidecar);
   info.resolution = field<int64_t>(doc, "resolution", sidecar);
   info.channels = field<int64_t>(doc, "channels", sidecar);
+  if (doc.contains("max_batch")) info.max_batch = field<int64_t>(doc, "max_batch", sidecar);
   info.step = field<int64_t>(doc, "step", sidecar);
   info.torch_version = field<std::string>(doc, "torch_version", sidecar);
   info.sha256 = field<std::string>(doc, "sha256", sidecar);
@@ -178,9 +182,10 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
                      info.format + "\"");
   if (info.device != "cpu" && info.device.rfind("cuda", 0) != 0)
     throw UsageError(sidecar.string() + ": device must be cpu or cuda, got \"" + info.device + "\"");
-  if (info.nz <= 0 || info.num_classes < 0 || info.resolution <= 0 || info.channels <= 0)
+  if (info.nz <= 0 || info.num_classes < 0 || info.resolution <= 0 || info.channels <= 0 ||
+      info.max_batch < 0)
     throw UsageError(sidecar.string() + ": nz, resolution and channels must be positive and " +
-                     "num_classes non-negative");
+                     "num_classes and max_batch non-negative");
   if (sha256_of_file(model_path) != info.sha256)
     throw UsageError("sha256 of " + model_path.string() + " does not match its sidecar " +
                      sidecar.string() + " (the file changed after export, or the sidecar is another export's; export it again)");
@@ -273,6 +278,9 @@ torch::Tensor Generator::forward(const torch::Tensor& z, const torch::Tensor& y)
   if (!z.defined() || z.dim() != 2 || z.size(1) != info_.nz || z.scalar_type() != torch::kFloat32)
     throw UsageError("z must be a float32 tensor of shape (N, " + nz + "), got " + describe(z));
   const std::string n = std::to_string(z.size(0));
+  if (info_.max_batch > 0 && z.size(0) > info_.max_batch)
+    throw UsageError("z has " + n + " rows, but this AOTInductor package was exported for " +
+                     "batches of at most " + std::to_string(info_.max_batch));
   if (!y.defined() || y.dim() != 1 || y.size(0) != z.size(0) || y.scalar_type() != torch::kInt64)
     throw UsageError("y must be an int64 tensor of shape (" + n + ",), as many labels as z has " +
                      "rows, got " + describe(y));
@@ -308,6 +316,10 @@ torch::Tensor Generator::sample(int64_t n, uint64_t seed, const std::vector<int6
                                 int64_t batch) {
   if (batch <= 0)
     throw UsageError("batch must be a positive number of images, got " + std::to_string(batch));
+  if (info_.max_batch > 0 && std::min(batch, n) > info_.max_batch)
+    throw UsageError("batch " + std::to_string(batch) + " is more than this AOTInductor " +
+                     "package takes: it was exported for batches of at most " +
+                     std::to_string(info_.max_batch));
   if (n > 0) {
     const std::string r = std::to_string(info_.resolution);
     check_fits_in_memory("n=" + std::to_string(n) + " images of " +

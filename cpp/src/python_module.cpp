@@ -51,6 +51,7 @@ PYBIND11_MODULE(sagan_sample_ext, m) {
                                info["num_classes"] = i.num_classes;
                                info["resolution"] = i.resolution;
                                info["channels"] = i.channels;
+                               if (i.max_batch > 0) info["max_batch"] = i.max_batch;
                                info["step"] = i.step;
                                info["torch_version"] = i.torch_version;
                                info["sha256"] = i.sha256;

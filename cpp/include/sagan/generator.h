@@ -47,6 +47,7 @@ struct ExportInfo {
   int64_t num_classes = 0;  // 0: unconditional, the label input is ignored
   int64_t resolution = 0;
   int64_t channels = 0;
+  int64_t max_batch = 0;  // the largest batch an AOTInductor package takes; 0: no limit
   int64_t step = 0;
   std::string torch_version;
   std::string sha256;
@@ -73,8 +74,9 @@ class Generator {
   const ExportInfo& info() const { return info_; }
   c10::Device device() const { return device_; }
 
-  // One forward pass: z float32 (N, nz), y int64 (N,) with labels in [0, num_classes), both on
-  // any device; output on device(). Checks both before running the model.
+  // One forward pass: z float32 (N, nz), y int64 (N,) with labels in [0, num_classes) and N at
+  // most info().max_batch (when set), both on any device; output on device(). Checks both
+  // before running the model.
   at::Tensor forward(const at::Tensor& z, const at::Tensor& y);
 
   // Bytes per image at the peak of sample(): z, label, the output chunks and their concatenation.
@@ -82,7 +84,8 @@ class Generator {
 
   // The sampling recipe: a CPU generator seeded with `seed` draws z = randn(n, nz) in one go,
   // labels come from class_labels, and the generator runs on chunks of `batch` rows.
-  // Returns float32 (n, C, R, R) in [-1, 1] on the CPU. Refuses an n that would not fit in memory.
+  // Returns float32 (n, C, R, R) in [-1, 1] on the CPU. Refuses an n that would not fit in memory
+  // and chunks larger than an AOTInductor package's max_batch.
   at::Tensor sample(int64_t n, uint64_t seed, const std::vector<int64_t>& classes,
                        int64_t batch);
 
