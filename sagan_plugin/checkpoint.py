@@ -14,7 +14,8 @@ training_state holds the random-number states of every rank and the data positio
 batches read), so a resumed run draws the same noise and sees the same batches. Files are written
 to a temporary name, fsynced and renamed: a crash leaves the previous checkpoint whole. netD is
 written before netG, and a step counts only when both files are there and readable; a truncated
-or corrupt latest step is skipped with a warning.
+or corrupt latest step is skipped with a warning, and so is a lone netD of a run killed while
+writing its first checkpoint.
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, dict]] | None:
         raise CorruptCheckpoint(f"none of the checkpoints in {run_dir / 'checkpoints'} can be "
                                 f"read; the latest, {skipped[0]}")
     partial = sorted({s for net in NETS for s in checkpoint_steps(run_dir, net)})
+    if len(partial) == 1 and not checkpoint_steps(run_dir, "netG"):
+        # netD is written first: a process killed between its first save's two files left it
+        warn(f"ignoring {checkpoint_path(run_dir, partial[0], 'netD')}: the first checkpoint "
+             "of a run stopped while saving it, without its netG; training starts afresh")
+        return None
     if partial:  # starting afresh would write over someone's run
         raise CorruptCheckpoint(f"{run_dir / 'checkpoints'} holds checkpoints of steps "
                                 f"{', '.join(map(str, partial))} without both netG and netD "

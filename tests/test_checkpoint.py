@@ -351,6 +351,26 @@ def test_a_step_whose_netg_fails_to_save_leaves_no_netd_behind(tmp_path: Path,
     assert checkpoint.load_latest(tmp_path) is None  # a fresh start, not a refusal
 
 
+def test_a_lone_netd_left_by_a_kill_during_the_first_save_is_trained_over(tiny: list[str],
+                                                                          tmp_path: Path) -> None:
+    """A SIGKILL between the first save's netD and netG renames leaves netD alone: the same
+    command again starts afresh, with a warning, and ends as an uninterrupted run. Lone netD
+    files of two steps cannot come from one kill: that folder is still refused."""
+    cfg = compose(tiny + ["train.steps=2", "train.deterministic=true"])
+    run(cfg)
+    whole = _final_state(Path(cfg.run_dir), 2)
+    checkpoint_path(cfg.run_dir, 2, "netG").unlink()
+    with pytest.warns(UserWarning, match="netD_2_steps.pth: the first checkpoint of a run "
+                                         "stopped while saving it, without its netG"):
+        run(cfg)
+    _assert_identical(_final_state(Path(cfg.run_dir), 2), whole)
+
+    for step in (2, 4):
+        _fake_checkpoint(tmp_path / "two", step, "netD", step)
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="steps 2, 4 without both netG"):
+        checkpoint.load_latest(tmp_path / "two")
+
+
 def test_the_last_checkpoint_named_is_the_newest_complete_step(tmp_path: Path) -> None:
     """What a stopped run's message names as kept."""
     assert checkpoint.last_checkpoint_said(tmp_path) == "no checkpoint"
