@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sagan_plugin.datasets import DEFAULT_SPLIT, get_dataset
 from sagan_plugin.errors import UsageError, first_line
-from sagan_plugin.files import cache_dir, files_fingerprint, write_atomically
+from sagan_plugin.files import cache_dir, files_fingerprint, walk_files, write_atomically
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -126,7 +126,7 @@ def host_dataset(data: DictConfig) -> Dataset:
 
 
 def _tree_fingerprint(folder: Path) -> str:
-    return files_fingerprint(folder, sorted(path for path in folder.rglob("*") if path.is_file()))
+    return files_fingerprint(folder, walk_files(folder))
 
 
 class CentredSquareCrop:
@@ -165,10 +165,13 @@ def fashion_mnist(data: DictConfig) -> Dataset:
     ])
     dataset = torchvision.datasets.FashionMNIST(str(root), train=FASHION_MNIST_SPLITS[data.split],
                                                 download=False, transform=transform)
-    raw = root / "FashionMNIST" / "raw"
-    prefix = "train" if FASHION_MNIST_SPLITS[data.split] else "t10k"
-    dataset.fingerprint = partial(files_fingerprint, raw, [
-        raw / name for name in FASHION_MNIST_FILES if name.startswith(prefix)], contents=True)
+    # What torchvision reads: the split's idx files, or a legacy processed/ file when there is one.
+    train = FASHION_MNIST_SPLITS[data.split]
+    files = [f"raw/{name}" for name in FASHION_MNIST_FILES if name.startswith(
+        "train" if train else "t10k")] + [f"processed/{'training' if train else 'test'}.pt"]
+    folder = root / "FashionMNIST"
+    dataset.fingerprint = partial(files_fingerprint, folder, [folder / f for f in files],
+                                  contents=True)
     return dataset
 
 

@@ -31,6 +31,17 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(stream, algorithm).hexdigest()
 
 
+def walk_files(folder: Path) -> Iterator[Path]:
+    """The files under folder, in a fixed (sorted, depth-first) order; hidden entries are
+    skipped, and linked folders followed once (a link loop would walk forever)."""
+    seen = set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(parent))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(parent, d)) not in seen)
+        yield from (Path(parent, name) for name in sorted(files) if not name.startswith("."))
+
+
 def files_fingerprint(root: Path, paths: Iterable[Path], contents: bool = False) -> str:
     """A hash of each file's name under root and its size (-1 if it cannot be read), and of its
     bytes if contents: what the real-image statistics cache knows a data set's files by. Sizes

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from sagan_plugin.data import square_crop_transform
 from sagan_plugin.errors import UsageError, first_line, warn
-from sagan_plugin.files import files_fingerprint
+from sagan_plugin.files import files_fingerprint, walk_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXPECTED = "PNG, JPEG or WebP images, in one sub-folder per class or all loose"
@@ -34,16 +34,7 @@ def _is_image(name: str) -> bool:
 
 
 def _image_files(folder: Path) -> Iterator[Path]:
-    """The images under folder, in a fixed (sorted, depth-first) order; hidden entries are
-    skipped, and linked folders followed once (a link loop would walk forever)."""
-    seen = set()
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        seen.add(os.path.realpath(parent))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.realpath(os.path.join(parent, d)) not in seen)
-        for name in sorted(files):
-            if _is_image(name):
-                yield Path(parent, name)
+    return (path for path in walk_files(folder) if _is_image(path.name))
 
 
 def folder_classes(root: Path) -> list[str]:

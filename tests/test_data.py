@@ -196,6 +196,22 @@ def test_host_data_sets_are_known_to_the_fid_cache_by_their_files(tmp_path: Path
     assert build_dataset(cfg).fingerprint() != first
 
 
+def test_a_host_data_sets_fingerprint_reads_through_a_linked_folder(tmp_path: Path) -> None:
+    """data.root/imagenet/train a link to the images elsewhere, as the loader follows it."""
+    from PIL import Image
+
+    _fake_imagenet(tmp_path / "store", ["n01440764"], per_class=2)
+    (tmp_path / "root" / "imagenet").mkdir(parents=True)
+    shutil.move(tmp_path / "store/imagenet/meta.bin", tmp_path / "root/imagenet/meta.bin")
+    (tmp_path / "root/imagenet/train").symlink_to(tmp_path / "store/imagenet/train")
+    cfg = compose(["data=imagenet_128", f"data.root={tmp_path / 'root'}"]).data
+    data = build_dataset(cfg)
+    first = data.fingerprint()
+    assert len(data) == 2
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(tmp_path / "store/imagenet/train/n01440764/1.JPEG")
+    assert build_dataset(cfg).fingerprint() != first
+
+
 def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> None:
     (tmp_path / "imagenet").mkdir()
     cfg = OmegaConf.create({"name": "imagenet_32", "root": str(tmp_path), "resolution": 64,
