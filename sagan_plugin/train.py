@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sagan_plugin.checkpoint import complete_steps
+from sagan_plugin.checkpoint import NETS, checkpoint_steps
 from sagan_plugin.config import (
     SELECTORS,
     build_models,
@@ -131,12 +131,13 @@ def _check_mimicry_settings(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def _refuse_changes(run_dir: Path, pairs: dict[str, tuple[object, object]], lead: str) -> None:
-    """Refuse the keys whose (saved, new) values differ, unless nothing has been trained yet."""
+    """Refuse the keys whose (saved, new) values differ, unless nothing has been trained yet
+    (no checkpoint file at all: a lone netD left by a kill resumes with the same settings only)."""
     changed = sorted(key for key, (saved, new) in pairs.items() if saved != new)
     if not changed:
         return
     details = ", ".join(f"{k}: {pairs[k][0]!r} -> {pairs[k][1]!r}" for k in changed)
-    if not complete_steps(run_dir):  # nothing trained to keep consistent with
+    if not any(checkpoint_steps(run_dir, net) for net in NETS):  # nothing trained yet
         info(f"{run_dir} has no checkpoint yet: it starts again with the new "
              f"configuration ({details})")
         return

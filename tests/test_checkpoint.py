@@ -354,12 +354,15 @@ def test_a_step_whose_netg_fails_to_save_leaves_no_netd_behind(tmp_path: Path,
 def test_a_lone_netd_left_by_a_kill_during_the_first_save_is_trained_over(tiny: list[str],
                                                                           tmp_path: Path) -> None:
     """A SIGKILL between the first save's netD and netG renames leaves netD alone: the same
-    command again starts afresh, with a warning, and ends as an uninterrupted run. Lone netD
-    files of two steps cannot come from one kill: that folder is still refused."""
+    command again starts afresh, with a warning, and ends as an uninterrupted run; another
+    configuration is refused (the folder may be a run whose netG files were moved away). Lone
+    netD files of two steps cannot come from one kill: that folder is refused too."""
     cfg = compose(tiny + ["train.steps=2", "train.deterministic=true"])
     run(cfg)
     whole = _final_state(Path(cfg.run_dir), 2)
     checkpoint_path(cfg.run_dir, 2, "netG").unlink()
+    with pytest.raises(UsageError, match=r"was started with another configuration \(model.ndf"):
+        run(compose(tiny + ["train.steps=2", "train.deterministic=true", "model.ndf=16"]))
     with pytest.warns(UserWarning, match="netD_2_steps.pth: the first checkpoint of a run "
                                          "stopped while saving it, without its netG"):
         run(cfg)
