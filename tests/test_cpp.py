@@ -232,6 +232,14 @@ error(lambda: g.forward(torch.randn(9, 128), torch.zeros(9, dtype=torch.long)))
          "UsageError 1 z has 9 rows, but this AOTInductor package was exported for batches of "
          "at most 8"]
 
+    # A sidecar without the field (a package made before it was written) means 65536, the
+    # limit every package has had: so one edited to drop a smaller limit is refused.
+    sidecar = json.loads(sidecar_path(model).read_text())
+    del sidecar["max_batch"]
+    sidecar_path(model).write_text(json.dumps(sidecar))
+    result = run_program("--model", model, "--n", 2, "--out", tmp_path / "b.png")
+    assert_clean_error(result, "says max_batch=65536, the model itself max_batch=8")
+
 
 def test_python_module_errors_are_one_line(ext, conditional_run, tmp_path):
     model = conditional_run / "export" / "generator.pt"

@@ -173,7 +173,12 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
   info.num_classes = field<int64_t>(doc, "num_classes", sidecar);
   info.resolution = field<int64_t>(doc, "resolution", sidecar);
   info.channels = field<int64_t>(doc, "channels", sidecar);
-  if (doc.contains("max_batch")) info.max_batch = field<int64_t>(doc, "max_batch", sidecar);
+  // Every package `sagan-plugin export` has made was compiled for batches of up to 65536
+  // (sagan_plugin.export.MAX_BATCH), those from before the field was written included.
+  constexpr int64_t kAotiMaxBatch = 65536;
+  info.max_batch = doc.contains("max_batch") ? field<int64_t>(doc, "max_batch", sidecar)
+                   : info.format == "aoti"   ? kAotiMaxBatch
+                                             : 0;
   info.step = field<int64_t>(doc, "step", sidecar);
   info.torch_version = field<std::string>(doc, "torch_version", sidecar);
   info.sha256 = field<std::string>(doc, "sha256", sidecar);

@@ -47,7 +47,7 @@ struct ExportInfo {
   int64_t num_classes = 0;  // 0: unconditional, the label input is ignored
   int64_t resolution = 0;
   int64_t channels = 0;
-  int64_t max_batch = 0;  // the largest batch an AOTInductor package takes; 0: no limit
+  int64_t max_batch = 0;  // the largest batch an AOTInductor package takes; 0 (TorchScript): any
   int64_t step = 0;
   std::string torch_version;
   std::string sha256;
