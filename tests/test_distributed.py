@@ -306,3 +306,20 @@ def test_rank_variables_that_are_not_integers_are_a_usage_error(monkeypatch) -> 
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UsageError, match="RANK, WORLD_SIZE and LOCAL_RANK must be integers"):
         world_from_env()
+
+
+def test_sync_bn_on_cpu_processes_is_refused_before_joining_the_launch(
+        tiny_overrides: list[str], monkeypatch) -> None:
+    """torch's SyncBatchNorm runs on GPUs only: a torchrun of CPU processes with train.sync_bn
+    is a one-line error, not a crash once the processes have met."""
+    from sagan_plugin import train
+    from sagan_plugin.errors import UsageError
+
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(train, "init_process_group",
+                        lambda *args: pytest.fail("joined the launch"))
+    with pytest.raises(UsageError) as error:
+        train.run(compose(tiny_overrides + ["train.sync_bn=true", "train.device=cpu"]))
+    assert str(error.value) == ("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
+                                "runs on GPUs only); leave it false")

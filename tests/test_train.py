@@ -202,15 +202,17 @@ def test_only_how_a_run_runs_may_change_on_resuming() -> None:
 
 
 def test_resuming_uses_the_configured_optimiser(tiny_overrides: list[str]) -> None:
-    """lr_g, lr_d, beta1 and beta2 reach Adam, for G and D each, also in a resumed run."""
-    settings = ["train.lr_g=3e-4", "train.lr_d=5e-4", "train.beta1=0.5", "train.beta2=0.8"]
+    """lr_g, lr_d, beta1, beta2 and fused_adam reach Adam, for G and D each, also in a resumed
+    run."""
+    settings = ["train.lr_g=3e-4", "train.lr_d=5e-4", "train.beta1=0.5", "train.beta2=0.8",
+                "train.fused_adam=true"]
     seen = []
     for steps in (1, 2):  # a run, then its resumption
         cfg = compose(tiny_overrides + settings + [f"train.steps={steps}"])
         trainer = run(cfg)
-        seen.append([(opt.param_groups[0]["lr"], opt.param_groups[0]["betas"])
+        seen.append([tuple(opt.param_groups[0][key] for key in ("lr", "betas", "fused"))
                      for opt in (trainer.optG, trainer.optD)])
-    assert seen == [[(3e-4, (0.5, 0.8)), (5e-4, (0.5, 0.8))]] * 2
+    assert seen == [[(3e-4, (0.5, 0.8), True), (5e-4, (0.5, 0.8), True)]] * 2
 
 
 def test_linear_decay_sets_each_steps_learning_rates_and_n_dis_d_steps(
@@ -318,3 +320,82 @@ def test_grids_and_fid_of_a_compiled_generator_do_not_compile_it_again(tmp_path:
     SAGANTrainer._after_step(trainer, log_data, 1)
     assert len(graphs) == compiled
     torch._dynamo.reset()
+
+
+def test_run_dir_alone_continues_without_a_dangling_and(tiny_overrides: list[str],
+                                                        tmp_path: Path, capsys) -> None:
+    """With no key besides run_dir= the INFO line ends at the file it continues from."""
+    from sagan_plugin.train import continued
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    OmegaConf.save(compose(tiny_overrides), run_dir / "config.yaml")
+    assert continued([f"run_dir={run_dir}"]) is not None
+    assert capsys.readouterr().out == f"INFO: continuing {run_dir} with its config.yaml\n"
+
+
+def test_a_folder_with_checkpoints_but_no_configuration_is_refused_untouched(
+        tiny_overrides: list[str], tmp_path: Path) -> None:
+    """Without config.yaml (nor Mimicry's params.json) nothing says what its checkpoints
+    trained: training there would write over them."""
+    from sagan_plugin.errors import UsageError
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "netG").mkdir(parents=True)
+    before = sorted(run_dir.rglob("*"))
+    with pytest.raises(UsageError) as error:
+        run(compose(tiny_overrides + ["train.steps=1"]))
+    assert str(error.value) == (f"{run_dir} holds checkpoints but no config.yaml (nor Mimicry's "
+                                "params.json); choose another run_dir")
+    assert sorted(run_dir.rglob("*")) == before
+
+
+def test_a_new_run_dir_is_made_with_its_missing_parents(tiny_overrides: list[str],
+                                                        tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "a" / "b"
+    overrides = [o for o in tiny_overrides if not o.startswith("run_dir=")]
+    run(compose(overrides + [f"run_dir={run_dir}", "train.steps=1"]))
+    assert checkpoint_steps(run_dir) == [1]
+
+
+def test_a_run_folder_that_cannot_take_the_configuration_is_named(tiny_overrides: list[str],
+                                                                  monkeypatch) -> None:
+    import errno
+
+    from sagan_plugin import train
+    from sagan_plugin.errors import UsageError
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train, "write_atomically", full_disk)
+    cfg = compose(tiny_overrides + ["train.steps=1"])
+    with pytest.raises(UsageError) as error:
+        run(cfg)
+    assert str(error.value) == f"cannot write to run folder {cfg.run_dir}: No space left on device"
+    assert not checkpoint_steps(cfg.run_dir)
+    assert not (Path(cfg.run_dir) / "config.yaml").exists()
+
+
+def test_train_deterministic_turns_on_torchs_deterministic_algorithms(
+        tiny_overrides: list[str], monkeypatch) -> None:
+    """Deterministic kernels on any device, and the cuBLAS workspace that they need."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # as it was again after the test
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        run(compose(tiny_overrides + ["train.steps=1", "train.deterministic=true"]))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_the_last_sample_grid_is_named(tiny_overrides: list[str], capsys) -> None:
+    """The run's end prints where its newest fixed-noise grid is, for the user to open."""
+    cfg = compose(tiny_overrides + ["train.steps=1"])
+    run(cfg)
+    grid = Path(cfg.run_dir) / "images" / "fixed_fake_samples_step_1.png"
+    assert grid.is_file() and f"samples: {grid}\n" in capsys.readouterr().out
