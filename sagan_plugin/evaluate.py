@@ -242,6 +242,9 @@ def _refuse_keys_of_the_other_source(cfg: Any, argv: list[str], run_tokens: list
     if cfg.run and ignored:
         raise UsageError(f"eval: run= scores against the run's data set: leave out "
                          f"{' '.join(ignored)} (a key of images=DIR)")
+    if cfg.run and "steps" in given and Path(cfg.run).is_file():
+        raise UsageError(f"eval: run={cfg.run} is one checkpoint file: leave out "
+                         f"{given['steps']} (it picks the checkpoints of a run folder)")
 
 
 def _sample_counts(cfg: Any, metrics: list[str],

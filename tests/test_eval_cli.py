@@ -161,6 +161,7 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "a_eval.json").read_text())
     assert report["rows"][0]["fid"] > 0
+    assert f"{report['rows'][0]['fid']:>12.6g}" in out  # the table on stdout too
 
 
 @pytest.mark.parametrize("source, key, message", [
@@ -168,6 +169,7 @@ def test_eval_of_two_image_folders(tmp_path, capsys):
     ("images", "seed=1", "leave out seed=1 (keys of run=)"),
     ("images", "steps=all", "leave out steps=all (keys of run=)"),
     ("images", "ema=false", "leave out ema=false (keys of run=)"),
+    ("images", "data.root={tmp}", "leave out data.root={tmp} (keys of run=)"),
     ("run", "ref={tmp}/a", "run= scores against the run's data set: leave out ref={tmp}/a"),
 ])
 def test_a_key_the_other_source_reads_is_refused_not_ignored(run, tmp_path, capsys, source,
@@ -331,3 +333,118 @@ def test_a_full_disk_skips_the_cache_with_a_warning_and_refuses_a_half_report(ru
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {report}: File too large"
     assert list(report.parent.iterdir()) == [] and list(cache.iterdir()) == []
+
+
+def test_steps_last_is_the_newest_saved_step_and_a_range_includes_both_ends():
+    """steps=last scores the newest checkpoint; first-last is inclusive, and first == last
+    names one step."""
+    assert select_steps([2, 4, 6], "last") == [6]
+    assert select_steps([2, 4, 6], "all") == [2, 4, 6]
+    assert select_steps([2, 4, 6], "2-6") == [2, 4, 6]
+    assert select_steps([2, 4, 6], "4-4") == [4]
+
+
+def test_the_default_steps_score_the_runs_newest_checkpoint(run, tmp_path, capsys):
+    second, first = _with_a_second_step(run, tmp_path)
+    code, out, err = _eval(capsys, f"run={second}", *FAST, "ema=false", "metrics=fid")
+    assert code == 0, err
+    rows = json.loads((second / "eval" / "raw_n4.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [first * 2]
+
+
+def test_a_checkpoint_file_is_scored_at_its_step_and_refuses_steps(run, tmp_path, capsys):
+    """steps= chooses among a run folder's checkpoints: given with a checkpoint file it would
+    be ignored, so it is refused, and nothing is written."""
+    second, first = _with_a_second_step(run, tmp_path)
+    checkpoint = checkpoint_path(second, first)
+    before = sorted(second.rglob("*"))
+    code, out, err = _eval(capsys, f"run={checkpoint}", *FAST, "ema=false", "metrics=fid",
+                           "steps=all")
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert f"eval: run={checkpoint} is one checkpoint file: leave out steps=all (it picks the " \
+           "checkpoints of a run folder)" in err
+    assert sorted(second.rglob("*")) == before
+    code, out, err = _eval(capsys, f"run={checkpoint}", *FAST, "ema=false", "metrics=fid")
+    assert code == 0, err
+    report = json.loads((checkpoint.parent / f"{checkpoint.stem}_raw_n4.json").read_text())
+    assert [row["step"] for row in report["rows"]] == [first]
+
+
+def test_n_real_and_seed_set_the_images_compared(run, tmp_path, capsys, recwarn):
+    """n_real real images against n generated from noise seed: each key reaches its side."""
+    warnings.simplefilter("always")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    code, out, err = _eval(capsys, f"run={copy}", "n=4", "n_real=5", "seed=3", *SCORING,
+                           "ema=false", "metrics=fid")
+    assert code == 0, err
+    small_n = sorted(str(w.message).split(" is")[0] for w in recwarn
+                     if "below the 2048" in str(w.message))
+    assert small_n == ["n=4", "n_real=5"]
+    report = json.loads((copy / "eval" / "raw_n4.json").read_text())
+    real = np.load(report["real_features"])["features"].astype(np.float64)
+    assert real.shape == (5, 2048)
+    netG = load_generator(copy, prefer_ema=False).netG
+    fake = FeatureExtractor(None, device="cpu").extract([to_uint8(sample(netG, 4, seed=3))])
+    assert report["rows"][0]["fid"] == pytest.approx(frechet_distance(fake.features, real),
+                                                     rel=1e-6)
+
+
+def test_scoring_a_step_again_replaces_its_row(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    for _ in range(2):
+        code, out, err = _eval(capsys, f"run={copy}", *FAST, "ema=false", "metrics=fid")
+        assert code == 0, err
+    rows = json.loads((copy / "eval" / "raw_n4.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [STEP]
+
+
+def test_rows_scored_with_other_inception_weights_are_not_kept(run, tmp_path, capsys,
+                                                               monkeypatch, full_weights):
+    """The same settings (inception_weights=null) can mean other weights: their sha256 tells."""
+    second, first = _with_a_second_step(run, tmp_path)
+    report = second / "eval" / "raw_n4.json"
+    args = [f"run={second}", *FAST, "ema=false", "metrics=fid"]
+    assert _eval(capsys, *args, f"steps={first}")[0] == 0
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(full_weights))
+    assert _eval(capsys, *args, f"steps={first * 2}")[0] == 0
+    assert [row["step"] for row in json.loads(report.read_text())["rows"]] == [first * 2]
+
+
+def test_an_explicit_out_file_is_written_afresh(run, tmp_path, capsys):
+    """Only a run's default report gathers the rows of earlier steps=; out=FILE holds this
+    command's rows alone."""
+    second, first = _with_a_second_step(run, tmp_path)
+    out_file = tmp_path / "scores.json"
+    args = [f"run={second}", *FAST, "ema=false", "metrics=fid", f"out={out_file}"]
+    assert _eval(capsys, *args, f"steps={first}")[0] == 0
+    assert _eval(capsys, *args, f"steps={first * 2}")[0] == 0
+    assert [row["step"] for row in json.loads(out_file.read_text())["rows"]] == [first * 2]
+
+
+def test_images_dir_with_a_slash_reports_beside_the_folder(tmp_path, capsys):
+    from sagan_plugin.sample import write_images
+
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    write_images(images[:2], f"{tmp_path / 'a'}/")
+    write_images(images[2:], f"{tmp_path / 'b'}/")
+    before = sorted((tmp_path / "a").iterdir())
+    code, out, err = _eval(capsys, f"images={tmp_path / 'a'}/", f"ref={tmp_path / 'b'}",
+                           "metrics=fid", "device=cpu")
+    assert code == 0, err
+    assert (tmp_path / "a_eval.json").is_file()
+    assert sorted((tmp_path / "a").iterdir()) == before
+
+
+@pytest.mark.parametrize("earlier", ["{\"rows\": [", "[1, 2]"])
+def test_a_damaged_earlier_report_is_written_afresh(run, tmp_path, capsys, earlier):
+    """A report cut short by a crash, or not a mapping, has no rows to keep: not an error."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    (copy / "eval").mkdir()
+    (copy / "eval" / "raw_n4.json").write_text(earlier)
+    code, out, err = _eval(capsys, f"run={copy}", *FAST, "ema=false", "metrics=fid")
+    assert code == 0, err
+    rows = json.loads((copy / "eval" / "raw_n4.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [STEP]
