@@ -190,12 +190,15 @@ def test_stop_requests_can_be_entered_outside_the_main_thread() -> None:
     assert errors == []
 
 
-def _data_worker(stop: StopRequests, ready) -> None:
+def _data_worker(stop: StopRequests, ready, parent) -> None:
     # the handlers of a worker started by spawn or forkserver, not the trainer's
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     stop.worker_init(0)
     ready.set()
+    # Signals sent before the ping are handled before the ping is read: an answer means the
+    # worker outlived them, however slow the machine.
+    parent.send(parent.recv())
     time.sleep(60)
 
 
@@ -204,16 +207,16 @@ def test_data_workers_ignore_ctrl_c_and_sigterm_until_training_is_over() -> None
     serve the step being finished; once training is over a SIGTERM ends them, as
     multiprocessing's clean-up sends it."""
     context = multiprocessing.get_context("fork")
-    ready, worker = context.Event(), None
+    (ready, (here, there)), worker = (context.Event(), context.Pipe()), None
     try:
         with StopRequests() as stop:
-            worker = context.Process(target=_data_worker, args=(stop, ready))
+            worker = context.Process(target=_data_worker, args=(stop, ready, there))
             worker.start()
             assert ready.wait(30)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 os.kill(worker.pid, signum)
-            worker.join(0.5)
-            assert worker.exitcode is None  # still serving
+            here.send("ping")
+            assert here.poll(10) and here.recv() == "ping"  # still serving
         os.kill(worker.pid, signal.SIGTERM)
         worker.join(10)
         assert worker.exitcode == 0
