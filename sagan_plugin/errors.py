@@ -23,10 +23,17 @@ class PluginWarning(UserWarning):
     skipped file). The command line prints it as `warning: message`, without a source line."""
 
 
-def warn(message: str) -> None:
+def warn(message: str, *, every_rank: bool = False) -> None:
     """Warn with a PluginWarning that points at the first caller outside this package (the
     user's call), however deep in the package it is raised. (Python 3.12's skip_file_prefixes
-    does this; the package runs on 3.11.)"""
+    does this; the package runs on 3.11.)
+
+    Under torchrun only rank 0 warns: the ranks read the same files and take the same
+    decisions, which should read as one warning, not one per GPU. `every_rank` is for what a
+    rank alone sees (an image file its own batches hit).
+    """
+    if not every_rank and os.environ.get("RANK", "0") != "0":
+        return
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         level, frame = level + 1, frame.f_back

@@ -134,7 +134,8 @@ class FolderImages(Dataset):
                 return file.convert("RGB")
         except Exception as error:  # whatever the decoder raises (truncated, not an image...)
             self._unreadable[i] = True
-            warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})")
+            warn(f"skipping {self.files[i]}: not a readable image ({first_line(error)})",
+                 every_rank=True)
             return None
 
     def fingerprint(self) -> str:

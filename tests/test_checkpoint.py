@@ -79,12 +79,17 @@ def tiny(tiny_overrides: list[str]) -> list[str]:
     return tiny_overrides + ["train.save_steps=2"]
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous(tiny: list[str],
-                                                                capsys) -> None:
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(tiny: list[str], capsys,
+                                                                monkeypatch) -> None:
     cfg = compose(tiny + ["train.steps=4"])
     run(cfg)
     latest = checkpoint_path(cfg.run_dir, 4)
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    monkeypatch.setenv("RANK", "1")  # torchrun's other ranks fall back alike, without a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoint.load_latest(Path(cfg.run_dir))[0] == 2
+    monkeypatch.setenv("RANK", "0")
     capsys.readouterr()
     with pytest.warns(UserWarning, match="skipping the checkpoint of step 4"):
         run(compose(tiny + ["train.steps=6"]))

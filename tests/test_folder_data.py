@@ -110,7 +110,10 @@ def test_centre_square_is_cropped_then_resized(tmp_path: Path, size: tuple[int, 
         assert torch.allclose(border, red[:, None, None], atol=0.02)
 
 
-def test_an_unreadable_file_is_skipped_with_one_warning(tmp_path: Path, recwarn) -> None:
+@pytest.mark.parametrize("rank", ["0", "1"])  # a rank warns of the files its batches hit
+def test_an_unreadable_file_is_skipped_with_one_warning(tmp_path: Path, recwarn, rank: str,
+                                                        monkeypatch) -> None:
+    monkeypatch.setenv("RANK", rank)
     root = tmp_path / "images"
     for i in range(4):
         _image(root / f"{i}.png", (60 * i, 0, 0))
