@@ -30,6 +30,12 @@ def run(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("eval") / "run")
 
 
+def _unscored_copy(run, copy):
+    """The shared run without the reports earlier tests left in it."""
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    return copy
+
+
 def _eval(capsys, *args):
     code = cli.main(["eval", *args])
     out, err = capsys.readouterr()
@@ -86,9 +92,7 @@ def test_every_checkpoint_and_is_unavailable_without_the_classifier(run, tmp_pat
 
 def test_the_default_report_of_a_run_without_ema_is_named_raw(run, tmp_path, capsys):
     """ema=true only prefers the EMA weights: the file name says what was scored."""
-    plain = tmp_path / "run"
-    # Without the reports earlier tests left in the shared run.
-    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    plain = _unscored_copy(run, tmp_path / "run")
     checkpoint = checkpoint_path(plain, checkpoint_steps(plain)[-1])
     state = torch.load(checkpoint, weights_only=True)
     del state["ema_state_dict"]
@@ -373,8 +377,7 @@ def test_a_checkpoint_file_is_scored_at_its_step_and_refuses_steps(run, tmp_path
 def test_n_real_and_seed_set_the_images_compared(run, tmp_path, capsys, recwarn):
     """n_real real images against n generated from noise seed: each key reaches its side."""
     warnings.simplefilter("always")
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    copy = _unscored_copy(run, tmp_path / "run")
     code, out, err = _eval(capsys, f"run={copy}", "n=4", "n_real=5", "seed=3", *SCORING,
                            "ema=false", "metrics=fid")
     assert code == 0, err
@@ -391,8 +394,7 @@ def test_n_real_and_seed_set_the_images_compared(run, tmp_path, capsys, recwarn)
 
 
 def test_scoring_a_step_again_replaces_its_row(run, tmp_path, capsys):
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    copy = _unscored_copy(run, tmp_path / "run")
     for _ in range(2):
         code, out, err = _eval(capsys, f"run={copy}", *FAST, "ema=false", "metrics=fid")
         assert code == 0, err
@@ -440,8 +442,7 @@ def test_images_dir_with_a_slash_reports_beside_the_folder(tmp_path, capsys):
 @pytest.mark.parametrize("earlier", ["{\"rows\": [", "[1, 2]"])
 def test_a_damaged_earlier_report_is_written_afresh(run, tmp_path, capsys, earlier):
     """A report cut short by a crash, or not a mapping, has no rows to keep: not an error."""
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "*_n4.json"))
+    copy = _unscored_copy(run, tmp_path / "run")
     (copy / "eval").mkdir()
     (copy / "eval" / "raw_n4.json").write_text(earlier)
     code, out, err = _eval(capsys, f"run={copy}", *FAST, "ema=false", "metrics=fid")
