@@ -12,11 +12,17 @@ The host was last released in 2022. On torch >= 2.0 its import fails, in this or
    (``inception_utils.create_inception_graph``) raises that error instead, once the module loads.
 4. ``from torch._six import PY3`` (removed in torch 2.0): a stand-in with the two names it uses.
 
+And once imported, its FID utilities (``torch_mimicry.metrics.fid.fid_utils``), like pytorch-fid
+0.3.0's ``fid_score``, call ``scipy.linalg.sqrtm(..., disp=False)``, which scipy 1.18 (the
+release for Python >= 3.12) removed: those two modules are given a ``linalg`` whose ``sqrtm``
+takes ``disp`` again (:func:`ensure_sqrtm_takes_disp`).
+
 Each step acts only when its cause is present, so a machine with a real TensorFlow or a working
 torchvision is left exactly as it is. :func:`ensure_host_importable` runs before the first
 ``import torch_mimicry`` of any interpreter of an environment where this package is installed:
 ``_sagan_plugin_hook`` (started by a .pth file) calls it when the host is first imported, and
 every module of this package that touches the host calls it too (``python -S`` skips .pth files).
+The hook calls :func:`ensure_sqrtm_takes_disp` when pytorch-fid is first imported.
 
 This distribution does not declare torch, torchvision, the host or pytorch-fid (pip would
 replace the user's torch, and the host's metadata pulls TensorFlow); a missing one is reported
@@ -28,11 +34,13 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import re
 import sys
 import types
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 _done = False
@@ -76,6 +84,7 @@ def ensure_host_importable() -> None:
     _import_torchvision()
     _stand_in_for_missing_tensorflow()
     _stand_in_for_torch_six()
+    ensure_sqrtm_takes_disp()
     _done = True
 
 
@@ -189,3 +198,53 @@ def _stand_in_for_torch_six() -> None:
 def is_tensorflow_stand_in() -> bool:
     """Whether ``tensorflow`` in this process is our stand-in rather than the real library."""
     return isinstance(sys.modules.get("tensorflow"), _MissingTensorFlow)
+
+
+# The modules that unpack `root, error = linalg.sqrtm(..., disp=False)` from `from scipy import
+# linalg`; scipy 1.18 returns the root alone and refuses `disp` (a TypeError).
+SQRTM_CALLERS = ("pytorch_fid.fid_score", "torch_mimicry.metrics.fid.fid_utils")
+
+
+class _LinalgWithDisp:
+    """scipy.linalg as one of those modules sees it: sqrtm takes `disp` as before scipy 1.18."""
+
+    def __init__(self, linalg: types.ModuleType) -> None:
+        self._linalg = linalg
+
+    def __getattr__(self, name: str):
+        return getattr(self._linalg, name)
+
+    def sqrtm(self, matrix: np.ndarray, disp: bool = True) -> np.ndarray | tuple:
+        root = self._linalg.sqrtm(matrix)
+        if disp:
+            return root
+        # disp=False also returned scipy's error estimate, ||root @ root - A||_F^2 / ||A||_F.
+        norm = self._linalg.norm
+        try:
+            return root, norm(root @ root - matrix, "fro") ** 2 / norm(matrix, "fro")
+        except ValueError:  # NaNs, as scipy had it
+            return root, float("inf")
+
+
+def _give_sqrtm_its_disp(module: types.ModuleType) -> None:
+    linalg = getattr(module, "linalg", None)
+    try:
+        takes_disp = "disp" in inspect.signature(linalg.sqrtm).parameters
+    except (AttributeError, TypeError, ValueError):  # not scipy.linalg as we know it: leave it
+        return
+    if not takes_disp:
+        module.linalg = _LinalgWithDisp(linalg)
+
+
+def ensure_sqrtm_takes_disp() -> None:
+    """Let pytorch-fid's and the host's FID code call scipy's sqrtm as they were written.
+
+    Each module is patched when it loads (now, if it has), and only where its scipy's sqrtm has
+    no `disp`; scipy itself is left as it is.
+    """
+    for name in SQRTM_CALLERS:
+        if name in sys.modules:
+            _give_sqrtm_its_disp(sys.modules[name])
+        elif not any(isinstance(finder, _PatchOnLoad) and finder.name == name
+                     for finder in sys.meta_path):
+            sys.meta_path.insert(0, _PatchOnLoad(name, _give_sqrtm_its_disp))

@@ -6,15 +6,18 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 
-def _python(code: str, path: Path | None = None) -> str:
+def _python(*code: str, path: Path | None = None) -> str:
+    """Run the pieces of code, each dedented, one after the other in a fresh interpreter."""
     env = {"PATH": "/usr/bin:/bin"}
     if path is not None:
         env["PYTHONPATH"] = str(path)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, env=env)
+    source = "\n".join(textwrap.dedent(piece) for piece in code)
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -163,3 +166,82 @@ def test_the_install_commands_agree_with_the_makefile_and_readme() -> None:
     assert f"pip install torch=={torch_pin}" in readme
     assert torchvision in readme and compat.HOST_INSTALL in readme
 
+
+
+# scipy 1.18's sqrtm (the release for Python >= 3.12): no `disp`, the root alone. Set before
+# anything imports the FID code that passes disp=False.
+SCIPY_1_18 = """
+    import scipy.linalg
+    scipy_sqrtm = scipy.linalg.sqrtm
+    def sqrtm(A):
+        return scipy_sqrtm(A)
+    scipy.linalg.sqrtm = sqrtm
+"""
+FID_THREE_WAYS = """
+    import numpy as np
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from torch_mimicry.metrics.fid import fid_utils
+    from sagan_plugin.metrics.scores import frechet_distance, statistics
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(0.2, 1.3, size=(300, 16))
+    for fid in (calculate_frechet_distance, fid_utils.calculate_frechet_distance):
+        print(abs(fid(*statistics(a), *statistics(b)) / frechet_distance(a, b) - 1) < 1e-9)
+"""
+
+
+PATCHES_WAITING = """
+    print(sorted(f.name for f in sys.meta_path if type(f).__name__ == "_PatchOnLoad"))
+"""
+
+
+def test_fid_code_that_passes_sqrtm_disp_runs_on_scipy_1_18() -> None:
+    """pytorch-fid 0.3.0 and the host's FID utilities unpack sqrtm(..., disp=False), a TypeError
+    on scipy 1.18: both modules get a linalg whose sqrtm takes disp; scipy is left alone."""
+    out = _python(SCIPY_1_18, """
+        import sys
+        import pytorch_fid  # the start-up hook's cue (python -m pytorch_fid starts here)
+    """, PATCHES_WAITING, """
+        import torch_mimicry  # torchvision's schemas, for pytorch_fid's import of it
+    """, FID_THREE_WAYS, """
+        import pytorch_fid.fid_score
+        print(scipy.linalg.sqrtm is sqrtm, pytorch_fid.fid_score.linalg.sqrtm(np.eye(2) * 4)[0, 0],
+              pytorch_fid.fid_score.linalg.eigh is scipy.linalg.eigh)
+    """)
+    assert out.splitlines() == ["['pytorch_fid.fid_score', 'torch_mimicry.metrics.fid.fid_utils']",
+                                "True", "True", "True 2.0 True"]
+
+
+def test_the_host_alone_brings_the_sqrtm_patch_for_both() -> None:
+    out = _python(SCIPY_1_18, """
+        import sys
+        import torch_mimicry  # loads its FID utilities: patched as they load
+        print(type(torch_mimicry.metrics.fid.fid_utils.linalg).__name__)
+    """, PATCHES_WAITING)
+    assert out.splitlines() == ["_LinalgWithDisp", "['pytorch_fid.fid_score']"]
+
+
+def test_fid_code_on_a_scipy_whose_sqrtm_takes_disp_is_left_alone() -> None:
+    out = _python("""
+        import scipy.linalg
+        import torch_mimicry
+    """, FID_THREE_WAYS, """
+        import pytorch_fid.fid_score
+        print(pytorch_fid.fid_score.linalg is scipy.linalg is fid_utils.linalg)
+    """)
+    assert out.splitlines() == ["True", "True", "True"]
+
+
+def test_sqrtm_disp_false_returns_scipys_error_estimate() -> None:
+    import numpy as np
+    import scipy.linalg
+
+    from sagan_plugin.compat import _LinalgWithDisp
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(40, 8))
+    matrix = np.cov(a, rowvar=False) @ np.cov(a[::-1] ** 2, rowvar=False)
+    root, error = _LinalgWithDisp(scipy.linalg).sqrtm(matrix, disp=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # disp, on the scipy that has it
+        scipy_root, scipy_error = scipy.linalg.sqrtm(matrix, disp=False)
+    assert np.array_equal(root, scipy_root) and error == scipy_error and 0 < error < 1e-20

@@ -120,7 +120,7 @@ def test_startup_hook_imports_neither_torch_nor_this_package() -> None:
     """Starting Python only installs the watcher: no torch, no sagan_plugin, no compat."""
     out = _run(sys.executable, """
         import sys
-        watching = [getattr(f, "__name__", "") for f in sys.meta_path].count("HostImportWatcher")
+        watching = [getattr(f, "__name__", "") for f in sys.meta_path].count("ImportWatcher")
         ours = [m for m in sys.modules if m == "sagan_plugin" or m.startswith("sagan_plugin.")]
         print(watching, "torch" in sys.modules, ours)
     """)
