@@ -530,3 +530,115 @@ def test_argument_fuzzer_never_crashes(program, conditional_run, unconditional_r
             assert_clean_error(result)
             outcomes["error"] += 1
     assert outcomes["ok"] >= 3 and outcomes["error"] >= 30, outcomes  # both kinds exercised
+
+
+def test_a_grid_of_2_63_images_is_refused_at_once(program, conditional_run, tmp_path):
+    # Counting the grid's columns up to ceil(sqrt(n)) overflowed for n near 2^63: no end.
+    result = run_program("--model", conditional_run / "export" / "generator.pt", "--n",
+                         2**63 - 1, "--out", tmp_path / "grid.png", timeout=30)
+    assert_clean_error(result, "images of 32x32 (103258017002x103258017002 pixels) is too large "
+                               "for one PNG")
+    assert not any(tmp_path.iterdir())
+
+
+def rewritten_export(source: Path, model: Path, member) -> Path:
+    """A copy of an export whose zip members pass through member(name, data) (None drops one),
+    its sidecar's sha256 updated: the loader meets the damage, not the hash check."""
+    import io
+    import zipfile
+
+    original, data = zipfile.ZipFile(source), io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        for info in original.infolist():
+            content = member(info.filename, original.read(info))
+            if content is not None:
+                archive.writestr(info, content)
+    model.write_bytes(data.getvalue())
+    sidecar = json.loads(sidecar_path(source).read_text())
+    sidecar_path(model).write_text(json.dumps(
+        sidecar | {"sha256": hashlib.sha256(model.read_bytes()).hexdigest()}))
+    return model
+
+
+def damaged_package(conditional_run: Path, folder: Path, damage: str) -> Path:
+    """The AOTInductor package without its .so, or with a spoilt kernel_metadata.json."""
+    def member(name: str, data: bytes) -> bytes | None:
+        if damage == "no .so" and name.endswith(".so"):
+            return None
+        return b"{" if damage == "bad metadata" and name.endswith("kernel_metadata.json") else data
+
+    return rewritten_export(conditional_run / "export" / "generator.pt2",
+                            folder / "damaged.pt2", member)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no .so", "File not found"),
+    ("bad metadata", "parse error"),  # nlohmann's exception, not a c10::Error
+])
+def test_a_package_that_fails_to_load_leaves_no_extracted_files(
+        program, conditional_run, tmp_path, damage, message):
+    """The loader unpacks the package under TMPDIR and, when it throws, leaves it there: the
+    program gives it a folder of its own, removed at exit."""
+    model = damaged_package(conditional_run, tmp_path, damage)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    result = subprocess.run([str(PROGRAM), "--model", str(model), "--n", "2", "--out",
+                             str(tmp_path / "grid.png")], capture_output=True, text=True,
+                            timeout=120, env=os.environ | {"TMPDIR": str(temporary)})
+    assert_clean_error(result, f"cannot load {model} as an AOTInductor package: ")
+    assert message in result.stderr
+    assert not any(temporary.iterdir())
+    assert not (tmp_path / "grid.png").exists()
+
+
+def without_code(conditional_run: Path, folder: Path) -> Path:
+    """The TorchScript export without one of its code files: its compiler's error on loading."""
+    code = "code/__torch__/sagan_plugin/export.py"
+    return rewritten_export(conditional_run / "export" / "generator.pt", folder / "no_code.pt",
+                            lambda name, data: None if name.endswith(code) else data)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no code", "as TorchScript: Unknown type name '__torch__.sagan_plugin.export.SamplingModule'"),
+    ("kind 5", "is not the sidecar of a sagan-plugin generator export"),
+    ("kind null", "is not the sidecar of a sagan-plugin generator export"),
+    ("format newline", 'format must be "torchscript" or "aoti", got "cpu\\n"'),
+    ("device newline", 'device must be auto, cpu, cuda or cuda:<index>, got "cpu\\n"'),
+    ("tensor folder", "t.pt is a folder: expected a file name ending in .pt"),
+    ("name too long", ".png: File name too long"),  # was libstdc++'s "filesystem error: ..."
+])
+def test_program_refuses_odd_input_in_one_line(program, conditional_run, tmp_path, case,
+                                               message):
+    source = conditional_run / "export" / "generator.pt"
+    model, args = tmp_path / "g.pt", ["--out", tmp_path / "grid.png"]
+    shutil.copy(source, model)
+    sidecar = json.loads(sidecar_path(source).read_text())
+    changes = {"kind 5": {"kind": 5}, "kind null": {"kind": None},
+               "format newline": {"format": "cpu\n"}}.get(case, {})
+    sidecar_path(model).write_text(json.dumps(sidecar | changes))
+    if case == "no code":
+        model = without_code(conditional_run, tmp_path)
+    elif case == "device newline":
+        args += ["--device", "cpu\n"]
+    elif case == "tensor folder":  # refused before sampling, not after the PNG is written
+        (tmp_path / "t.pt").mkdir()
+        args += ["--save-tensor", tmp_path / "t.pt"]
+    elif case == "name too long":
+        args = ["--out", tmp_path / ("a" * 300 + ".png")]
+    before = sorted(tmp_path.rglob("*"))
+    assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_python_module_load_errors_are_one_line(ext, conditional_run, tmp_path):
+    no_code = without_code(conditional_run, tmp_path)
+    no_so = damaged_package(conditional_run, tmp_path, "no .so")
+    lines = run_ext(ERROR_LINE + f"""
+error(lambda: E.Generator({str(no_code)!r}, "cpu"))
+error(lambda: E.Generator({str(no_so)!r}, "cpu"))
+error(lambda: E.Generator({str(no_code)!r}, "cpu\\n"))
+""")
+    assert lines[0].startswith(f"UsageError 1 cannot load {no_code} as TorchScript: Unknown type")
+    assert lines[1].startswith(f"UsageError 1 cannot load {no_so} as an AOTInductor package: ")
+    assert lines[2] == ('UsageError 1 device must be auto, cpu, cuda or cuda:<index>, '
+                        'got "cpu\\n"')

@@ -28,6 +28,23 @@ constexpr const char* kEmbedded = "sagan.json";  // sagan_plugin/export.py EMBED
 constexpr const char* kInterpreterError =
     "The following operation failed in the TorchScript interpreter";
 
+std::string one_line(const std::string& message) {
+  std::string text;
+  for (const char c : message) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte != 0x7f) {
+      text += c;
+    } else if (c == '\n') {
+      text += "\\n";
+    } else {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+      text += escaped;
+    }
+  }
+  return text;
+}
+
 std::string describe(const torch::Tensor& t) {
   if (!t.defined()) return "no tensor";
   std::ostringstream text;
@@ -115,6 +132,8 @@ void check_embedded(const ExportInfo& info, const std::string& embedded,
 
 }  // namespace
 
+UsageError::UsageError(const std::string& message) : std::runtime_error(one_line(message)) {}
+
 std::string error_message(const std::string& message) {
   std::istringstream text(message);
   std::string line, first, last;
@@ -163,7 +182,8 @@ ExportInfo read_export_info(const std::filesystem::path& model_path) {
   } catch (const nlohmann::json::exception&) {
     throw UsageError("sidecar " + sidecar.string() + " is not valid JSON");
   }
-  if (!doc.is_object() || doc.value("kind", "") != kExportKind)
+  // (value("kind", "") would throw nlohmann's own message for a kind that is no string)
+  if (!doc.is_object() || !doc.contains("kind") || doc.at("kind") != kExportKind)
     throw UsageError(sidecar.string() + " is not the sidecar of a sagan-plugin generator export");
 
   ExportInfo info;
@@ -252,6 +272,9 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
     } catch (const c10::Error& e) {
       throw UsageError("cannot load " + model_path.string() +
                        " as TorchScript: " + error_message(e.what_without_backtrace()));
+    } catch (const std::exception& e) {  // the TorchScript compiler's errors, std::out_of_range
+      throw UsageError("cannot load " + model_path.string() +
+                       " as TorchScript: " + error_message(e.what()));
     }
     script_->eval();
     check_embedded(info_, extra[kEmbedded], model_path);
@@ -268,6 +291,9 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
   } catch (const c10::Error& e) {
     throw UsageError("cannot load " + model_path.string() +
                      " as an AOTInductor package: " + error_message(e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // nlohmann's, for a damaged metadata file
+    throw UsageError("cannot load " + model_path.string() +
+                     " as an AOTInductor package: " + error_message(e.what()));
   }
   const auto metadata = package_->get_metadata();
   const auto embedded = metadata.find(kEmbedded);

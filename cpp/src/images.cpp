@@ -1,7 +1,10 @@
 #include "sagan/images.h"
 
 #include <array>
+#include <algorithm>
 #include <climits>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -27,7 +30,9 @@ void append_bytes(void* context, void* data, int size) {
 // stb filters (W*C + 1) * H bytes and deflates them into a buffer that may grow 1/8 past its
 // input (9-bit literals), all counted in int.
 bool fits_png(int64_t height, int64_t width, int64_t channels) {
-  return (width * channels + 1) * height <= INT_MAX / 9 * 8;
+  // In double: the int64 product overflows for the sizes this must refuse.
+  return (static_cast<double>(width) * static_cast<double>(channels) + 1) *
+             static_cast<double>(height) <= INT_MAX / 9 * 8;
 }
 
 // (H, W, C) uint8 -> PNG bytes.
@@ -60,11 +65,27 @@ namespace {
 constexpr int64_t kPad = 2;
 
 // {height, width} of the grid.
+// cols = ceil(sqrt(n)) (sample.py: isqrt(n - 1) + 1), found without overflow: counting up
+// from 1 took 3e9 steps for n near 2^63 and then, cols * cols overflowing, never stopped.
+int64_t grid_columns(int64_t n) {
+  if (n <= 1) return 1;
+  int64_t cols = std::max<int64_t>(1, static_cast<int64_t>(std::sqrt(static_cast<double>(n))) - 1);
+  while (cols <= (n - 1) / cols) ++cols;  // cols * cols < n, for n >= 1
+  return cols;
+}
+
+// {height, width} of the grid; saturates at INT64_MAX (a grid that large fits no PNG anyway).
 std::array<int64_t, 2> grid_size(int64_t n, int64_t height, int64_t width) {
-  int64_t cols = 1;
-  while (cols * cols < n) ++cols;
-  const int64_t rows = (n + cols - 1) / cols;
-  return {rows * (height + kPad) + kPad, cols * (width + kPad) + kPad};
+  const int64_t cols = grid_columns(n);
+  const int64_t rows = n <= 0 ? 0 : (n - 1) / cols + 1;
+  const auto side = [](int64_t count, int64_t size) {
+    int64_t total = 0;
+    if (__builtin_mul_overflow(count, size + kPad, &total) ||
+        __builtin_add_overflow(total, kPad, &total))
+      return std::numeric_limits<int64_t>::max();
+    return total;
+  };
+  return {side(rows, height), side(cols, width)};
 }
 
 }  // namespace
@@ -124,16 +145,33 @@ void check_writable(const fs::path& folder) {
 
 }  // namespace
 
+namespace {
+
+// What is at `path` (not_found when nothing); a path that cannot even be looked at (a name too
+// long, a loop of symbolic links) is refused now, not after the sampling run.
+fs::file_type output_type(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (status.type() == fs::file_type::none)
+    throw UsageError("cannot write to " + path + ": " + ec.message());
+  return status.type();
+}
+
+}  // namespace
+
 fs::path prepare_file(const std::string& path, const std::string& extension) {
   const fs::path file(path);
   if (path.empty() || path.back() == '/' || file.extension() != extension)
     throw UsageError("expected a file name ending in " + extension + ", got \"" + path + "\"");
+  // Else the rename after the sampling run fails, once the other outputs are written.
+  if (output_type(path) == fs::file_type::directory)
+    throw UsageError(path + " is a folder: expected a file name ending in " + extension);
   check_writable(file.has_parent_path() ? file.parent_path() : fs::path("."));
   return file;
 }
 
 OutputTarget prepare_output(const std::string& path) {
-  if (path.empty() || !(path.back() == '/' || fs::is_directory(path)))
+  if (path.empty() || !(path.back() == '/' || output_type(path) == fs::file_type::directory))
     return {prepare_file(path, ".png"), false};
   check_writable(path);
   return {fs::path(path), true};

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 
@@ -85,6 +86,29 @@ void refuse_overwriting_model(const std::string& option, const fs::path& output,
                               given.string() + ", the model's own file; write elsewhere");
   }
 }
+
+// AOTIModelPackageLoader unpacks a package into a folder under TMPDIR and removes it in its
+// destructor, which a constructor that throws (a damaged package) never reaches. So the program
+// gives it a TMPDIR of its own for its lifetime, removed at exit whatever happened. It is set
+// before any other thread runs (setenv is not thread-safe); without one, TMPDIR is left as is.
+class OwnTemporaryFolder {
+ public:
+  OwnTemporaryFolder() {
+    std::error_code ec;
+    std::string pattern = (fs::temp_directory_path(ec) / "sagan_sample_XXXXXX").string();
+    if (!ec && ::mkdtemp(pattern.data()) && ::setenv("TMPDIR", pattern.c_str(), 1) == 0)
+      path_ = pattern;
+  }
+  ~OwnTemporaryFolder() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  OwnTemporaryFolder(const OwnTemporaryFolder&) = delete;
+  OwnTemporaryFolder& operator=(const OwnTemporaryFolder&) = delete;
+
+ private:
+  fs::path path_;
+};
 
 int run(const Options& options) {
   // Check every output before the (possibly long) sampling run.
@@ -179,6 +203,7 @@ int main(int argc, char** argv) {
               << " (see sagan_sample --help)" << std::endl;
     return 2;
   }
+  const OwnTemporaryFolder temporary;
   try {
     if (app.count("--classes")) options.classes = *parse_classes(classes);
     return run(options);

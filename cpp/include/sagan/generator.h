@@ -23,10 +23,11 @@ struct Module;
 namespace sagan {
 
 // Bad input (a missing file, a sidecar that does not match, a class out of range): the message
-// is one line that says what was wrong and what is expected.
+// is one line that says what was wrong and what is expected. Control characters that it quotes
+// from the input (a newline in a path or a sidecar field) are escaped, as \n or \xHH.
 class UsageError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit UsageError(const std::string& message);
 };
 
 // The one line of an error message worth showing (pass a c10::Error's what_without_backtrace()):
