@@ -1,6 +1,7 @@
 """The host-compatibility shim: it acts only where its cause is present. Each case runs in a
 fresh interpreter, since the shim changes process-wide state."""
 
+import inspect
 import json
 import re
 import subprocess
@@ -223,6 +224,10 @@ def test_the_host_alone_brings_the_sqrtm_patch_for_both() -> None:
 def test_fid_code_on_a_scipy_whose_sqrtm_takes_disp_is_left_alone() -> None:
     out = _python("""
         import scipy.linalg
+        scipy_sqrtm = scipy.linalg.sqrtm
+        def sqrtm(A, disp=True, blocksize=64):  # scipy < 1.18's signature, on any scipy
+            return scipy_sqrtm(A) if disp else (scipy_sqrtm(A), 0.0)
+        scipy.linalg.sqrtm = sqrtm
         import torch_mimicry
     """, FID_THREE_WAYS, """
         import pytorch_fid.fid_score
@@ -241,7 +246,12 @@ def test_sqrtm_disp_false_returns_scipys_error_estimate() -> None:
     a = rng.normal(size=(40, 8))
     matrix = np.cov(a, rowvar=False) @ np.cov(a[::-1] ** 2, rowvar=False)
     root, error = _LinalgWithDisp(scipy.linalg).sqrtm(matrix, disp=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # disp, on the scipy that has it
-        scipy_root, scipy_error = scipy.linalg.sqrtm(matrix, disp=False)
-    assert np.array_equal(root, scipy_root) and error == scipy_error and 0 < error < 1e-20
+    assert np.allclose(root @ root, matrix)
+    # scipy's estimate as its documentation gives it, and as scipy < 1.18 returned it
+    assert error == np.linalg.norm(root @ root - matrix) ** 2 / np.linalg.norm(matrix)
+    assert 0 < error < 1e-20
+    if "disp" in inspect.signature(scipy.linalg.sqrtm).parameters:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # disp, where it still is
+            scipy_root, scipy_error = scipy.linalg.sqrtm(matrix, disp=False)
+        assert np.array_equal(root, scipy_root) and error == scipy_error
