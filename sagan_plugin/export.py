@@ -105,10 +105,12 @@ def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: 
                        embedded: str) -> None:
     # Through memory: a write that fails inside torch's zip writer (a full disk) ends the
     # process from a destructor, an abort with no cleanup; Python's own write raises OSError.
+    # A copy of the bytes, not a view: a failed write's traceback keeps the view and its
+    # BytesIO in a reference cycle, whose collection at exit crashed Python 3.12.1 (torch 2.11).
     buffer = io.BytesIO()
     with _quiet_known_notices():
         torch.jit.save(torch.jit.trace(module, example), buffer, _extra_files={EMBEDDED: embedded})
-    path.write_bytes(buffer.getbuffer())
+    path.write_bytes(buffer.getvalue())
 
 
 def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
