@@ -88,6 +88,11 @@ def read_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt["model_state_dict"], dict) or not isinstance(ckpt["global_step"], int):
         raise CorruptCheckpoint(f"{path} is not a checkpoint: model_state_dict must be a dict "
                                 "and global_step an integer")
+    wrong = [key for key in ("optimizer_state_dict", "ema_state_dict", "model")
+             if not isinstance(ckpt.get(key), dict | None)]
+    if wrong:
+        raise CorruptCheckpoint(f"{path} is not a checkpoint: {', '.join(wrong)} must be a dict "
+                                f"(or null), got {type(ckpt[wrong[0]]).__name__}")
     return ckpt
 
 

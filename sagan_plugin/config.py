@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.nodes import StringNode
 from torch import nn
 
 from sagan_plugin.datasets import get_dataset
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.precision import PRECISIONS, SDPA_BACKENDS
 from sagan_plugin.registry import ModelFamily, get_model
 from sagan_plugin.schema import (
@@ -159,9 +161,12 @@ def dotlist(tokens: Sequence[str], command: str = "") -> DictConfig:
     check_tokens(tokens, command)
     try:
         return OmegaConf.from_dotlist(list(tokens))
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, yaml.YAMLError) as error:  # classes=, gives YAML's error
         prefix = f"{command}: " if command else ""
-        raise UsageError(f"{prefix}cannot parse {' '.join(tokens)!r}: {error.msg}") from None
+        text = error.msg if isinstance(error, OmegaConfBaseException) else (
+            getattr(error, "problem", None) or str(error))  # YAML's first line is its context
+        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        raise UsageError(f"{prefix}cannot parse {' '.join(tokens)!r}: {reason}") from None
 
 
 def run_overrides(tokens: Sequence[str]) -> DictConfig:
@@ -247,6 +252,9 @@ def compose_saved(saved: Any, source: str, overrides: Sequence[str] = ()) -> Dic
         if not isinstance(names[section], str):
             raise UsageError(f"{source} is not a run configuration: it needs a {section} "
                              f"section with a name")
+    if "train" in saved and not isinstance(saved["train"], dict):  # null would erase it
+        raise UsageError(f"{source} is not a run configuration: its train section must be a "
+                         f"mapping of keys, got {saved['train']!r}")
     try:
         cfg, family = _presets(names["model"], names["data"])
         _merge(cfg, saved, source)
@@ -271,7 +279,7 @@ def _presets(model: str, data: str) -> tuple[DictConfig, ModelFamily]:
         "model": OmegaConf.structured(_model_schema(family)),
         "data": OmegaConf.structured(DataConfig(name=data)),
         "train": OmegaConf.structured(TrainConfig()),
-        "run_dir": None,  # null: runs/<model>_<data>
+        "run_dir": StringNode(None),  # a path (typed, as every key); null: runs/<model>_<data>
     })
     _merge(cfg, {"model": family.defaults.get("model", {}),
                  "train": family.defaults.get("train", {})}, f"preset of model {family.name}")
@@ -283,6 +291,9 @@ def _presets(model: str, data: str) -> tuple[DictConfig, ModelFamily]:
 def _merge(cfg: DictConfig, values: Any, source: str) -> None:
     try:
         cfg.merge_with(values)
+        # Interpolations (key=${other}) resolve here, not when a value is first read: a
+        # missing key or a value of the wrong type is then an error like any bad value.
+        OmegaConf.resolve(cfg)
     except ConfigKeyError as error:
         section = error.full_key.rpartition(".")[0]
         node = OmegaConf.select(cfg, section) if section else cfg
@@ -293,9 +304,24 @@ def _merge(cfg: DictConfig, values: Any, source: str) -> None:
                          + (f" (did you mean {' or '.join(meant)}?)" if meant else "")
                          + (f"; keys of {section or 'the top level'}: {known}" if known else "")
                          ) from None
-    except ValidationError as error:
-        raise UsageError(f"bad value for {error.full_key} in {source}: "
+    except OmegaConfBaseException as error:  # a wrong type, a mapping for a list, ${nope}
+        key = error.full_key or " or ".join(_mappings_for_values(cfg, values)) or "a key"
+        raise UsageError(f"bad value for {key} in {source}: "
                          f"{error.msg.splitlines()[0]}") from None
+
+
+def _mappings_for_values(cfg: DictConfig, values: Any, prefix: str = "") -> list[str]:
+    """The keys that `values` gives a mapping where cfg has no section (OmegaConf's error for
+    one, data.classes={a:1}, names no key)."""
+    keys = []
+    for key, value in (values.items() if isinstance(values, Mapping | DictConfig) else ()):
+        if isinstance(value, Mapping | DictConfig):
+            name = f"{prefix}{key}"
+            if isinstance(OmegaConf.select(cfg, name), DictConfig):
+                keys += _mappings_for_values(cfg, value, f"{name}.")
+            else:
+                keys.append(name)
+    return keys
 
 
 def _derive(cfg: DictConfig, family: ModelFamily) -> None:
@@ -341,6 +367,7 @@ def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
     overrides = dotlist(argv, command)
     try:
         config.merge_with(overrides)
+        OmegaConf.resolve(config)  # key=${other}: resolved now, its errors as a bad override's
     except ConfigKeyError as error:  # OmegaConf's message names the schema's class
         fields = list(schema.__dataclass_fields__)
         close = difflib.get_close_matches(error.full_key, fields, n=1)
@@ -388,8 +415,8 @@ def build_models(cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
     family = get_model(cfg.model.name)
     try:
         return family.build(cfg.model.resolution, cfg.model.num_classes, **arch_kwargs(cfg.model))
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"cannot build model {family.name}: {error}") from None
+    except (ValueError, TypeError) as error:  # torch's may add its C++ frames: one line
+        raise UsageError(f"cannot build model {family.name}: {first_line(error)}") from None
     except RuntimeError as error:  # the allocator's "can't allocate memory", and OOM on GPUs
         if "allocate" not in str(error):
             raise

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
@@ -75,7 +76,12 @@ class EvalConfig:
 
 
 def parse_metrics(value: Any) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value or [])
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, Sequence | ListConfig):
+        items = list(value)
+    else:  # null, or a lone number or boolean (metrics=5): not a list of names
+        items = [] if value is None else [value]
     names = [str(m).strip().lower() for m in items if str(m).strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:

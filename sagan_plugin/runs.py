@@ -145,6 +145,9 @@ def resolve_checkpoint(path: str | Path, step: int | None = None) -> tuple[Path,
         if path.parent.parent.name != "checkpoints" or path.parent.name != "netG":
             raise UsageError(f"{path} is not a netG checkpoint of a run folder: expected "
                              "RUN/checkpoints/netG/netG_<step>_steps.pth, or the run folder")
+        if step is not None and step != step_of(path):  # else step= would be ignored
+            raise UsageError(f"{path} is one checkpoint file: leave out step={step} (it picks "
+                             f"a checkpoint of a run folder: run={path.parents[2]})")
         return path.parents[2], path
     if not path.is_dir():
         raise UsageError(f"{path} does not exist: expected a run folder or a netG checkpoint")

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sagan_plugin.checkpoint import checkpoint_steps
 from sagan_plugin.config import build_models, compose, parse_overrides, resolve_device
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.machine import git_commit
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.schema import at_least, option
@@ -98,9 +98,13 @@ def load_study(spec: str) -> DictConfig:
         _check_configurations(preset.get("configurations"), spec)
         study = OmegaConf.merge(OmegaConf.structured(Study), preset)
         OmegaConf.to_container(study, throw_on_missing=True)
+        OmegaConf.resolve(study)  # ${...} in the file (overrides too): its errors are a field's
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise UsageError(f"study {spec}: bad field {key}: {error.msg.splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as error:  # a binary file, a folder named .yaml
+        raise UsageError(f"cannot read study file {spec}: "
+                         f"{getattr(error, 'strerror', None) or first_line(error)}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -149,6 +153,10 @@ def plan(options: Any, run_overrides: list[str] = ()) -> tuple[DictConfig, list[
         raise UsageError(f"study {name}: curve_every must be at least 0 and curve_n at least "
                          f"2, got curve_every={study.curve_every} curve_n={study.curve_n}")
     names = [c.name for c in study.configurations]
+    odd = [n for n in names if n in ("", ".", "..") or "/" in n or "\0" in n]
+    if odd:  # a name is a folder under runs=: ../x or /x would put a run elsewhere
+        raise UsageError(f"study {name}: configuration name {odd[0]!r} is not a plain folder "
+                         "name (no /, not empty, . or ..)")
     if not names or len(set(names)) != len(names):
         raise UsageError(f"study {name}: configurations need distinct names, got "
                          f"{names}")

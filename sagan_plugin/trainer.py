@@ -41,7 +41,7 @@ from sagan_plugin.checkpoint import (
 )
 from sagan_plugin.distributed import EpochSampler, World, gather_to_main, info, max_over_ranks
 from sagan_plugin.ema import EMA
-from sagan_plugin.errors import UsageError
+from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, LRScheduler, MetricLog, Trainer
 from sagan_plugin.registry import eval_mode
@@ -330,7 +330,13 @@ class SAGANTrainer(Trainer):
                 info(f"the checkpoint of step {step} has no optimizer state; Adam "
                      "starts afresh")
             else:
-                opt.load_state_dict(ckpt["optimizer_state_dict"])
+                try:
+                    opt.load_state_dict(ckpt["optimizer_state_dict"])
+                except (KeyError, ValueError, TypeError) as error:  # {}, another optimizer's
+                    which = "netG" if net is self.netG else "netD"
+                    raise UsageError(f"the checkpoint of step {step} in {run_dir} holds no "
+                                     f"usable optimizer state for {which}: "
+                                     f"{type(error).__name__} {first_line(error)}") from None
         self._restore_ema(ckpts["netG"], step)
         self._restore_training_state(ckpts["netG"].get("training_state"))
         return step

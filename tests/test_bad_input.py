@@ -82,6 +82,15 @@ TRAIN_CASES = [
                            "family, with its presets"),
     (["data.name=celeba_64"], "data.name is not an override: data=celeba_64 chooses the data set"),
     (["run_dir="], "run_dir= has no value: expected run_dir=VALUE"),
+    # interpolations resolve with the overrides: their errors are a bad value's
+    (["train.steps=${{nope}}"], "bad value for train.steps in override: Interpolation key 'nope' "
+                              "not found"),
+    (["train.lr_g=${{oc.env:HOME}}"], "bad value for train.lr_g in override: While dereferencing"),
+    (["train.seed=${{train.seed}}"], "bad value for train.seed in override: Recursive"),
+    (["data.classes={{a:1}}"], "bad value for data.classes in override: Cannot merge incompatible"),
+    (["run_dir=[1,2]"], "bad value for run_dir in override: Cannot convert 'ListConfig' to string"),
+    (["run_dir={{a:1}}"], "bad value for run_dir in override"),
+    (["model.nz=99999999999999999999999"], "cannot build model sagan: "),
     (["model="], "model= has no value"),
     (["data=fashion_mnist", "data.root="], "data.root= has no value"),
     (["data=stl10_48"], "model sagan does not support 48x48 images"),
@@ -123,6 +132,12 @@ RUN_CASES = [
     ("sample", ["out=/proc/x.png"], "cannot write"),
     ("sample", ["out={tmp}/x.jpg"], "must end in .png"),
     ("sample", ["out="], "sample: out= has no value"),
+    ("sample", ["classes=,"], "sample: cannot parse 'run="),
+    ("sample", ["n=${{{{x}}}}"], "token recognition error at: '{{'"),
+    ("sample", ["n=${{n}}"], "sample: bad override for n: Recursive interpolation detected"),
+    ("sample", ["run=${{nope}}"],
+     "sample: bad override for run: Interpolation key 'nope' not found"),
+    ("sample", ["seed=${{oc.env:HOME}}"], "sample: bad override for seed: While dereferencing"),
     # a run folder with config.yaml: its model is the saved one, not one given again
     ("sample", ["model=sagan"], "config.yaml: leave out model=sagan (data.KEY=VALUE may"),
     ("sample", ["model.ngf=16"], "leave out model.ngf=16"),
@@ -132,6 +147,10 @@ RUN_CASES = [
     ("eval", ["data.name=celeba_64"], "data.name is not an override: data=celeba_64 chooses"),
     ("eval", ["metrics=[]"], "is not a list of fid, kid, is"),
     ("eval", ["metrics=bogus"], "metrics=bogus is not a list"),
+    ("eval", ["steps=,"], "did not find expected node content"),
+    ("eval", ["metrics=5"], "metrics=5 is not a list of fid, kid, is"),
+    ("eval", ["metrics=true"], "metrics=True is not a list of fid, kid, is"),
+    ("eval", ["n=${{nope}}"], "eval: bad override for n: Interpolation key 'nope' not found"),
     ("eval", ["n=1"], "eval: n must be at least 2, got 1"),
     ("eval", ["n=1000000000000"], "n=1000000000000 (Inception features) needs about"),
     ("eval", ["n_real=0"], "eval: n_real must be at least 2"),
@@ -150,6 +169,7 @@ RUN_CASES = [
     ("eval", ["stats_cache={file}"], "output directory {file}: {file} is not a folder"),
     # export
     ("export", ["format=onnx"], "export: format must be one of torchscript, aoti"),
+    ("export", ["step=${{oc.decode:5}}"], "export: bad override for step: TypeError raised while"),
     ("export", ["step=999"], "has no checkpoint at step 999"),
     ("export", ["out=/proc/x.pt"], "cannot write"),
     ("export", ["out={file}/g.pt"], "cannot write"),
@@ -158,6 +178,7 @@ RUN_CASES = [
     ("export", ["out={sidecar_taken}"], "out's sidecar={sidecar_taken}.json is a folder"),
     # viz
     ("viz", ["what=bogus"], "what=bogus: expected grid, attention"),
+    ("viz", ["scale=${{nope}}"], "viz: bad override for scale: Interpolation key 'nope' not found"),
     ("viz", ["per_class=0"], "viz: per_class must be at least 1"),
     ("viz", ["images=0"], "viz: images must be at least 1"),
     ("viz", ["images=100000000"], "attention maps of images=100000000 needs about"),
@@ -178,6 +199,14 @@ FOLDER_CASES = [
     ("impossible_model", "unknown model 'nogan'"),
     ("impossible_width", "config.yaml: model.ngf must be at least 1"),
     ("unknown_key", "unknown key 'train.colour'"),
+    ("interpolated_steps", "interpolated_steps/config.yaml: Interpolation key 'nope' not found"),
+    ("mapping_for_classes", "bad value for data.classes in "),
+    ("list_run_dir", "bad value for run_dir in "),
+    ("null_train", "null_train/config.yaml is not a run configuration: its train section must "
+                   "be a mapping of keys, got None"),
+    ("list_ema_checkpoint", "is not a checkpoint: ema_state_dict must be a dict (or null), got "
+                            "list"),
+    ("str_model_checkpoint", "is not a checkpoint: model must be a dict (or null), got str"),
     ("list_checkpoint", "is not a checkpoint: it holds a list"),
     ("tensor_checkpoint", "is not a checkpoint: it holds a Tensor"),
     ("keyless_checkpoint", "is not a checkpoint: it has no model_state_dict"),
@@ -246,6 +275,12 @@ def places(tmp_path_factory) -> dict[str, Path]:
     damaged("impossible_model", edited(model={"name": "nogan"}))
     damaged("impossible_width", edited(model={"ngf": 0}))
     damaged("unknown_key", edited(train={"colour": "blue"}))
+    damaged("interpolated_steps", edited(train={"steps": "${nope}"}))
+    damaged("mapping_for_classes", edited(data={"classes": {"a": 1}}))
+    damaged("list_run_dir", edited() + "run_dir: [1]\n")
+    damaged("null_train", edited() + "train: null\n")
+    damaged("list_ema_checkpoint", checkpoint={**ckpt, "ema_state_dict": [1]})
+    damaged("str_model_checkpoint", checkpoint={**ckpt, "model": "sagan"})
     damaged("list_checkpoint", checkpoint=[1, 2, 3])
     damaged("tensor_checkpoint", checkpoint=torch.zeros(3))
     damaged("keyless_checkpoint", checkpoint={"weights": {}})
@@ -363,3 +398,28 @@ def test_a_damaged_latest_checkpoint_names_the_step_before_it(places: dict[str, 
                         f"archive: failed finding central directory); step={STEP} reads the one "
                         f"before it"), err
     assert cli(["sample", f"run={run}", "n=2", f"step={STEP}", f"out={tmp_path}/grid.png"]) == 0
+
+
+def test_a_checkpoint_file_with_another_step_is_refused(places: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """step= picks a checkpoint of a run folder: with a checkpoint file it would be ignored."""
+    ckpt = checkpoint_path(places["run"], STEP)
+    for command, out in (("sample", "grid.png"), ("export", "g.pt"), ("viz", "viz")):
+        _refused([command, f"run={ckpt}", f"step={STEP + 1}", f"out={tmp_path}/{out}"],
+                 f"{ckpt} is one checkpoint file: leave out step={STEP + 1}", places, tmp_path,
+                 capsys)
+    assert cli(["sample", f"run={ckpt}", f"step={STEP}", f"out={tmp_path}/grid.png"]) == 0
+
+
+def test_a_checkpoint_without_optimizer_state_is_refused_on_resuming(
+        places: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """make_run's checkpoints hold an empty optimizer state, as a damaged file could."""
+    run = tmp_path / "run"
+    shutil.copytree(places["run"], run)
+    before = folder_contents(run)
+    capsys.readouterr()
+    assert cli(["train", f"run_dir={run}", f"train.steps={STEP + 2}", "data.num_workers=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert f"the checkpoint of step {STEP} in {run} holds no usable optimizer state" in err, err
+    assert folder_contents(run) == before

@@ -366,6 +366,14 @@ def test_compare_under_torchrun_is_refused(monkeypatch, tmp_path: Path,
      "configurations need distinct names, got ['a', 'a']"),  # were they let through: tiny runs
     ("seeds: 0\nconfigurations: [{name: a, model: sagan}]",
      "steps and seeds must be at least 1, got steps=2 seeds=0"),
+    # a configuration's name is a folder under runs=: it must not lead out of it
+    ("configurations: [{name: ../../away, model: sagan}]",
+     "configuration name '../../away' is not a plain folder name"),
+    ("configurations: [{name: /tmp/away, model: sagan}]",
+     "configuration name '/tmp/away' is not a plain folder name"),
+    ("configurations: [{name: '', model: sagan}]", "configuration name '' is not a plain"),
+    ("configurations: [{name: a, model: sagan, overrides: ['model.ngf=${nope}']}]",
+     "bad field configurations[0].overrides[0]: Interpolation key 'nope' not found"),
 ])
 def test_a_study_file_names_the_configuration_and_field_that_is_wrong(
         text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -374,6 +382,15 @@ def test_a_study_file_names_the_configuration_and_field_that_is_wrong(
     assert _compare(f"study={study}", f"runs={tmp_path / 'runs'}", f"out={tmp_path}") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_study_file_that_is_not_text_is_refused(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    study = tmp_path / "binary.yaml"
+    study.write_bytes(b"\xff\xfe\x00garbage")
+    assert _compare(f"study={study}", f"runs={tmp_path / 'runs'}", f"out={tmp_path}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot read study file {study}: " in err, err
 
 
 def test_a_preset_asked_for_as_a_file_says_so(capsys: pytest.CaptureFixture) -> None:
