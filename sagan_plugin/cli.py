@@ -14,6 +14,7 @@ import warnings
 from typing import NoReturn
 
 from sagan_plugin.errors import PluginWarning, UsageError, first_line
+from sagan_plugin.overrides import refuse_repeated_keys
 from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated
 
 # Subcommand -> ("module:function" taking the key=value tokens, "module:Schema" of its keys,
@@ -188,6 +189,7 @@ def _main(argv: list[str]) -> int:
         return UsageError.exit_code
     module_name, function_name = COMMANDS[args.command][0].split(":")
     try:
+        refuse_repeated_keys(args.overrides, args.command)
         command = getattr(importlib.import_module(module_name), function_name)
         command(args.overrides)
     except UsageError as error:

@@ -10,13 +10,11 @@ from the chosen family's preset: a null default there means an optional integer.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import StringNode
@@ -24,6 +22,7 @@ from torch import nn
 
 from sagan_plugin.datasets import get_dataset
 from sagan_plugin.errors import UsageError, first_line
+from sagan_plugin.overrides import SELECTORS, check_tokens, run_overrides
 from sagan_plugin.precision import PRECISIONS, SDPA_BACKENDS
 from sagan_plugin.registry import ModelFamily, get_model
 from sagan_plugin.schema import (
@@ -42,7 +41,6 @@ from sagan_plugin.schema import (
 
 DEFAULT_MODEL = "sagan"
 DEFAULT_DATA = "procedural"
-SELECTORS = ("model", "data")
 # Which model a model section is, as checkpoints record it; its other keys are the family's
 # architecture arguments.
 MODEL_INFO_KEYS = ("name", "resolution", "num_classes")
@@ -143,46 +141,6 @@ def _model_schema(family: ModelFamily) -> type:
     return dataclasses.make_dataclass(f"{family.name}_model", fields)
 
 
-def check_tokens(tokens: Sequence[str], command: str = "") -> None:
-    """Refuse a token without `=` or without a value: OmegaConf reads `key=` as null, so a value
-    that the shell lost (`run_dir=$UNSET`) would silently mean the default."""
-    prefix = f"{command}: " if command else ""
-    for token in tokens:
-        key, sep, value = token.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{prefix}expected key=value, got {token!r}")
-        if not value:
-            null = "" if key in SELECTORS else f" ({key}=null where the key may be null)"
-            raise UsageError(f"{prefix}{key}= has no value: expected {key}=VALUE{null}")
-
-
-def dotlist(tokens: Sequence[str], command: str = "") -> DictConfig:
-    """Checked key=value tokens as a config (dotted keys nest)."""
-    check_tokens(tokens, command)
-    try:
-        return OmegaConf.from_dotlist(list(tokens))
-    except (OmegaConfBaseException, yaml.YAMLError) as error:  # classes=, gives YAML's error
-        prefix = f"{command}: " if command else ""
-        text = error.msg if isinstance(error, OmegaConfBaseException) else (
-            getattr(error, "problem", None) or str(error))  # YAML's first line is its context
-        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        raise UsageError(f"{prefix}cannot parse {' '.join(tokens)!r}: {reason}") from None
-
-
-def run_overrides(tokens: Sequence[str]) -> DictConfig:
-    """`key=value` tokens for a run configuration, as a config. model.name and data.name are
-    refused: model= and data= choose them together with that family's or data set's presets
-    and keys, and renaming a section alone would build one thing configured as another."""
-    for token in tokens:
-        key, _, value = token.partition("=")
-        section, _, field_name = key.partition(".")
-        if section in SELECTORS and field_name == "name":
-            chosen = "model family" if section == "model" else "data set"
-            raise UsageError(f"{key} is not an override: {section}={value} chooses the "
-                             f"{chosen}, with its presets")
-    return dotlist(tokens)
-
-
 def compose(argv: list[str]) -> DictConfig:
     """The full, validated run configuration from `model=`, `data=` and `key=value` tokens."""
     check_tokens(argv)
@@ -195,7 +153,7 @@ def compose(argv: list[str]) -> DictConfig:
         else:
             overrides.append(token)
     cfg, family = _presets(chosen["model"], chosen["data"])
-    _merge(cfg, run_overrides(overrides), "override")
+    _merge(cfg, run_overrides(overrides, cfg), "override")
     _configure_data(cfg)
     _derive(cfg, family)
     return cfg
@@ -261,7 +219,7 @@ def compose_saved(saved: Any, source: str, overrides: Sequence[str] = ()) -> Dic
     except UsageError as error:
         message = str(error)
         raise UsageError(message if source in message else f"{source}: {message}") from None
-    _merge(cfg, run_overrides(overrides), "override")
+    _merge(cfg, run_overrides(overrides, cfg), "override")
     try:
         _derive(cfg, family)
     except UsageError as error:
@@ -358,35 +316,6 @@ def _derive(cfg: DictConfig, family: ModelFamily) -> None:
         train.batch_size = family.defaults.get("batch_size", {}).get(model.resolution, 64)
     if cfg.run_dir is None:
         cfg.run_dir = f"runs/{family.name}_{data.name}"
-
-
-def parse_overrides(schema: type, argv: Sequence[str], command: str) -> Any:
-    """A typed config of `schema` (a dataclass) from key=value tokens; bad input -> UsageError."""
-    config = OmegaConf.structured(schema)
-    OmegaConf.set_struct(config, True)
-    overrides = dotlist(argv, command)
-    try:
-        config.merge_with(overrides)
-        OmegaConf.resolve(config)  # key=${other}: resolved now, its errors as a bad override's
-    except ConfigKeyError as error:  # OmegaConf's message names the schema's class
-        fields = list(schema.__dataclass_fields__)
-        close = difflib.get_close_matches(error.full_key, fields, n=1)
-        raise UsageError(f"{command}: unknown key {error.full_key!r}"
-                         + (f" (did you mean {close[0]}?)" if close else "")
-                         + f"; keys: {', '.join(fields)}") from None
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        fields = ", ".join(schema.__dataclass_fields__)
-        raise UsageError(f"{command}: bad override for {key}: {error.msg.splitlines()[0]} "
-                         f"(keys: {fields})") from None
-    missing = sorted(OmegaConf.missing_keys(config))
-    if missing:
-        raise UsageError(f"{command}: {', '.join(missing)}=... is required")
-    try:
-        validate(config, schema)
-    except UsageError as error:
-        raise UsageError(f"{command}: {error}") from None
-    return config
 
 
 def resolve_device(name: str, option: str = "device") -> torch.device:

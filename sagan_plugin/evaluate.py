@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from omegaconf import ListConfig, OmegaConf
 
-from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_output_file, check_writable, write_json
 from sagan_plugin.metrics.features import (
@@ -42,6 +41,7 @@ from sagan_plugin.metrics.scoring import (
     warn_if_biased,
 )
 from sagan_plugin.metrics.weights import resolve_weights
+from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.schema import SEED, at_least, option
 
 METRICS = ("fid", "kid", "is")

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sagan_plugin.config import parse_overrides
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_output_file, check_writable, failures_named_by, file_digest
+from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
 from sagan_plugin.schema import ema_option, one_of, option, run_option, step_option

@@ -40,15 +40,9 @@ from sagan_plugin.checkpoint import (
     state_dict_mismatch,
     step_of,
 )
-from sagan_plugin.config import (
-    MODEL_INFO_KEYS,
-    SELECTORS,
-    build_models,
-    compose,
-    compose_saved,
-    run_overrides,
-)
+from sagan_plugin.config import MODEL_INFO_KEYS, build_models, compose, compose_saved
 from sagan_plugin.errors import UsageError, first_line
+from sagan_plugin.overrides import SELECTORS, run_overrides
 
 CONFIG_FILE = "config.yaml"
 MIMICRY_PARAMS = "params.json"  # what Mimicry's Trainer writes (ours too)

@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from sagan_plugin.config import parse_overrides, resolve_device
+from sagan_plugin.config import resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_atomically
 from sagan_plugin.machine import require_memory
+from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.registry import class_count, generate
 from sagan_plugin.schema import SEED, at_least, ema_option, option, run_option, step_option
 

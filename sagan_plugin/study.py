@@ -30,9 +30,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sagan_plugin.checkpoint import checkpoint_steps
-from sagan_plugin.config import build_models, compose, parse_overrides, resolve_device
+from sagan_plugin.config import build_models, compose, resolve_device
 from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.machine import git_commit
+from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.schema import at_least, option
 from sagan_plugin.study_runs import Job, default_parallel, execute

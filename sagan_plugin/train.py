@@ -18,14 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sagan_plugin.checkpoint import NETS, checkpoint_steps
-from sagan_plugin.config import (
-    SELECTORS,
-    build_models,
-    check_tokens,
-    compose,
-    compose_saved,
-    resolve_device,
-)
+from sagan_plugin.config import build_models, compose, compose_saved, resolve_device
 from sagan_plugin.data import build_dataloader, build_dataset
 from sagan_plugin.distributed import (
     EpochSampler,
@@ -43,6 +36,7 @@ from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_atomically
 from sagan_plugin.nets.layers import set_bn_group
+from sagan_plugin.overrides import SELECTORS, check_tokens
 from sagan_plugin.precision import check_options, prepare_for_training, step_context
 from sagan_plugin.runs import (
     CONFIG_FILE,

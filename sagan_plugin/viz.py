@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from sagan_plugin.config import parse_overrides, resolve_device
+from sagan_plugin.config import resolve_device
 from sagan_plugin.errors import UsageError
 from sagan_plugin.files import check_writable, write_json, write_npz
 from sagan_plugin.image_folder import IMAGE_SUFFIXES
 from sagan_plugin.machine import require_memory
+from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import (
     GRID_PADDING,

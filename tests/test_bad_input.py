@@ -115,11 +115,19 @@ TRAIN_CASES = [
     (["run_dir={file}/run"], "cannot write to run folder {file}/run: {file} is not a folder"),
     (["run_dir={bad_yaml}"], "bad_yaml/config.yaml: "),
     (["run_dir={list_yaml}"], "is not a run configuration: expected a mapping"),
+    # one reading of each key: as its type, and given once
+    (["train.compile=5"], "train.compile=5 is not a boolean: expected true or false"),
+    (["train.deterministic=-1"], "train.deterministic=-1 is not a boolean"),
+    (["train.compile=true", "train.compile=false"], "train: train.compile is given twice "
+     "(train.compile=true and train.compile=false); give it once"),
+    (["model=sagan", "model=sngan"], "train: model is given twice"),
 ]
 
 RUN_CASES = [
     # sample
     ("sample", ["n=0"], "sample: n must be at least 1, got 0"),
+    ("sample", ["ema=2"], "sample: ema=2 is not a boolean: expected true or false"),
+    ("sample", ["n=4", "n=8"], "sample: n is given twice (n=4 and n=8); give it once"),
     ("sample", ["n=1000000000000"], "a grid of n=1000000000000 images needs about"),
     ("sample", ["n=1000000000000", "out={tmp}/many/"], "PNG files need at least"),
     ("sample", ["seed=-1"], "sample: seed must be an integer in [0, 2^63 - 1], got -1"),
@@ -316,10 +324,16 @@ def _refused(argv: list[str], message: str, places: dict[str, Path], tmp: Path,
     assert sorted(tmp.rglob("*")) == before, "something was written"
 
 
+def _overridden(base: list[str], args: list[str]) -> list[str]:
+    """base's tokens but those whose key args sets (a key given twice is refused), then args."""
+    keys = {a.partition("=")[0] for a in args}
+    return [t for t in base if t.partition("=")[0] not in keys] + args
+
+
 @pytest.mark.parametrize("args, message", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
 def test_bad_training_input(args: list[str], message: str, places: dict[str, Path],
                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _refused(["train", *TRAIN, *args], message, places, tmp_path, capsys)
+    _refused(["train", *_overridden(TRAIN, args)], message, places, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("command, args, message", RUN_CASES,
@@ -330,7 +344,8 @@ def test_bad_input_to_commands_that_read_a_run(command: str, args: list[str], me
     out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path}/{OUT[command]}"]
     if command == "eval":
         out.append("inception_weights={file}")  # no Inception loads if a case is let through
-    _refused([command, "run={run}", *args, *out], message, places, tmp_path, capsys)
+    _refused([command, *_overridden(["run={run}", *out], args)], message, places, tmp_path,
+             capsys)
 
 
 @pytest.mark.parametrize("command", ["sample", "eval", "export", "viz", "train"])

@@ -142,3 +142,15 @@ def test_what_a_mimicry_user_types_by_habit_says_what_to_give(argv, said, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and said in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["0x10", "1e3", "007", "true", "1_000", "2026-12-07"])
+def test_a_string_key_keeps_the_text_given_where_yaml_would_read_a_number(text: str) -> None:
+    from sagan_plugin.config import compose
+    from sagan_plugin.overrides import parse_overrides
+    from sagan_plugin.sample import SampleConfig
+
+    cfg = compose([f"run_dir={text}", f"data.root={text}", "model.ngf=0x10"])
+    assert (cfg.run_dir, cfg.data.root, cfg.model.ngf) == (text, text, 16)
+    sample = parse_overrides(SampleConfig, [f"run={text}", f"out={text}"], "sample")
+    assert (sample.run, sample.out) == (text, text)

@@ -282,7 +282,8 @@ def test_another_device_scores_nothing_again(smoke: Path, tmp_path: Path,
 
 
 def test_run_keys_on_the_command_line_apply_to_every_run(tmp_path: Path) -> None:
-    from sagan_plugin.config import compose, parse_overrides
+    from sagan_plugin.config import compose
+    from sagan_plugin.overrides import parse_overrides
 
     options = parse_overrides(study_module.CompareOptions, ["study=smoke", f"runs={tmp_path}"],
                               "compare")
@@ -295,7 +296,8 @@ def test_each_run_gets_the_study_s_settings_with_its_configuration_s_overrides_l
         tmp_path: Path) -> None:
     """Per run: the options over the study's steps, seeds and n, the configuration's overrides
     over the study's, and the FID curve's interval and image count."""
-    from sagan_plugin.config import compose, parse_overrides
+    from sagan_plugin.config import compose
+    from sagan_plugin.overrides import parse_overrides
 
     study = tmp_path / "mine.yaml"
     study.write_text("data: procedural\nsteps: 3\nseeds: 3\nn: 50\ncurve_every: 2\n"
@@ -407,7 +409,7 @@ def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
     from omegaconf import OmegaConf
 
     from sagan_plugin import train
-    from sagan_plugin.config import parse_overrides
+    from sagan_plugin.overrides import parse_overrides
     from sagan_plugin.stopping import Interrupted
 
     study = tmp_path / "one.yaml"
