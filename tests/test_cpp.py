@@ -265,6 +265,45 @@ error(lambda: E.Generator({str(legacy)!r}, "cpu").forward(torch.randn(2, 64),
     assert lines[6].startswith("RuntimeError 1 RuntimeError: mat1 and mat2 shapes"), lines[6]
 
 
+def test_python_module_refuses_arguments_of_the_wrong_type_in_one_line(ext, conditional_run):
+    # pybind11's own error: the signature and the repr of every argument, over 4 lines and more.
+    model = conditional_run / "export" / "generator.pt"
+    lines = run_ext(ERROR_LINE + f"""
+import numpy as np
+from pathlib import Path
+g = E.Generator(Path({str(model)!r}), "cpu")
+error(lambda: g.sample("3"))
+error(lambda: g.sample(2.0))
+error(lambda: g.sample(2**64))
+error(lambda: g.sample(2, seed=1.5))
+error(lambda: g.sample(2, classes=3))
+error(lambda: g.sample(2, batch=None))
+error(lambda: g.forward(np.zeros((2, 128), np.float32), torch.zeros(2, dtype=torch.long)))
+error(lambda: g.forward(torch.zeros(2, 128), [1, 2]))
+error(lambda: E.to_uint8(np.zeros((1, 3, 2, 2))))
+error(lambda: E.image_grid(None))
+error(lambda: E.Generator({str(model)!r}, None))
+error(lambda: E.Generator(3))
+print(tuple(g.sample(np.int64(2), seed=np.int64(1), classes=np.array([3])).shape))
+""")
+    int64 = "an integer in [-2^63, 2^63 - 1]"
+    assert lines == [
+        f"TypeError 1 n: expected {int64}, got str",
+        f"TypeError 1 n: expected {int64}, got float",
+        f"UsageError 1 n: expected {int64}, got 18446744073709551616",
+        "TypeError 1 seed: expected an integer in [0, 2^63 - 1], got float",
+        "TypeError 1 classes: expected a list of integers, got int",
+        f"TypeError 1 batch: expected {int64}, got NoneType",
+        "TypeError 1 z: expected a torch.Tensor, got ndarray",
+        "TypeError 1 y: expected a torch.Tensor, got list",
+        "TypeError 1 images: expected a torch.Tensor, got ndarray",
+        "TypeError 1 images: expected a torch.Tensor, got NoneType",
+        "TypeError 1 device: expected a str: auto, cpu, cuda or cuda:<index>, got NoneType",
+        "TypeError 1 model: expected a path (str or os.PathLike), got int",
+        "(2, 3, 32, 32)",
+    ]
+
+
 def test_program_names_the_error_inside_a_torchscript_model(program, conditional_run, tmp_path):
     legacy = legacy_copy(conditional_run / "export" / "generator.pt", tmp_path / "legacy.pt",
                          nz=64)
@@ -331,15 +370,19 @@ def test_program_counts_available_memory_and_the_grid(program, conditional_run, 
     assert not any(tmp_path.iterdir())
 
 
-def test_a_failed_write_leaves_no_temporary_file(program, conditional_run, tmp_path):
+@pytest.mark.parametrize("out", [None, "pngs/", "new/pngs/", "grid.png"])
+def test_a_failed_write_leaves_no_temporary_file(program, conditional_run, tmp_path, out):
+    """Nor any of the other files, which are small enough (nor folders made for them): the
+    outputs of a run are renamed into place together, once all are written."""
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
 
     model = conditional_run / "export" / "generator.pt"
-    result = subprocess.run([str(PROGRAM), "--model", str(model), "--n", "8", "--save-tensor",
-                             str(tmp_path / "images.pt")], capture_output=True, text=True,
-                            timeout=120, preexec_fn=small_files)
+    args = ["--out", f"{tmp_path}/{out}"] if out else []
+    result = subprocess.run([str(PROGRAM), "--model", str(model), "--n", "8", *args,
+                             "--save-tensor", str(tmp_path / "images.pt")], capture_output=True,
+                            text=True, timeout=120, preexec_fn=small_files)
     assert_clean_error(result, f"cannot write {tmp_path / 'images.pt'}")
     assert not any(tmp_path.iterdir())
 
@@ -606,6 +649,21 @@ def without_code(conditional_run: Path, folder: Path) -> Path:
     ("device newline", 'device must be auto, cpu, cuda or cuda:<index>, got "cpu\\n"'),
     ("tensor folder", "t.pt is a folder: expected a file name ending in .pt"),
     ("name too long", ".png: File name too long"),  # was libstdc++'s "filesystem error: ..."
+    # It fit, but not with the temporary name's suffix: refused only after sampling, and after
+    # the grid was written.
+    ("name too long with its suffix", "a.pt: File name too long (a name of 250 bytes: it is "
+                                      "written under a temporary name up to 11 bytes longer "
+                                      "first, and names have at most 255; keep it to 244)"),
+    ("path too long with its suffix", "t.pt: File name too long (a path of 4090 bytes: it is "
+                                      "written under a temporary name up to 11 bytes longer "
+                                      "first, and paths have at most 4095; keep it to 4084)"),
+    # Image 0 was written before image 1's rename failed.
+    ("image folder", "/pngs/000001.png: that is a folder (the 2 images go to 000000.png .. "
+                     "000001.png); remove it or write elsewhere"),
+    # The compiler's first line was the signature called, with nothing wrong in it.
+    ("call without an argument", "as TorchScript: forward(__torch__.sagan_plugin.nets.sagan_32."
+                                 "SAGANGenerator32 self, Tensor z, Tensor y) -> Tensor: Argument "
+                                 "y not provided."),
 ])
 def test_program_refuses_odd_input_in_one_line(program, conditional_run, tmp_path, case,
                                                message):
@@ -625,6 +683,21 @@ def test_program_refuses_odd_input_in_one_line(program, conditional_run, tmp_pat
         args += ["--save-tensor", tmp_path / "t.pt"]
     elif case == "name too long":
         args = ["--out", tmp_path / ("a" * 300 + ".png")]
+    elif case == "name too long with its suffix":
+        args += ["--save-tensor", tmp_path / ("a" * 247 + ".pt")]
+    elif case == "path too long with its suffix":
+        folder = tmp_path
+        while len(str(folder)) < 3950:
+            folder /= "d" * 99
+        folder.mkdir(parents=True)
+        args += ["--save-tensor", folder / ("t" * (4090 - len(str(folder)) - 4) + ".pt")]
+    elif case == "image folder":
+        (tmp_path / "pngs" / "000001.png").mkdir(parents=True)
+        args = ["--out", f"{tmp_path}/pngs/"]
+    elif case == "call without an argument":
+        model = rewritten_export(source, tmp_path / "wrong_call.pt", lambda name, data: (
+            data.replace(b"forward(z, y, )", b"forward(z, )")
+            if name.endswith("code/__torch__/sagan_plugin/export.py") else data))
     before = sorted(tmp_path.rglob("*"))
     assert_clean_error(run_program("--model", model, "--n", 2, *args), message)
     assert sorted(tmp_path.rglob("*")) == before

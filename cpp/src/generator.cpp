@@ -136,13 +136,23 @@ UsageError::UsageError(const std::string& message) : std::runtime_error(one_line
 
 std::string error_message(const std::string& message) {
   std::istringstream text(message);
-  std::string line, first, last;
+  std::string line, first, second, last;
   while (std::getline(text, line)) {
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    if (first.empty()) first = line;
+    if (first.empty()) {
+      first = line;
+    } else if (second.empty()) {
+      second = line;
+    }
     last = line;
   }
-  return first.rfind(kInterpreterError, 0) == 0 ? last : first;
+  if (first.rfind(kInterpreterError, 0) == 0) return last;
+  // The compiler's error for a call that matches the one signature there is names that
+  // signature first ("forward(Tensor z, Tensor y) -> Tensor:") and what is wrong only next
+  // ("Argument y not provided.").
+  if (!second.empty() && first.back() == ':' && first.find(") -> ") != std::string::npos)
+    return first + " " + second;
+  return first;
 }
 
 void check_fits_in_memory(const std::string& what, int64_t n, double bytes_per_image) {

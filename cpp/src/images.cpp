@@ -2,6 +2,7 @@
 
 #include <array>
 #include <algorithm>
+#include <charconv>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -53,6 +54,8 @@ std::vector<char> encode_png(const torch::Tensor& hwc) {
 }
 
 std::string temporary_suffix() { return ".tmp" + std::to_string(::getpid()); }
+// The longest temporary_suffix(): Linux pids are at most 2^22 (PID_MAX_LIMIT).
+constexpr std::size_t kLongestSuffix = sizeof(".tmp4194304") - 1;
 
 }  // namespace
 
@@ -166,47 +169,90 @@ fs::path prepare_file(const std::string& path, const std::string& extension) {
   // Else the rename after the sampling run fails, once the other outputs are written.
   if (output_type(path) == fs::file_type::directory)
     throw UsageError(path + " is a folder: expected a file name ending in " + extension);
+  // A name (or path) that fits NAME_MAX (PATH_MAX) only without the temporary name's suffix
+  // would fail in the same place.
+  const auto refuse_longer_than = [&](const std::string& what, std::size_t length,
+                                      std::size_t most) {
+    if (length + kLongestSuffix > most)
+      throw UsageError("cannot write to " + path + ": File name too long (a " + what + " of " +
+                       std::to_string(length) + " bytes: it is written under a temporary name " +
+                       "up to " + std::to_string(kLongestSuffix) + " bytes longer first, and " +
+                       what + "s have at most " + std::to_string(most) + "; keep it to " +
+                       std::to_string(most - kLongestSuffix) + ")");
+  };
+  refuse_longer_than("name", file.filename().string().size(), NAME_MAX);
+  refuse_longer_than("path", path.size(), PATH_MAX - 1);  // PATH_MAX counts the final NUL
   check_writable(file.has_parent_path() ? file.parent_path() : fs::path("."));
   return file;
 }
 
-OutputTarget prepare_output(const std::string& path) {
+OutputTarget prepare_output(const std::string& path, int64_t n) {
   if (path.empty() || !(path.back() == '/' || output_type(path) == fs::file_type::directory))
     return {prepare_file(path, ".png"), false};
   check_writable(path);
+  // A folder with an image's name fails that image's rename, after the images before it are in
+  // place. Looking through the folder costs the same for any n; a file or link there is replaced.
+  std::error_code ec, unused;
+  for (fs::directory_iterator entry(path, ec), end; !ec && entry != end; entry.increment(ec)) {
+    const std::string name = entry->path().filename().string();
+    int64_t i = -1;
+    std::from_chars(name.data(), name.data() + name.size(), i);
+    if (i >= 0 && i < n && image_file_name(i) == name &&
+        entry->symlink_status(unused).type() == fs::file_type::directory)
+      throw UsageError("cannot write image " + std::to_string(i) + " to " +
+                       entry->path().string() + ": that is a folder (the " +
+                       std::to_string(n) + " images go to " + image_file_name(0) + " .. " +
+                       image_file_name(n - 1) + "); remove it or write elsewhere");
+  }
   return {fs::path(path), true};
 }
 
-void write_file_atomically(const fs::path& path, const std::vector<char>& bytes) {
+OutputFiles::~OutputFiles() {
   std::error_code ec;
+  for (const auto& [target, temporary] : staged_) fs::remove(temporary, ec);
+  for (const fs::path& folder : folders_) fs::remove(folder, ec);  // only if empty
+}
+
+void OutputFiles::add(const fs::path& path, const std::vector<char>& bytes) {
+  std::error_code ec;
+  for (fs::path folder = path.parent_path(); !folder.empty() && !fs::exists(folder, ec);
+       folder = folder.parent_path())
+    folders_.push_back(folder);  // the innermost first
   if (path.has_parent_path()) fs::create_directories(path.parent_path(), ec);
   if (ec) throw UsageError("cannot create output directory " + path.parent_path().string() + ": " +
                            ec.message());
   const fs::path temporary = path.string() + temporary_suffix();
+  staged_.emplace_back(path, temporary);  // removed on failure, even half-written
   std::ofstream out(temporary, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   out.close();  // a full disk may show only here
-  std::error_code renamed;
-  if (!out.fail()) fs::rename(temporary, path, renamed);
-  if (out.fail() || renamed) {
-    fs::remove(temporary, ec);
+  if (out.fail())
     throw UsageError("cannot write " + path.string() + " (disk full, or not writable?)");
+}
+
+void OutputFiles::commit() {
+  for (auto& [target, temporary] : staged_) {
+    std::error_code ec;
+    fs::rename(temporary, target, ec);
+    if (ec) throw UsageError("cannot write " + target.string() + ": " + ec.message());
+    temporary.clear();  // nothing left to remove
   }
+  staged_.clear();
+  folders_.clear();
 }
 
-void write_tensor(const fs::path& path, const at::Tensor& tensor) {
-  write_file_atomically(path, torch::jit::pickle_save(tensor));
+void write_tensor(const fs::path& path, const at::Tensor& tensor, OutputFiles& files) {
+  files.add(path, torch::jit::pickle_save(tensor));
 }
 
-void write_images(const torch::Tensor& images, const OutputTarget& target) {
+void write_images(const torch::Tensor& images, const OutputTarget& target, OutputFiles& files) {
   torch::Tensor pixels = to_uint8(images.cpu());
   if (!target.directory) {
-    write_file_atomically(target.path, encode_png(image_grid(pixels)));
+    files.add(target.path, encode_png(image_grid(pixels)));
     return;
   }
   for (int64_t i = 0; i < pixels.size(0); ++i)
-    write_file_atomically(target.path / image_file_name(i),
-                          encode_png(pixels[i].permute({1, 2, 0})));
+    files.add(target.path / image_file_name(i), encode_png(pixels[i].permute({1, 2, 0})));
 }
 
 }  // namespace sagan

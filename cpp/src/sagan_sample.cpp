@@ -116,7 +116,7 @@ int run(const Options& options) {
     throw sagan::UsageError("nothing to write: give --out grid.png (or DIR/) or --save-tensor "
                             "FILE.pt");
   std::optional<sagan::OutputTarget> target;
-  if (!options.out.empty()) target = sagan::prepare_output(options.out);
+  if (!options.out.empty()) target = sagan::prepare_output(options.out, options.n);
   std::optional<fs::path> tensor_file;
   if (!options.save_tensor.empty()) tensor_file = sagan::prepare_file(options.save_tensor, ".pt");
   if (target)
@@ -146,8 +146,10 @@ int run(const Options& options) {
                                          options.classes, options.batch);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  if (target) sagan::write_images(images, *target);
-  if (tensor_file) sagan::write_tensor(*tensor_file, images);
+  sagan::OutputFiles files;  // all of them, or none
+  if (target) sagan::write_images(images, *target, files);
+  if (tensor_file) sagan::write_tensor(*tensor_file, images, files);
+  files.commit();
   std::cout << "sampled " << options.n << " images of " << info.resolution << "x"
             << info.resolution << " (" << info.format << ", "
             << generator.device() << ", batch " << options.batch << ") in " << seconds

@@ -32,7 +32,8 @@ class UsageError : public std::runtime_error {
 
 // The one line of an error message worth showing (pass a c10::Error's what_without_backtrace()):
 // the first, or for an error inside a TorchScript model the last, which names the error, not
-// the interpreter's preamble and traceback.
+// the interpreter's preamble and traceback; for a call that the TorchScript compiler finds
+// wrong, the signature called and the line after it, which says what is wrong.
 std::string error_message(const std::string& message);
 
 // Refuses, before any work, `n` images of `bytes_per_image` each when they would not fit in half

@@ -1,8 +1,10 @@
 // Turning generator output into PNG files, the same way as sagan_plugin/sample.py.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -29,20 +31,37 @@ struct OutputTarget {
 };
 
 // A path ending in '/' or naming an existing directory is a directory; anything else must end
-// in .png. Fails early when the target cannot be written; missing folders are made on writing.
-OutputTarget prepare_output(const std::string& path);
+// in .png. Fails early when the target cannot be written (in a directory: when a folder takes
+// the name of one of the n images); missing folders are made on writing.
+OutputTarget prepare_output(const std::string& path, int64_t n);
 
 // A file name with the given extension (".png") whose folder is, or can be made, writable.
 std::filesystem::path prepare_file(const std::string& path, const std::string& extension);
 
-// Writes (N, C, H, W) float images in [-1, 1]: the grid, or DIR/000000.png ... Each file is
-// written to a temporary name first and renamed, so nothing is left half-written.
-void write_images(const at::Tensor& images, const OutputTarget& target);
+// Files that belong together (the images of a run and its tensor), each written under a
+// temporary name beside its target and renamed into place only once all are written: a failure
+// while writing (a full disk) leaves every target as it was. What is not committed is removed,
+// with the folders made for it.
+class OutputFiles {
+ public:
+  OutputFiles() = default;
+  ~OutputFiles();
+  OutputFiles(const OutputFiles&) = delete;
+  OutputFiles& operator=(const OutputFiles&) = delete;
 
-// Writes a tensor that torch.load reads (torch::pickle_save), via a temporary file.
-void write_tensor(const std::filesystem::path& path, const at::Tensor& tensor);
+  void add(const std::filesystem::path& path, const std::vector<char>& bytes);
+  void commit();
 
-// Writes bytes to path via a temporary file in the same directory, removed if anything fails.
-void write_file_atomically(const std::filesystem::path& path, const std::vector<char>& bytes);
+ private:
+  // {target, temporary}
+  std::vector<std::pair<std::filesystem::path, std::filesystem::path>> staged_;
+  std::vector<std::filesystem::path> folders_;
+};
+
+// Adds (N, C, H, W) float images in [-1, 1]: the grid, or DIR/000000.png ...
+void write_images(const at::Tensor& images, const OutputTarget& target, OutputFiles& files);
+
+// Adds a tensor that torch.load reads (torch::pickle_save).
+void write_tensor(const std::filesystem::path& path, const at::Tensor& tensor, OutputFiles& files);
 
 }  // namespace sagan
