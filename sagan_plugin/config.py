@@ -108,12 +108,15 @@ class TrainConfig:
 
 
 FAMILY_FIELD = "an argument of the family's nets"
+# Far beyond any memory (2^20 channels: 10^13 weights in one 3x3 convolution), yet small enough
+# that no layer's size overflows torch's 64-bit sizes, whose error names no key.
+WIDTH = between(1, 2**20)
 # The rules and help of model fields that families' presets define (each family has its own
 # subset); a field not listed here is the family's own and is checked by its builder.
 MODEL_FIELDS = {
-    "nz": ("noise dimension", at_least(1)),
-    "ngf": ("G width (channels are multiples of it)", at_least(1)),
-    "ndf": ("D width", at_least(1)),
+    "nz": ("noise dimension", WIDTH),
+    "ngf": ("G width (channels are multiples of it)", WIDTH),
+    "ndf": ("D width", WIDTH),
     "loss_type": ("adversarial loss", one_of("gan", "ns", "hinge", "wasserstein")),
     "attention": ("feature-map size of the attention layers of G and D; null: 16 at 32 px, "
                   "else 32; 64 at 128 px: the paper's feat64; 0: none", at_least(0)),

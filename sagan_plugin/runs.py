@@ -41,7 +41,7 @@ from sagan_plugin.checkpoint import (
     step_of,
 )
 from sagan_plugin.config import MODEL_INFO_KEYS, build_models, compose, compose_saved
-from sagan_plugin.errors import UsageError, first_line
+from sagan_plugin.errors import UsageError, first_line, warn
 from sagan_plugin.overrides import SELECTORS, run_overrides
 
 CONFIG_FILE = "config.yaml"
@@ -184,6 +184,12 @@ def load_generator(path: str | Path, step: int | None = None, prefer_ema: bool =
         raise UsageError(f"checkpoint {ckpt_file} does not fit model={model.name} at "
                          f"{model.resolution}x{model.resolution} with {model.num_classes} "
                          f"classes: {state_dict_mismatch(error)}{hint}") from None
+    broken = [name for name, tensor in netG.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:  # training stops at a NaN loss, but a checkpoint may come from elsewhere
+        warn(f"{ckpt_file}: {len(broken)} of G's tensors hold NaN or inf ({broken[0]}"
+             f"{', ...' if len(broken) > 1 else ''}), so its images mean nothing (did the "
+             "run diverge?)")
     return LoadedGenerator(netG.to(device).eval(), config, int(ckpt["global_step"]), use_ema)
 
 

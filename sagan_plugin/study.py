@@ -38,6 +38,15 @@ from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.schema import at_least, option
 from sagan_plugin.study_runs import Job, default_parallel, execute
 
+# Keys that the study sets for each run, and the study field or compare option that sets them:
+# an override of one would make runs share a folder (run_dir) or a seed, or differ in budget.
+SET_PER_RUN = {"model": "the configuration's model field", "data": "the study's data field",
+               "run_dir": "compare's runs= (RUNS/<study>/<configuration>_s<seed>)",
+               "train.seed": "its seed number (0 to seeds - 1)",
+               "train.steps": "the study's steps (compare steps=N)",
+               "train.device": "compare's device=", "train.fid_every": "the study's curve_every",
+               "train.fid_n": "the study's curve_n"}
+
 
 @dataclass
 class Configuration:
@@ -96,6 +105,7 @@ def load_study(spec: str) -> DictConfig:
                              f"{', '.join(preset_names('studies'))} (or a .yaml file)")
         if not isinstance(preset, dict):
             raise UsageError(f"study {spec} must be a mapping of study fields")
+        _check_overrides(preset.get("overrides", []), f"study {spec}")
         _check_configurations(preset.get("configurations"), spec)
         study = OmegaConf.merge(OmegaConf.structured(Study), preset)
         OmegaConf.to_container(study, throw_on_missing=True)
@@ -130,10 +140,18 @@ def _check_configurations(configurations: Any, spec: str) -> None:
         unknown = sorted(set(configuration) - set(fields))
         if unknown:
             raise UsageError(f"{which}: unknown field {unknown[0]}; fields: {', '.join(fields)}")
-        overrides = configuration.get("overrides", [])
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise UsageError(f"{which}: overrides must be a list of key=value, got "
-                             f"{overrides!r}")
+        _check_overrides(configuration.get("overrides", []), which)
+
+
+def _check_overrides(overrides: Any, which: str) -> None:
+    """A list of key=value strings, none of them a key that the study sets for each run."""
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise UsageError(f"{which}: overrides must be a list of key=value, got {overrides!r}")
+    for token in overrides:
+        key = token.partition("=")[0]
+        if key in SET_PER_RUN:
+            raise UsageError(f"{which}: {key} is set for each run by {SET_PER_RUN[key]}, "
+                             f"not by an override ({token})")
 
 
 def plan(options: Any, run_overrides: list[str] = ()) -> tuple[DictConfig, list[Job]]:
@@ -142,6 +160,7 @@ def plan(options: Any, run_overrides: list[str] = ()) -> tuple[DictConfig, list[
     composed (and so checked) here, and so is what its run folder already holds, before
     anything trains."""
     study, name = load_study(options.study), study_name(options.study)
+    _check_overrides(list(run_overrides), "compare")
     for key in ("steps", "seeds", "n"):
         if options[key] is not None:
             study[key] = options[key]
@@ -200,8 +219,26 @@ def _check_run_folder(run_dir: Path, cfg: DictConfig) -> None:
                          ) from None
 
 
-def main(argv: list[str]) -> None:
+def _check_data(name: str, study: DictConfig, jobs: list[Job]) -> None:
+    """Each run's data set is there (a missing one says how to get it) and holds the real
+    images that score the run: found now, not once the first run has trained."""
     from sagan_plugin.data import build_dataset
+
+    needed = {"n": study.n, **({"curve_n": study.curve_n} if study.curve_every else {})}
+    sizes: dict[str, int] = {}
+    for job in jobs:
+        data = compose(job.argv).data
+        key = OmegaConf.to_yaml(data)
+        if key not in sizes:
+            sizes[key] = len(build_dataset(data))
+        for what, count in needed.items():
+            if count > sizes[key]:
+                raise UsageError(f"study {name}, configuration {job.configuration}: {what}="
+                                 f"{count} is more than the {sizes[key]} images of data set "
+                                 f"{data.name}; use {what}<={sizes[key]}")
+
+
+def main(argv: list[str]) -> None:
     from sagan_plugin.files import check_writable
     from sagan_plugin.study_report import check_report, write_report
 
@@ -216,7 +253,7 @@ def main(argv: list[str]) -> None:
     commit = git_commit(Path(__file__).parent)
     study, jobs = plan(options, run_overrides)
     jobs = [replace(job, commit=commit) for job in jobs]
-    build_dataset(compose(jobs[0].argv).data)  # a missing data set says how to get it, now
+    _check_data(study_name(options.study), study, jobs)
     name = study_name(options.study)
     out = Path(options.out) / name
     check_report(out)  # before the runs train, not after

@@ -140,7 +140,8 @@ def attention_figure(images: Tensor, attention: Tensor, size: int,
 def _marked(rgb: np.ndarray, index: list[int], size: int, side: int,
             colour_of: int | None) -> np.ndarray:
     """rgb floats with a ring at each query position; uint8 (side, side, 3)."""
-    image = Image.fromarray((rgb * 255 + 0.5).clip(0, 255).astype(np.uint8))
+    # NaN (a diverged G's maps, which loading warns of) drawn as black, not cast at random
+    image = Image.fromarray((np.nan_to_num(rgb) * 255 + 0.5).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     cell = side / size
     for q, j in enumerate(index):

@@ -225,6 +225,12 @@ def test_a_study_the_readme_does_not_quote_is_skipped_with_a_note(
     (["study={not_yaml}"], "is not YAML"),
     (["study={one_image}"], "study one_image: n must be at least 2, got 1"),
     (["study={no_steps}"], "no_steps.yaml: bad field steps: Missing mandatory value: steps"),
+    # the real images that score each run: counted before the first one trains
+    (["study=smoke", "n=100"], "study smoke, configuration sagan: n=100 is more than the 64 "
+                               "images of data set procedural; use n<=64"),
+    (["study={big_curve}"], "configuration a: curve_n=100 is more than the 64 images"),
+    (["study=smoke", "train.seed=3"], "compare: train.seed is set for each run by its seed "
+                                      "number (0 to seeds - 1), not by an override"),
 ])
 def test_bad_input_is_one_line_before_anything_trains(
         args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -237,6 +243,9 @@ def test_bad_input_is_one_line_before_anything_trains(
         "one_image": "data: procedural\nsteps: 2\nn: 1\n"
                      "configurations: [{name: a, model: sagan}]\n",
         "no_steps": "data: procedural\nconfigurations: [{name: a, model: sagan}]\n",
+        "big_curve": "data: procedural\nsteps: 2\nn: 8\ncurve_every: 1\ncurve_n: 100\n"
+                     "overrides: [data.size=64, model.ngf=4, model.ndf=4, train.batch_size=4, "
+                     "data.num_workers=0]\nconfigurations: [{name: a, model: sagan}]\n",
     }
     for name, text in files.items():
         (tmp_path / f"{name}.yaml").write_text(text)
@@ -376,6 +385,13 @@ def test_compare_under_torchrun_is_refused(monkeypatch, tmp_path: Path,
     ("configurations: [{name: '', model: sagan}]", "configuration name '' is not a plain"),
     ("configurations: [{name: a, model: sagan, overrides: ['model.ngf=${nope}']}]",
      "bad field configurations[0].overrides[0]: Interpolation key 'nope' not found"),
+    ("overrides: {train.batch_size: 4}\nconfigurations: [{name: a, model: sagan}]",
+     "mine.yaml: overrides must be a list of key=value, got {'train.batch_size': 4}"),
+    # keys the study sets for each run: an override would make its runs share a folder
+    ("configurations: [{name: a, model: sagan, overrides: [run_dir=/tmp/shared]}]",
+     "configuration 1 (a): run_dir is set for each run by compare's runs="),
+    ("overrides: [model=sngan]\nconfigurations: [{name: a, model: sagan}]",
+     "mine.yaml: model is set for each run by the configuration's model field"),
 ])
 def test_a_study_file_names_the_configuration_and_field_that_is_wrong(
         text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,6 +1,7 @@
 """`sagan-plugin viz`: the class grid and the attention maps of the paper's Figure 1."""
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -263,3 +264,28 @@ def test_attention_maps_that_would_not_fit_in_memory_are_refused(run, tmp_path, 
                      "scale=1"]) == 2
     assert "attention maps of images=1000 needs about" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_generator_with_nan_weights_is_drawn_with_one_warning(run, tmp_path, capsys):
+    """Loading says the weights are not finite; drawing adds no numpy warning of its own."""
+    diverged = tmp_path / "diverged"
+    checkpoint = checkpoint_path(diverged, STEP)
+    checkpoint.parent.mkdir(parents=True)
+    (diverged / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    state = torch.load(checkpoint_path(run, STEP), weights_only=True)
+    for weights in ("model_state_dict", "ema_state_dict"):  # whichever viz loads
+        for tensor in (state.get(weights) or {}).values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    torch.save(state, checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli.main(["viz", f"run={diverged}", f"out={tmp_path / 'viz'}", "per_class=1",
+                         "images=1"])
+    assert code == 0, capsys.readouterr().err
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert re.fullmatch(rf"{re.escape(str(checkpoint))}: \d+ of G's tensors hold NaN or inf "
+                        r"\([\w.]+, \.\.\.\), so its images mean nothing \(did the run "
+                        r"diverge\?\)", str(caught[0].message)), caught[0].message
+    gamma = json.loads((tmp_path / "viz" / "attention.json").read_text())["gamma"]
+    assert gamma != gamma  # NaN: what was loaded is what is reported
