@@ -63,3 +63,10 @@ def exported_run(base: Path, conditional: bool, formats: tuple[str, ...]) -> Pat
     for fmt in formats:
         export.export_generator(run, fmt)
     return run
+
+
+def overridden(base: list[str], args: list[str]) -> list[str]:
+    """base's key=value tokens but those whose key args sets (the command line refuses a key
+    given twice), then args."""
+    keys = {a.partition("=")[0] for a in args}
+    return [t for t in base if t.partition("=")[0] not in keys] + args

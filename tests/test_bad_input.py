@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_helpers import STEP, make_run
+from run_helpers import STEP, make_run, overridden
 from test_checkpoint import folder_contents
 
 from sagan_plugin.checkpoint import checkpoint_path
@@ -326,16 +326,10 @@ def _refused(argv: list[str], message: str, places: dict[str, Path], tmp: Path,
     assert sorted(tmp.rglob("*")) == before, "something was written"
 
 
-def _overridden(base: list[str], args: list[str]) -> list[str]:
-    """base's tokens but those whose key args sets (a key given twice is refused), then args."""
-    keys = {a.partition("=")[0] for a in args}
-    return [t for t in base if t.partition("=")[0] not in keys] + args
-
-
 @pytest.mark.parametrize("args, message", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
 def test_bad_training_input(args: list[str], message: str, places: dict[str, Path],
                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _refused(["train", *_overridden(TRAIN, args)], message, places, tmp_path, capsys)
+    _refused(["train", *overridden(TRAIN, args)], message, places, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("command, args, message", RUN_CASES,
@@ -346,7 +340,7 @@ def test_bad_input_to_commands_that_read_a_run(command: str, args: list[str], me
     out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path}/{OUT[command]}"]
     if command == "eval":
         out.append("inception_weights={file}")  # no Inception loads if a case is let through
-    _refused([command, *_overridden(["run={run}", *out], args)], message, places, tmp_path,
+    _refused([command, *overridden(["run={run}", *out], args)], message, places, tmp_path,
              capsys)
 
 

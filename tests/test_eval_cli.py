@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
-from run_helpers import STEP, make_run
+from run_helpers import STEP, make_run, overridden
 
 from sagan_plugin import cli
 from sagan_plugin.checkpoint import checkpoint_path, checkpoint_steps
@@ -229,7 +229,7 @@ def test_bad_image_folders_fail_before_the_weights_load(tmp_path, capsys, images
     (["data.colour=blue"], "unknown key 'data.colour'"),
 ])
 def test_bad_input_is_a_one_line_error(run, capsys, args, message):
-    code, _, err = _eval(capsys, f"run={run}", *FAST, *args)
+    code, _, err = _eval(capsys, f"run={run}", *overridden(FAST, args))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err

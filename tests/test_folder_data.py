@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import run_cli
 from PIL import Image
+from run_helpers import overridden
 
 from sagan_plugin.cli import main as cli_main
 from sagan_plugin.config import compose
@@ -246,7 +247,7 @@ def test_two_training_steps_on_a_folder(tmp_path: Path, capsys) -> None:
 
     # A resumed run whose folder gained a class is refused: the labels would mean other things.
     _image(root / "bee" / "a.png", (7, 7, 7))
-    assert cli_main(["train", *args, "train.steps=3"]) == 2
+    assert cli_main(["train", *overridden(args, ["train.steps=3"])]) == 2
     err = capsys.readouterr().err
     assert "was started with another configuration" in err and "data.classes" in err
 
