@@ -40,7 +40,13 @@ from sagan_plugin.checkpoint import (
     state_dict_mismatch,
     step_of,
 )
-from sagan_plugin.config import MODEL_INFO_KEYS, build_models, compose, compose_saved
+from sagan_plugin.config import (
+    MODEL_INFO_KEYS,
+    DataConfig,
+    build_models,
+    compose,
+    compose_saved,
+)
 from sagan_plugin.errors import UsageError, first_line, warn
 from sagan_plugin.overrides import SELECTORS, run_overrides
 
@@ -119,7 +125,8 @@ def load_run_config(run_dir: str | Path, run_tokens: Sequence[str] = ()) -> Dict
         saved = read_run_config(path)
         if not run_tokens:
             return compose_saved(saved, str(path))
-        changes = OmegaConf.to_container(run_overrides(run_tokens))  # data.root= for moved data
+        sections = OmegaConf.create({"data": OmegaConf.structured(DataConfig)})  # their types
+        changes = OmegaConf.to_container(run_overrides(run_tokens, sections))  # moved data
         saved["data"] = {**(saved.get("data") or {}), **changes["data"]}
         return compose_saved(saved, f"{path} with {' '.join(run_tokens)}")
     if not any(t.startswith("model=") for t in run_tokens):

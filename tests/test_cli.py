@@ -154,3 +154,12 @@ def test_a_string_key_keeps_the_text_given_where_yaml_would_read_a_number(text: 
     assert (cfg.run_dir, cfg.data.root, cfg.model.ngf) == (text, text, 16)
     sample = parse_overrides(SampleConfig, [f"run={text}", f"out={text}"], "sample")
     assert (sample.run, sample.out) == (text, text)
+
+
+def test_a_saved_run_s_data_key_keeps_the_text_given(tmp_path: Path) -> None:
+    from run_helpers import make_run
+
+    from sagan_plugin.runs import load_run_config
+
+    run = make_run(tmp_path / "run")
+    assert load_run_config(run, ["data.root=0x10"]).data.root == "0x10"
