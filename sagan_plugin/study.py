@@ -33,6 +33,7 @@ from sagan_plugin.checkpoint import checkpoint_steps
 from sagan_plugin.config import build_models, compose, resolve_device
 from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.machine import git_commit
+from sagan_plugin.metrics.weights import resolve_weights
 from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.presets import load_preset, preset_names
 from sagan_plugin.schema import at_least, option
@@ -253,8 +254,9 @@ def main(argv: list[str]) -> None:
     commit = git_commit(Path(__file__).parent)
     study, jobs = plan(options, run_overrides)
     jobs = [replace(job, commit=commit) for job in jobs]
-    _check_data(study_name(options.study), study, jobs)
     name = study_name(options.study)
+    _check_data(name, study, jobs)
+    resolve_weights()  # the scoring's Inception weights: found now, not once the runs trained
     out = Path(options.out) / name
     check_report(out)  # before the runs train, not after
     check_writable(Path(options.runs))

@@ -258,6 +258,21 @@ def test_bad_input_is_one_line_before_anything_trains(
     assert not runs.exists() or not any(runs.rglob("*.pth"))
 
 
+def test_missing_inception_weights_are_refused_before_anything_trains(
+        tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(tmp_path / "none.pth"))
+    study = tmp_path / "no_curve.yaml"  # a curve would load the weights as training starts
+    study.write_text("data: procedural\nsteps: 1\nseeds: 1\nn: 8\noverrides: [data.size=16, "
+                     "model.ngf=4, model.ndf=4, train.batch_size=4, data.num_workers=0]\n"
+                     "configurations: [{name: a, model: sagan}]\n")
+    runs = tmp_path / "runs"
+    assert _compare(f"study={study}", f"runs={runs}", f"out={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: Inception weights file {tmp_path / 'none.pth'} does not exist; "
+                   "expected a pytorch-fid InceptionV3 state dict (.pth)\n")
+    assert not runs.exists() or not any(runs.rglob("*.pth"))
+
+
 def _checkpoint_times(runs: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in runs.rglob("*.pth")}
 
