@@ -346,9 +346,13 @@ stage_setup() {
       for f in "$WHL"/deb/*.deb; do dpkg -x "$f" "$DEBROOT" || exit 1; done
       # The .pc files name prefix=/usr; point them at where they were unpacked.
       find "$DEBROOT" -name '*.pc' -exec sed -i "s#^prefix=/usr#prefix=$DEBROOT/usr#" {} +
-      "$PY" benchmarks/compact_inception.py unpack "$WEIGHTS" "$SAGAN_INCEPTION_WEIGHTS" ||
-        exit 1
       touch "$SITE/.suite-done"
+    fi
+    # The weights and the data live in $CACHE, not $SITE: a call with another SUITE_WORK on a
+    # machine set up before needs them too (a study once trained, then found no weights).
+    if [[ ! -f $SAGAN_INCEPTION_WEIGHTS ]]; then
+      "$PY" benchmarks/compact_inception.py unpack "$WEIGHTS" "$SAGAN_INCEPTION_WEIGHTS.part" &&
+        mv "$SAGAN_INCEPTION_WEIGHTS.part" "$SAGAN_INCEPTION_WEIGHTS" || exit 1
     fi
     # The uncompressed idx files, which the loader reads as they are, outside the checkout.
     local raw=$CACHE/fashion-mnist name
