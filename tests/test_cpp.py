@@ -9,8 +9,10 @@ import random
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -634,6 +636,46 @@ def test_a_package_that_fails_to_load_leaves_no_extracted_files(
     assert not (tmp_path / "grid.png").exists()
 
 
+def segments_end(library: bytes) -> int:
+    """Where the last segment that dlopen maps from a 64-bit ELF file ends in it."""
+    (table,) = struct.unpack_from("<Q", library, 32)  # e_phoff
+    entry, count = struct.unpack_from("<HH", library, 54)  # e_phentsize, e_phnum
+    segments = (struct.unpack_from("<IIQQQQ", library, table + i * entry) for i in range(count))
+    return max(offset + size for kind, _, offset, _, _, size in segments if kind == 1)  # PT_LOAD
+
+
+@pytest.mark.parametrize("fmt, record, cut", [
+    # torch::jit::load read the record into a buffer of its size, 10 bytes, and made it a tensor
+    # of 262144: weights from the memory past its end, sampled without an error.
+    ("torchscript", "/data/1", 10),
+    ("torchscript", "/constants/0", 3),  # an int64: a split size of -140680680701932
+    # dlopen maps the library's segments whatever the file holds: SIGBUS in the middle of them,
+    # zeros for the bytes missing from the last page (sampled without an error).
+    ("aoti", ".so", "half"),
+    ("aoti", ".so", "1 byte short"),
+])
+def test_an_archive_with_a_record_cut_short_is_refused_at_load(program, conditional_run,
+                                                               tmp_path, fmt, record, cut):
+    source = conditional_run / "export" / MODELS[fmt]
+    name = next(n for n in zipfile.ZipFile(source).namelist() if n.endswith(record))
+    data = zipfile.ZipFile(source).read(name)
+    if fmt == "aoti":
+        needed = segments_end(data)
+        assert needed < len(data)  # the sections that are not mapped (symbols) come last
+        cut = needed // 2 if cut == "half" else needed - 1
+        message = (f"as an AOTInductor package: its library {name.split('/', 1)[1]} holds {cut} "
+                   f"bytes where its segments take {needed} (the package is damaged; ")
+    else:
+        message = (f"as TorchScript: its record {name.split('/', 1)[1]} holds {cut} bytes where "
+                   f"its tensor takes {len(data)} (the archive is damaged; export it again)")
+    model = rewritten_export(source, tmp_path / f"cut{source.suffix}",
+                             lambda n, d: d[:cut] if n == name else d)
+    result = run_program("--model", model, "--n", 2, "--device", "cpu", "--out",
+                         tmp_path / "grid.png")
+    assert_clean_error(result, f"cannot load {model} {message}")
+    assert not (tmp_path / "grid.png").exists()
+
+
 def without_code(conditional_run: Path, folder: Path) -> Path:
     """The TorchScript export without one of its code files: its compiler's error on loading."""
     code = "code/__torch__/sagan_plugin/export.py"
@@ -715,3 +757,25 @@ error(lambda: E.Generator({str(no_code)!r}, "cpu\\n"))
     assert lines[1].startswith(f"UsageError 1 cannot load {no_so} as an AOTInductor package: ")
     assert lines[2] == ('UsageError 1 device must be auto, cpu, cuda or cuda:<index>, '
                         'got "cpu\\n"')
+
+
+def test_errors_escape_bytes_that_are_not_utf8(program, ext, conditional_run, tmp_path):
+    """The bytes of a model's code, a path or an argument that are not UTF-8 come out as \\xHH:
+    raw, they made the error undecodable (subprocess.run(text=True) and Python's str of the
+    module's error raised UnicodeDecodeError). UTF-8, the é of café.pt, stays as it is."""
+    code = "code/__torch__/sagan_plugin/export.py"
+    model = rewritten_export(conditional_run / "export" / "generator.pt", tmp_path / "café.pt",
+                             lambda name, data: data.replace(b"forward(z, y, )",
+                                                             b"forward(z\xff, y, )")
+                             if name.endswith(code) else data)
+    found = "as TorchScript: expected a valid token but found '\\xff' here:"
+    for args, message in [
+        (["--model", model], f"cannot load {tmp_path}/café.pt {found}"),
+        (["--model", os.fsdecode(b"/no/such/\xff\xfe.pt")],
+         "model file /no/such/\\xff\\xfe.pt does not exist"),
+        (["--model", model, "--n", os.fsdecode(b"\xff")],
+         '--n: expected a decimal integer in [-2^63, 2^63 - 1], got "\\xff"'),
+    ]:
+        assert_clean_error(run_program(*args, "--out", tmp_path / "grid.png"), message)
+    assert run_ext(ERROR_LINE + f"error(lambda: E.Generator({str(model)!r}, 'cpu'))") == [
+        f"UsageError 1 cannot load {model} {found}"]

@@ -3,18 +3,24 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <limits>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
 
+#include <elf.h>
 #include <unistd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/csrc/jit/serialization/storage_context.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -28,21 +34,28 @@ constexpr const char* kEmbedded = "sagan.json";  // sagan_plugin/export.py EMBED
 constexpr const char* kInterpreterError =
     "The following operation failed in the TorchScript interpreter";
 
-std::string one_line(const std::string& message) {
-  std::string text;
-  for (const char c : message) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte >= 0x20 && byte != 0x7f) {
-      text += c;
-    } else if (c == '\n') {
-      text += "\\n";
-    } else {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
-      text += escaped;
-    }
+// The length of the UTF-8 sequence at text[i], or 0 where the bytes there are not valid UTF-8
+// (a stray continuation byte, a sequence cut short, an overlong form, a surrogate, past U+10FFFF).
+std::size_t utf8_length(const std::string& text, std::size_t i) {
+  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  const unsigned char lead = at(0);
+  if (lead < 0x80) return 1;
+  std::size_t length = 0;
+  if (lead >= 0xc2 && lead <= 0xdf) {
+    length = 2;
+  } else if (lead >= 0xe0 && lead <= 0xef) {
+    length = 3;
+  } else if (lead >= 0xf0 && lead <= 0xf4) {
+    length = 4;
   }
-  return text;
+  if (length == 0 || i + length > text.size()) return 0;
+  // The second byte's range is narrower after E0 (overlong), ED (surrogates), F0 (overlong)
+  // and F4 (past U+10FFFF).
+  const unsigned char low = lead == 0xe0 ? 0xa0 : lead == 0xf0 ? 0x90 : 0x80;
+  const unsigned char high = lead == 0xed ? 0x9f : lead == 0xf4 ? 0x8f : 0xbf;
+  for (std::size_t k = 1; k < length; ++k)
+    if (at(k) < (k == 1 ? low : 0x80) || at(k) > (k == 1 ? high : 0xbf)) return 0;
+  return length;
 }
 
 std::string describe(const torch::Tensor& t) {
@@ -130,7 +143,136 @@ void check_embedded(const ExportInfo& info, const std::string& embedded,
   }
 }
 
+// torch::jit::load gives each tensor storage the size its pickle states but reads its record
+// into a buffer of the record's own size: a record cut short (an archive damaged, its sidecar's
+// sha256 then made to match) loads as a tensor reaching past the end of that buffer, its weights
+// whatever memory lies there, with no error. So the pickles are read once more, without the
+// records themselves (about 2 ms for a 128 px model), and each storage's size compared with
+// its record's. An archive that this reading cannot follow is left to torch::jit::load to judge.
+void check_tensor_records(const std::filesystem::path& model_path) {
+  std::vector<std::tuple<std::string, std::size_t, std::size_t>> records;  // name, size, needed
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(model_path.string());
+    // Classes as empty stand-ins: only the storages matter here.
+    auto unit = std::make_shared<torch::jit::CompilationUnit>();
+    const auto resolve = [&](const c10::QualifiedName& name) -> c10::StrongTypePtr {
+      if (const auto known = unit->get_class(name)) return {unit, known};
+      try {
+        return {unit, torch::jit::Unpickler::defaultTypeParser(name.qualifiedName())};
+      } catch (const std::exception&) {
+        const auto type = c10::ClassType::create(name, unit);
+        unit->register_type(type);
+        return {unit, type};
+      }
+    };
+    for (const std::string archive : {"constants", "data"}) {
+      if (!reader.hasRecord(archive + ".pkl")) continue;
+      at::DataPtr pickle;
+      std::size_t size = 0, position = 0;
+      std::tie(pickle, size) = reader.getRecord(archive + ".pkl");
+      const auto read = [&](char* buffer, std::size_t n) {
+        n = std::min(n, size - position);
+        std::memcpy(buffer, static_cast<const char*>(pickle.get()) + position, n);
+        position += n;
+        return n;
+      };
+      std::vector<std::string> keys;
+      auto context = std::make_shared<torch::jit::DeserializationStorageContext>();
+      torch::jit::Unpickler unpickler(
+          read, resolve,
+          [](const c10::StrongTypePtr& type, const c10::IValue&) {
+            return c10::ivalue::Object::create(type, 0);
+          },
+          [&](const std::string& key) {
+            keys.push_back(key);
+            return at::DataPtr();  // no data: storages on the CPU, never read
+          },
+          c10::Device(c10::kCPU), false, torch::jit::Unpickler::defaultTypeParser, context);
+      unpickler.set_version(reader.version());
+      unpickler.parse_ivalue();
+      for (const std::string& key : keys)
+        records.emplace_back(archive + "/" + key, reader.getRecordSize(archive + "/" + key),
+                             context->getStorage(key).nbytes());
+    }
+  } catch (const std::exception&) {
+    return;
+  }
+  for (const auto& [record, size, needed] : records)
+    if (size != needed)
+      throw UsageError("cannot load " + model_path.string() + " as TorchScript: its record " +
+                       record + " holds " + std::to_string(size) + " bytes where its tensor " +
+                       "takes " + std::to_string(needed) +
+                       " (the archive is damaged; export it again)");
+}
+
+// dlopen maps the segments of a package's shared library, which holds its code and its weights,
+// without checking that the file holds them all: a library cut short ends the process with
+// SIGBUS at the first touch of a page past its end, or, within the last page, reads zeros for
+// the bytes missing. So every segment to be mapped must lie within the library. A library that
+// is no 64-bit ELF file is left to the loader to refuse.
+void check_shared_libraries(const std::filesystem::path& model_path) {
+  std::vector<std::tuple<std::string, uint64_t, uint64_t>> libraries;  // record, size, needed
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(model_path.string());
+    for (const std::string& record : reader.getAllRecords()) {
+      if (record.size() < 3 || record.compare(record.size() - 3, 3, ".so") != 0) continue;
+      const std::size_t size = reader.getRecordSize(record);
+      // The ELF header and the program headers come first: 4 KiB holds them.
+      std::vector<char> head(std::min<std::size_t>(size, 4096));
+      if (head.empty()) continue;
+      head.resize(reader.createChunkReaderIter(record, size, head.size()).next(head.data()));
+      Elf64_Ehdr elf;
+      if (head.size() < sizeof elf) continue;
+      std::memcpy(&elf, head.data(), sizeof elf);
+      if (std::memcmp(elf.e_ident, ELFMAG, SELFMAG) != 0 ||
+          elf.e_ident[EI_CLASS] != ELFCLASS64 || elf.e_phentsize != sizeof(Elf64_Phdr) ||
+          elf.e_phoff > head.size() ||
+          elf.e_phnum * sizeof(Elf64_Phdr) > head.size() - elf.e_phoff)
+        continue;
+      uint64_t needed = 0;
+      for (std::size_t i = 0; i < elf.e_phnum; ++i) {
+        Elf64_Phdr segment;
+        std::memcpy(&segment, head.data() + elf.e_phoff + i * sizeof segment, sizeof segment);
+        if (segment.p_type == PT_LOAD)
+          needed = std::max<uint64_t>(needed, segment.p_offset + segment.p_filesz);
+      }
+      libraries.emplace_back(record, size, needed);
+    }
+  } catch (const std::exception&) {
+    return;
+  }
+  for (const auto& [record, size, needed] : libraries)
+    if (needed > size)
+      throw UsageError("cannot load " + model_path.string() + " as an AOTInductor package: " +
+                       "its library " + record + " holds " + std::to_string(size) +
+                       " bytes where its segments take " + std::to_string(needed) +
+                       " (the package is damaged; export it again)");
+}
+
 }  // namespace
+
+std::string one_line(const std::string& message) {
+  std::string text;
+  for (std::size_t i = 0; i < message.size();) {
+    const auto byte = static_cast<unsigned char>(message[i]);
+    const std::size_t length = utf8_length(message, i);
+    const bool control = length == 1 && (byte < 0x20 || byte == 0x7f);
+    if (length > 0 && !control) {
+      text.append(message, i, length);
+      i += length;
+      continue;
+    }
+    if (byte == '\n') {
+      text += "\\n";
+    } else {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+      text += escaped;
+    }
+    ++i;
+  }
+  return text;
+}
 
 UsageError::UsageError(const std::string& message) : std::runtime_error(one_line(message)) {}
 
@@ -146,13 +288,13 @@ std::string error_message(const std::string& message) {
     }
     last = line;
   }
-  if (first.rfind(kInterpreterError, 0) == 0) return last;
+  if (first.rfind(kInterpreterError, 0) == 0) return one_line(last);
   // The compiler's error for a call that matches the one signature there is names that
   // signature first ("forward(Tensor z, Tensor y) -> Tensor:") and what is wrong only next
   // ("Argument y not provided.").
   if (!second.empty() && first.back() == ':' && first.find(") -> ") != std::string::npos)
-    return first + " " + second;
-  return first;
+    return one_line(first + " " + second);
+  return one_line(first);
 }
 
 void check_fits_in_memory(const std::string& what, int64_t n, double bytes_per_image) {
@@ -275,6 +417,7 @@ torch::Tensor class_labels(int64_t n, const std::vector<int64_t>& classes, int64
 Generator::Generator(const std::filesystem::path& model_path, const std::string& device)
     : info_(read_export_info(model_path)), device_(parse_device(device, info_)) {
   if (info_.format == "torchscript") {
+    check_tensor_records(model_path);
     torch::jit::ExtraFilesMap extra{{kEmbedded, ""}};
     try {
       script_ = std::make_unique<torch::jit::Module>(
@@ -294,6 +437,7 @@ Generator::Generator(const std::filesystem::path& model_path, const std::string&
     throw UsageError(model_path.string() + " is an AOTInductor package compiled for " +
                      info_.device + "; export it again with device=" + device +
                      " or sample with --device " + info_.device);
+  check_shared_libraries(model_path);
   try {
     const c10::DeviceIndex index = device_.has_index() ? device_.index() : -1;
     package_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(

@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {  // one line, whatever CLI11 adds
     std::string message = e.what();
-    std::cerr << "error: " << message.substr(0, message.find('\n'))
+    std::cerr << "error: " << sagan::one_line(message.substr(0, message.find('\n')))
               << " (see sagan_sample --help)" << std::endl;
     return 2;
   }

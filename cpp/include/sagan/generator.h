@@ -22,9 +22,14 @@ struct Module;
 
 namespace sagan {
 
+// `message` as one line of valid UTF-8, fit for stderr and for Python's str: control characters
+// (a newline in a path or a sidecar field) become \n or \xHH, and so does each byte that is not
+// part of valid UTF-8 (a path or a model's code may hold any bytes). UTF-8 text, an accented file
+// name say, stays as it is.
+std::string one_line(const std::string& message);
+
 // Bad input (a missing file, a sidecar that does not match, a class out of range): the message
-// is one line that says what was wrong and what is expected. Control characters that it quotes
-// from the input (a newline in a path or a sidecar field) are escaped, as \n or \xHH.
+// is one line that says what was wrong and what is expected, escaped as one_line does.
 class UsageError : public std::runtime_error {
  public:
   explicit UsageError(const std::string& message);
@@ -33,7 +38,8 @@ class UsageError : public std::runtime_error {
 // The one line of an error message worth showing (pass a c10::Error's what_without_backtrace()):
 // the first, or for an error inside a TorchScript model the last, which names the error, not
 // the interpreter's preamble and traceback; for a call that the TorchScript compiler finds
-// wrong, the signature called and the line after it, which says what is wrong.
+// wrong, the signature called and the line after it, which says what is wrong. Escaped as
+// one_line does.
 std::string error_message(const std::string& message);
 
 // Refuses, before any work, `n` images of `bytes_per_image` each when they would not fit in half
