@@ -742,3 +742,13 @@ def test_dry_run_reports_what_is_missing_or_too_much(carried, remove, said):
     result = suite("--dry-run", "eval", whl=carried)
     assert result.returncode == 1, result.stdout
     assert said.format(whl=carried) in result.stdout, result.stdout
+
+
+def test_bench_start_finds_the_hook_imported_at_every_start(monkeypatch) -> None:
+    """The start-up benchmark reads the hook's import from `python -X importtime`: installed,
+    the hook is imported by site, before any user code, and costs a part of site's time."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_start
+
+    times = bench_start.import_times(starts=1)
+    assert 0 < times["hook_import_us"] < times["site_us"]
