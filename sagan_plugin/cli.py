@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from sagan_plugin.errors import PluginWarning, UsageError, first_line
+from sagan_plugin.errors import CommandFailed, PluginWarning, UsageError, first_line
 from sagan_plugin.overrides import refuse_repeated_keys
 from sagan_plugin.stopping import EXIT_CODES, Interrupted, Terminated
 
@@ -192,9 +192,9 @@ def _main(argv: list[str]) -> int:
         refuse_repeated_keys(args.overrides, args.command)
         command = getattr(importlib.import_module(module_name), function_name)
         command(args.overrides)
-    except UsageError as error:
+    except (UsageError, CommandFailed) as error:
         print(f"error: {error}", file=sys.stderr)
-        return UsageError.exit_code
+        return error.exit_code
     except OSError as error:  # the file system refused (a full disk, a lost mount)
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)

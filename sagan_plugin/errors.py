@@ -1,5 +1,5 @@
-"""The error type the command line turns into a one-line message and exit code 2, and the
-warning type it prints as one line."""
+"""The error types the command line turns into a one-line message (exit code 2 for bad input,
+1 for a command that failed on good input), and the warning type it prints as one line."""
 
 import os
 import sys
@@ -16,6 +16,13 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+class CommandFailed(Exception):
+    """Good input, yet the command could not do its job (an export that does not reproduce its
+    generator). The message is one line that says what failed."""
+
+    exit_code = 1
 
 
 class PluginWarning(UserWarning):

@@ -98,7 +98,7 @@ def test_the_check_runs_the_artefact_at_batches_it_was_not_traced_with(condition
         seen.append(len(z))
         return reference(z, y) if len(z) == 2 else torch.zeros_like(reference(z, y))
 
-    with pytest.raises(RuntimeError, match="export check failed"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed"):
         export.check_export(traced_for_two, reference, torch.device("cpu"))
     assert seen and 2 not in seen
 
@@ -130,7 +130,7 @@ def test_failed_check_writes_nothing(conditional_run, tmp_path, monkeypatch):
         return lambda z, y: module(z, y) + 3 * export.CHECK_TOLERANCE["cpu"]
 
     monkeypatch.setattr(export, "load_export", off_by_a_bit)
-    with pytest.raises(RuntimeError, match="export check failed"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed"):
         export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
     assert list(tmp_path.iterdir()) == []
 
@@ -188,7 +188,7 @@ def test_the_check_refuses_an_artefact_a_tenth_of_a_pixel_level_off(conditional_
     """The CPU tolerance lies far below one level of a PNG (1/127.5): images off by a tenth
     of a level are refused."""
     reference = export.SamplingModule(load_generator(conditional_run).netG)
-    with pytest.raises(RuntimeError, match="export check failed: output differs"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed: output differs"):
         export.check_export(lambda z, y: reference(z, y) + 0.1 / 127.5, reference,
                             torch.device("cpu"))
 
@@ -200,13 +200,13 @@ def test_an_artefact_wrong_at_any_one_check_batch_is_refused(conditional_run, wr
     def exported(z, y):
         return reference(z, y) + (1e-2 if len(z) == wrong_at else 0)
 
-    with pytest.raises(RuntimeError, match="export check failed"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed"):
         export.check_export(exported, reference, torch.device("cpu"))
 
 
 def test_an_artefact_of_another_shape_is_refused_naming_both_shapes(conditional_run):
     reference = export.SamplingModule(load_generator(conditional_run).netG)
-    with pytest.raises(RuntimeError, match=r"export check failed at batch 1: shape "
+    with pytest.raises(export.ExportCheckFailed, match=r"export check failed at batch 1: shape "
                                            r"\(1, 3, 16, 16\) instead of \(1, 3, 32, 32\)"):
         export.check_export(lambda z, y: torch.nn.functional.avg_pool2d(reference(z, y), 2),
                             reference, torch.device("cpu"))
@@ -216,7 +216,7 @@ def test_the_check_catches_an_artefact_that_ignores_the_labels(conditional_run):
     """The check's inputs hold several classes: an artefact that draws class 0 for every
     label is refused."""
     reference = export.SamplingModule(load_generator(conditional_run).netG)
-    with pytest.raises(RuntimeError, match="export check failed"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed"):
         export.check_export(lambda z, y: reference(z, torch.zeros_like(y)), reference,
                             torch.device("cpu"))
 
@@ -234,7 +234,7 @@ def test_a_fold_that_loses_the_normalisation_fails_the_check(conditional_run, tm
         return netG
 
     monkeypatch.setattr(export, "fold_spectral_norm", fold_without_normalising)
-    with pytest.raises(RuntimeError, match="export check failed"):
+    with pytest.raises(export.ExportCheckFailed, match="export check failed"):
         export.export_generator(conditional_run, "torchscript", tmp_path / "G.pt")
     assert list(tmp_path.iterdir()) == []
 
@@ -248,3 +248,20 @@ def test_folding_a_generator_in_training_mode_puts_it_in_eval_mode_first(conditi
     z, y = export.check_inputs(reference, 6, torch.device("cpu"))
     with torch.no_grad():
         torch.testing.assert_close(folded(z, y), reference(z, y), rtol=0, atol=1e-6)
+
+
+def test_a_failed_check_through_the_command_line_is_one_line_exit_1(conditional_run, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Good input that the export cannot reproduce: a failure of the command (exit 1), said in
+    one line as every error is, not a traceback."""
+    from sagan_plugin.cli import main as cli
+
+    load = export.load_export
+    monkeypatch.setattr(export, "load_export", lambda path, fmt: (
+        lambda z, y: load(path, fmt)(z, y) + 0.1 / 127.5))
+    out = tmp_path / "G.pt"
+    assert cli(["export", f"run={conditional_run}", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: export check failed: output differs from the eager "
+                          "generator by ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
