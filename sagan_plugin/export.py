@@ -219,7 +219,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             shape["max_batch"] = MAX_BATCH
         writer = _write_torchscript if fmt == "torchscript" else _write_aoti
         writer(module, check_inputs(folded, 2, device), staged, json.dumps(shape))
-        check_export(load_export(staged, fmt), reference, device)
+        worst = check_export(load_export(staged, fmt), reference, device)
         sidecar = {
             "kind": EXPORT_KIND,
             "version": 1,
@@ -232,6 +232,9 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             **provenance,
             "device": device.type,
             "torch_version": torch.__version__,
+            # How closely the artefact, loaded back, reproduced the eager generator.
+            "check": {"batches": list(CHECK_BATCHES), "max_abs_diff": worst,
+                      "tolerance": CHECK_TOLERANCE[device.type]},
         }
         sidecar_path(staged).write_text(json.dumps(sidecar, indent=2) + "\n")
         os.replace(staged, out)

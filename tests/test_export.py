@@ -47,6 +47,9 @@ def test_export_matches_eager_at_any_batch_and_has_a_true_sidecar(conditional_ru
         "resolution": 32, "channels": 3, "output_range": [-1.0, 1.0], "step": STEP,
         "ema": True, "device": "cpu", "torch_version": torch.__version__,
         "sha256": file_digest(artefact), "file": artefact.name}
+    assert sidecar["check"]["batches"] == list(export.CHECK_BATCHES)
+    assert 0 <= sidecar["check"]["max_abs_diff"] <= sidecar["check"]["tolerance"] == \
+        export.CHECK_TOLERANCE["cpu"]
     reference = load_generator(conditional_run).netG
     z, y = export.check_inputs(reference, 7, torch.device("cpu"))
     with torch.inference_mode():
