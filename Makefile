@@ -54,8 +54,10 @@ cpp: install
 	  $(VENV)/bin/cmake -S cpp -B cpp/build -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	@GNUMAKEFLAGS=--no-print-directory $(VENV)/bin/cmake --build cpp/build -j$$(nproc)
 
+# pytest-xdist: a worker per core (at most 4), and a test file to one worker, so that a file's
+# shared fixtures (a trained study, an AOTInductor export) are made once per file.
 test: install data cpp lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n logical --maxprocesses 4 --dist loadfile
 
 # ruff's linter only: the code keeps its hand-made line breaks, which `ruff format` would undo.
 lint: install

@@ -12,8 +12,13 @@ from run_helpers import exported_run
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Two cores on CI: keep torch from oversubscribing them when tests spawn processes.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on CI: keep torch from oversubscribing them when tests spawn processes, and under
+# pytest-xdist (`make test`) share the cores among the workers, their children included.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 def interruptible() -> None:
