@@ -1,3 +1,4 @@
+import fcntl
 import os
 import resource
 import signal
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpp_helpers import BUILD, PROGRAM
 from inception_helpers import converted_weights, with_classifier
 from run_helpers import exported_run
 
@@ -52,7 +54,7 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def conditional_run(tmp_path_factory) -> Path:
     """A tiny conditional (10 classes) run exported in both formats: one AOTInductor compile
-    for the whole session (test_export, test_cpp)."""
+    per session, that is per pytest-xdist worker (test_export, test_cpp*)."""
     return exported_run(tmp_path_factory.getbasetemp(), True, ("torchscript", "aoti"))
 
 
@@ -76,3 +78,23 @@ def inception_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A test's own metric caches, and the converted Inception weights (no download)."""
     monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
+
+
+@pytest.fixture(scope="session")
+def program() -> Path:
+    """cpp/ built once per session through the Makefile (a no-op when up to date); one build
+    at a time, since pytest-xdist's workers each ask."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".pytest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["make", "-s", "cpp"], cwd=REPO, check=True, capture_output=True,
+                       timeout=900)
+    return PROGRAM
+
+
+@pytest.fixture(scope="session")
+def ext(program: Path):
+    sys.path.insert(0, str(BUILD))
+    import sagan_sample_ext
+
+    return sagan_sample_ext
