@@ -9,8 +9,9 @@ interleaved across paths so that a busy machine slows them alike; the median is 
 The C++ paths run in this process through the pybind11 module (cpp/build, built by `make cpp`).
 
 Goals: on a CPU, C++ AOTInductor >= 1.5x Python eager at batch 64. On a GPU the table adds
-eager bf16 and a CUDA graph of it; goal >= 3x eager fp32 at batch 256, and the achieved
-fraction of the GPU's bf16 matmul rate measured in the same run.
+eager bf16 and a CUDA graph of it, and a package compiled for batches up to the largest timed
+(export's max_batch: a bound that can let its kernels index in 32 bits); goal >= 3x eager fp32
+at batch 256, and the achieved fraction of the GPU's bf16 matmul rate measured in the same run.
 Prints a table and writes JSON with the machine's description.
 """
 
@@ -40,7 +41,7 @@ from _machine import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from sagan_plugin.errors import first_line
-from sagan_plugin.export import export_module, fold_spectral_norm
+from sagan_plugin.export import CHECK_BATCHES, FORMATS, export_module, fold_spectral_norm
 from sagan_plugin.registry import get_model
 from sagan_plugin.sample import class_labels
 
@@ -196,10 +197,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths: dict[str, Callable[[int], Forward]] = {"Python eager": at_any_batch(eager)}
-        for fmt, suffix, name in (("torchscript", ".pt", "C++ TorchScript"),
-                                  ("aoti", ".pt2", "C++ AOTInductor")):
+        exports = [("torchscript", None, "C++ TorchScript"), ("aoti", None, "C++ AOTInductor")]
+        if device.type == "cuda":  # only Triton's kernels pick their index width from the bound
+            bound = max(*batches, *CHECK_BATCHES)
+            exports.append(("aoti", bound, f"C++ AOTInductor max_batch={bound}"))
+        for i, (fmt, bound, name) in enumerate(exports):
             try:
-                artefact = export_module(eager, folded, fmt, f"{tmp}/G{suffix}", provenance)
+                artefact = export_module(eager, folded, fmt, f"{tmp}/G{i}{FORMATS[fmt]}",
+                                         provenance, max_batch=bound)
                 paths[name] = at_any_batch(ext.Generator(str(artefact), device.type).forward)
             except Exception as error:  # a compile error, a failed check: the rest goes on
                 print(f"{name}: export FAILED: {first_line(error)}", file=sys.stderr)

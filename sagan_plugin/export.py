@@ -32,7 +32,7 @@ from sagan_plugin.files import check_output_file, check_writable, failures_named
 from sagan_plugin.overrides import parse_overrides
 from sagan_plugin.registry import generate
 from sagan_plugin.sample import class_labels
-from sagan_plugin.schema import ema_option, one_of, option, run_option, step_option
+from sagan_plugin.schema import between, ema_option, one_of, option, run_option, step_option
 
 FORMATS = {"torchscript": ".pt", "aoti": ".pt2"}
 EXPORT_KIND = "sagan-plugin generator export"  # the C++ sampler checks this marker
@@ -43,9 +43,13 @@ CHECK_BATCHES = (1, 5)  # neither is the batch size the export was traced with
 # further (Inductor may lay convolutions out channels-last); a guess until a GPU measures it
 # (cpp_check.py).
 CHECK_TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
-# An AOTInductor package is compiled for batches up to this (its kernels' index arithmetic is
-# sized for it); the C++ sampler refuses larger ones. TorchScript has no limit.
+# An AOTInductor package is compiled for batches up to max_batch (its kernels' index arithmetic
+# is sized for it), by default this; the C++ sampler refuses larger ones. TorchScript has no
+# limit. A smaller bound can make GPU kernels index in 32 bits: Inductor does so in an AOT
+# compile when the bound proves that every tensor fits (torch/_inductor/utils.py,
+# expr_fits_within_32bit).
 MAX_BATCH = 1 << 16
+MAX_BATCH_RULE = between(max(CHECK_BATCHES), MAX_BATCH)  # the check runs the package at each
 # The sidecar's shape fields are also stored inside the artefact (a TorchScript extra file, an
 # AOTInductor metadata entry), so that the C++ sampler can tell that a sidecar describes this
 # very model: the sidecar's sha256 covers the artefact, not the sidecar itself.
@@ -117,8 +121,8 @@ def _write_torchscript(module: nn.Module, example: tuple[Tensor, Tensor], path: 
 
 
 def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
-                embedded: str) -> None:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+                embedded: str, max_batch: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
     with _quiet_known_notices():
         program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
         torch._inductor.aoti_compile_and_package(
@@ -174,10 +178,11 @@ def check_export(exported: Callable, reference: nn.Module, device: torch.device)
 def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
                      step: int | None = None, prefer_ema: bool = True,
                      device: str | torch.device = "cpu",
-                     run_tokens: Sequence[str] = ()) -> Path:
+                     run_tokens: Sequence[str] = (), max_batch: int | None = None) -> Path:
     """Export a run's generator (a run folder or a netG checkpoint); returns the artefact.
 
-    run_tokens: model=NAME data=NAME ... for a folder of Mimicry's own Trainer."""
+    run_tokens: model=NAME data=NAME ... for a folder of Mimicry's own Trainer. max_batch: the
+    largest batch an AOTInductor package takes (None: MAX_BATCH); TorchScript takes any."""
     from sagan_plugin.runs import load_generator, resolve_checkpoint
 
     if fmt not in FORMATS:
@@ -186,21 +191,29 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
         out = resolve_checkpoint(run, step)[0] / "export" / f"generator{FORMATS[fmt]}"
     if Path(out).suffix != FORMATS[fmt]:
         raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
+    if max_batch is not None and fmt != "aoti":
+        raise UsageError(f"max_batch applies to format=aoti only (TorchScript takes any batch), "
+                         f"got format={fmt}")
+    if max_batch is not None and not (isinstance(max_batch, int)
+                                      and MAX_BATCH_RULE.accepts(max_batch)):
+        raise UsageError(f"max_batch must be {MAX_BATCH_RULE.expected}, got {max_batch}")
     for path, key in ((out, "out"), (sidecar_path(out), "out's sidecar")):
         check_output_file(path, key)  # before minutes of compiling
     # Two independent loads: one stays the parametrized reference, the other is folded.
     reference = load_generator(run, step, prefer_ema, device, run_tokens)
     loaded = load_generator(run, step, prefer_ema, device, run_tokens)
     provenance = {"model": loaded.config.model.name, "step": loaded.step, "ema": loaded.ema}
-    return export_module(reference.netG, fold_spectral_norm(loaded.netG), fmt, out, provenance)
+    return export_module(reference.netG, fold_spectral_norm(loaded.netG), fmt, out, provenance,
+                         max_batch)
 
 
 def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | Path,
-                  provenance: dict) -> Path:
+                  provenance: dict, max_batch: int | None = None) -> Path:
     """Write the artefact of `folded` (checked against `reference`) and its sidecar.
 
     Both generators hold the same weights on the same device, in eval mode; provenance gives
-    the sidecar's model, step and ema fields. Nothing is left half-written.
+    the sidecar's model, step and ema fields; max_batch as export_generator's (aoti only).
+    Nothing is left half-written.
     """
     out = Path(out)
     check_writable(out.parent)
@@ -215,10 +228,12 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             channels = reference(*check_inputs(folded, 1, device)).shape[1]
         shape = {"nz": folded.nz, "num_classes": folded.num_classes,
                  "resolution": folded.resolution, "channels": int(channels)}
+        example = check_inputs(folded, 2, device)
         if fmt == "aoti":
-            shape["max_batch"] = MAX_BATCH
-        writer = _write_torchscript if fmt == "torchscript" else _write_aoti
-        writer(module, check_inputs(folded, 2, device), staged, json.dumps(shape))
+            shape["max_batch"] = max_batch or MAX_BATCH
+            _write_aoti(module, example, staged, json.dumps(shape), shape["max_batch"])
+        else:
+            _write_torchscript(module, example, staged, json.dumps(shape))
         worst = check_export(load_export(staged, fmt), reference, device)
         sidecar = {
             "kind": EXPORT_KIND,
@@ -252,6 +267,9 @@ class ExportConfig:
     ema: bool = ema_option()
     device: str = option("cpu", "cpu or cuda: an AOTInductor package runs only on the device "
                          "it was compiled for")
+    max_batch: int | None = option(None, f"aoti: the largest batch the package takes; null: "
+                                         f"{MAX_BATCH} (a smaller bound can make GPU kernels "
+                                         f"index in 32 bits)", MAX_BATCH_RULE)
 
 
 def main(argv: list[str]) -> None:
@@ -263,5 +281,5 @@ def main(argv: list[str]) -> None:
     if cfg.format == "aoti":  # else half a minute or more without a word
         print("compiling the AOTInductor package (C++; half a minute or more)...", flush=True)
     path = export_generator(cfg.run, cfg.format, cfg.out, cfg.step, cfg.ema,
-                            resolve_device(cfg.device), run_tokens)
+                            resolve_device(cfg.device), run_tokens, cfg.max_batch)
     print(f"wrote {path} and {sidecar_path(path)}")

@@ -186,6 +186,9 @@ RUN_CASES = [
     ("export", ["out={tmp}/g.onnx"], "must end in .pt"),
     ("export", ["out={pt_folder}"], "out={pt_folder} is a folder; expected a file path"),
     ("export", ["out={sidecar_taken}"], "out's sidecar={sidecar_taken}.json is a folder"),
+    ("export", ["max_batch=8"], "max_batch applies to format=aoti only (TorchScript takes any"),
+    ("export", ["format=aoti", "max_batch=4"], "export: max_batch must be in [5, 65536], got 4"),
+    ("export", ["format=aoti", "max_batch=65537"], "max_batch must be in [5, 65536], got 65537"),
     # viz
     ("viz", ["what=bogus"], "what=bogus: expected grid, attention"),
     ("viz", ["scale=${{nope}}"], "viz: bad override for scale: Interpolation key 'nope' not found"),

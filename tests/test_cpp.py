@@ -154,13 +154,21 @@ print(tuple(g.forward(torch.randn(128, 2).t(), torch.full((2,), 9)).shape))
 
 def test_an_aoti_package_refuses_batches_larger_than_it_was_exported_for(
         ext, conditional_run, tmp_path, monkeypatch):
-    """Its kernels' index arithmetic is sized for the largest batch it was compiled for: the
-    sampler refuses a larger one, in sample() before any work and in forward()."""
+    """Its kernels' index arithmetic is sized for the largest batch it was compiled for
+    (export's max_batch): the sampler refuses a larger one, in sample() before any work and in
+    forward()."""
     from sagan_plugin import export
 
-    monkeypatch.setattr(export, "MAX_BATCH", 8)
-    model = export.export_generator(conditional_run, "aoti", out=tmp_path / "G.pt2")
+    model = export.export_generator(conditional_run, "aoti", out=tmp_path / "G.pt2", max_batch=8)
     assert json.loads(sidecar_path(model).read_text())["max_batch"] == 8
+    # The bound is the compiled one, not only the sidecar's: AOTInductor's own input check (on
+    # when AOTI_RUNTIME_CHECK_INPUTS is set as a package first runs) refuses batch 9.
+    monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "1")
+    package = export.load_export(model, "aoti")
+    z, y = torch.randn(9, 128), torch.zeros(9, dtype=torch.long)
+    assert package(z[:8], y[:8]).shape == (8, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="expected to be <= 8, but got: 9"):
+        package(z, y)
     result = run_program("--model", model, "--n", 20, "--batch", 9, "--out", tmp_path / "a.png")
     assert_clean_error(result, "batch 9 is more than this AOTInductor package takes: it was "
                                "exported for batches of at most 8")

@@ -371,8 +371,10 @@ def test_bench_train_keeps_every_other_row_when_a_variant_fails(monkeypatch, tmp
     assert "host fp32: FAILED: CUDA out of memory" in capsys.readouterr().out
     assert all(row["images_per_s"] == 400.0 and "vs_host" not in row for row in ours)
     assert ours[-1]["variant"] == "ours bf16 cl compile"
-    # the compiled step is handed its eager twin's count (bf16, channels_last), not counted
+    # the compiled step is handed its eager twin's count (bf16, channels_last), not counted,
+    # and so is the flash one (its zero-padded query and key are no useful work)
     assert handed["ours bf16 cl compile"] == 2e9 and ours[-1]["mfu"] == 2e9 * 100 / 1e12
+    assert handed["ours bf16 cl flash"] == 2e9 and handed["ours bf16 channels_last"] is None
 
     report, _ = _bench_train(monkeypatch, tmp_path, lambda v: v.impl == "ours")
     assert [row.get("error") is None for row in report["rows"]] == [True] + [False] * 5
@@ -413,10 +415,10 @@ def test_bench_sample_keeps_the_other_paths_when_an_export_fails(monkeypatch, tm
 
     export = bench_sample.export_module
 
-    def export_module(eager, folded, fmt, out, provenance):
+    def export_module(eager, folded, fmt, out, provenance, max_batch=None):
         if fmt == "aoti":
             raise RuntimeError("/usr/bin/ld: cannot find -lcuda\nmore")
-        return export(eager, folded, fmt, out, provenance)
+        return export(eager, folded, fmt, out, provenance, max_batch)
 
     class Generator:  # the pybind11 module's, on the TorchScript file alone
         def __init__(self, path: str, device: str) -> None:
