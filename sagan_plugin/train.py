@@ -173,14 +173,16 @@ def run(cfg: DictConfig) -> SAGANTrainer:
     check_writable(run_dir, "run folder")
     check_resume(run_dir, cfg)
     device = device_for_rank(resolve_device(train.device, "train.device"), world)
-    check_options(train.precision, train.sdpa_backend, device)
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
                          "runs on GPUs only); leave it false")
+    # Before any CUDA work, check_options' probe of a kernel included: cuBLAS takes its
+    # workspace setting, which deterministic matrix products need, when it starts.
     if train.deterministic:
         _make_deterministic()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions
+    check_options(train.precision, train.sdpa_backend, device)
     init_process_group(world, device)
     try:
         return _train(cfg, world, device, local_batch)

@@ -379,15 +379,23 @@ def test_a_run_folder_that_cannot_take_the_configuration_is_named(tiny_overrides
 
 def test_train_deterministic_turns_on_torchs_deterministic_algorithms(
         tiny_overrides: list[str], monkeypatch) -> None:
-    """Deterministic kernels on any device, and the cuBLAS workspace that they need."""
+    """Deterministic kernels on any device, and the cuBLAS workspace that they need, set
+    before the first kernel runs (check_options probes one): cuBLAS reads it as it starts."""
+    from sagan_plugin import train
+
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # as it was again after the test
+    probed_with = []
+    check_options = train.check_options
+    monkeypatch.setattr(train, "check_options", lambda *args: (
+        probed_with.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG")), check_options(*args)))
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(False)
     try:
         run(compose(tiny_overrides + ["train.steps=1", "train.deterministic=true"]))
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert probed_with == [":4096:8"]
         assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(before)
