@@ -97,6 +97,8 @@ def run_case(spec: dict) -> dict:
     try:
         synchronize(device)
         if device.type == "cuda":
+            step()  # once first: a library's one-time workspace (cuBLAS, cuDNN) is no layer's
+            synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             step()

@@ -97,6 +97,8 @@ def make_step(impl: str, width: int, batch: int, num_classes: int, device: torch
     from sagan_plugin.precision import prepare_for_training, step_context
 
     netG, netD, optG, optD = build(impl, width, num_classes, device, fused=impl == "ours")
+    if device.type == "cuda":  # as `train` runs, host and ours alike: the fastest convolutions
+        torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     prepare_for_training(netG, netD, precision=precision, sdpa_backend=sdpa_backend,
                          channels_last=channels_last)
@@ -292,10 +294,13 @@ def main() -> int:
     keep_if_interrupted(args.json, report)
     fastest = None  # (images/s, step): kept alive for the trace, so compile runs only once
     for variant in variants:
-        # A compiled step does the maths of the eager variant with its settings.
-        eager_twin = variant._replace(name="", compiled=False)
+        # A compiled step does the maths of the eager variant with its settings, and the flash
+        # one that of the unpadded layer (the zero columns it multiplies are no work the model
+        # needs): theirs is the FLOP count, and so the MFU, of both.
+        twin = variant._replace(name="", compiled=False, sdpa_backend="auto")
         flops = next((row.get("flops_per_step") for row, v in zip(rows, variants, strict=False)
-                      if variant.compiled and v._replace(name="") == eager_twin), None)
+                      if twin != variant._replace(name="") and v._replace(name="") == twin),
+                     None)
         step = None
         try:
             row, step = measure(variant, width, batch, args.num_classes, device, repeats, warmup,

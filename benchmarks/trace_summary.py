@@ -28,8 +28,9 @@ KINDS = [
     ("attention", r"flash|fmha|attention|sdpa|cudnn_generated_fort_native_sdpa"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("compiled (Triton)", r"^triton_"),
-    ("matmul/conv", r"gemm|cutlass|xmma|conv|implicit|cudnn|sm\d+_|wgrad|dgrad|fprop"),
+    # before matmul/conv: cuDNN's own batch norm kernels are named cudnn::bn_...
     ("normalisation", r"batch_norm|batchnorm|bn_|welford|layer_norm"),
+    ("matmul/conv", r"gemm|cutlass|xmma|conv|implicit|cudnn|sm\d+_|wgrad|dgrad|fprop"),
     ("elementwise/reduction", r"elementwise|vectorized|unrolled|reduce|copy|fill|index"),
 ]
 
