@@ -8,7 +8,8 @@ layout, placed in a temporary TORCH_HOME so pytorch-fid never downloads) and the
 (procedural images). Rows:
 
 - end to end, one process each: `python -m pytorch_fid A B` against
-  `sagan-plugin eval images=A ref=B metrics=fid` (start-up, model load, both folders, FID);
+  `sagan-plugin eval images=A ref=B metrics=fid` (start-up, model load, both folders, FID;
+  on a GPU both with TF32 off, NVIDIA_TF32_OVERRIDE=0, so that their FIDs can agree);
 - features only, in this process with the model loaded: pytorch-fid's get_activations on the
   PNG files, ours on the same files, and ours on the images as uint8 tensors already in memory
   (how generated images are scored: no PNG round trip). Repetitions are interleaved so that a
@@ -95,6 +96,8 @@ def main() -> None:
         # Ours takes the file by path: under pytorch-fid's name its hash would not match.
         weights = resolve_weights().path
         env = {**os.environ, "TORCH_HOME": str(pytorch_fid_home(root, weights))}
+        if device.type == "cuda":  # their FIDs are compared: in float32, as TF32's rounding
+            env["NVIDIA_TF32_OVERRIDE"] = "0"  # differs between the two tools' kernels
 
         their_seconds, their_output = timed_process(
             [sys.executable, "-c", PYTORCH_FID_CLI, str(folder_a), str(folder_b),
@@ -146,7 +149,8 @@ def main() -> None:
         "machine": describe(device), "n": args.n, "resolution": args.resolution,
         "batch_size": args.batch_size, "repeats": args.repeats, "loader_workers": workers,
         "end_to_end": {"pytorch_fid_cli": {"seconds": their_cli[0], "fid": their_cli[1]},
-                       "sagan_plugin_eval": {"seconds": our_cli[0], "fid": our_cli[1]}},
+                       "sagan_plugin_eval": {"seconds": our_cli[0], "fid": our_cli[1]},
+                       "nvidia_tf32_override": env.get("NVIDIA_TF32_OVERRIDE")},
         "features_seconds": times,
         "images_per_second": {r[0]: float(r[1]) for r in rows},
     })
