@@ -130,11 +130,15 @@ def _write_aoti(module: nn.Module, example: tuple[Tensor, Tensor], path: Path,
             inductor_configs={"aot_inductor.metadata": {EMBEDDED: embedded}})
 
 
-def load_export(path: str | Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The artefact as a Python callable (z, y) -> images."""
+def load_export(path: str | Path, fmt: str,
+                device: torch.device | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The artefact as a Python callable (z, y) -> images. A package loads on the current GPU
+    unless device names one (cuda:1): its inputs must be there."""
     with _quiet_known_notices():
         if fmt == "torchscript":
             return torch.jit.load(str(path))
+        if device is not None and device.index is not None:
+            return torch._inductor.aoti_load_package(str(path), device_index=device.index)
         return torch._inductor.aoti_load_package(str(path))
 
 
@@ -234,7 +238,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
             _write_aoti(module, example, staged, json.dumps(shape), shape["max_batch"])
         else:
             _write_torchscript(module, example, staged, json.dumps(shape))
-        worst = check_export(load_export(staged, fmt), reference, device)
+        worst = check_export(load_export(staged, fmt, device), reference, device)
         sidecar = {
             "kind": EXPORT_KIND,
             "version": 1,

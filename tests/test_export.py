@@ -128,8 +128,8 @@ def test_torchscript_export_shows_no_deprecation_or_tracer_warning(conditional_r
 def test_failed_check_writes_nothing(conditional_run, tmp_path, monkeypatch):
     load = export.load_export
 
-    def off_by_a_bit(path, fmt):
-        module = load(path, fmt)
+    def off_by_a_bit(path, fmt, device=None):
+        module = load(path, fmt, device)
         return lambda z, y: module(z, y) + 3 * export.CHECK_TOLERANCE["cpu"]
 
     monkeypatch.setattr(export, "load_export", off_by_a_bit)
@@ -260,8 +260,8 @@ def test_a_failed_check_through_the_command_line_is_one_line_exit_1(conditional_
     from sagan_plugin.cli import main as cli
 
     load = export.load_export
-    monkeypatch.setattr(export, "load_export", lambda path, fmt: (
-        lambda z, y: load(path, fmt)(z, y) + 0.1 / 127.5))
+    monkeypatch.setattr(export, "load_export", lambda path, fmt, device=None: (
+        lambda z, y: load(path, fmt, device)(z, y) + 0.1 / 127.5))
     out = tmp_path / "G.pt"
     assert cli(["export", f"run={conditional_run}", f"out={out}"]) == 1
     err = capsys.readouterr().err
