@@ -17,17 +17,21 @@
 #               summary (trace_summary.py: GPU idle time and why, syncs, kernels), the fastest
 #               eager one at batch 64 and 32; ~3), ddp_estimate (4 and 8 GPUs on paper from
 #               those step times; seconds)
-#   cpp    4    cmake build against the machine's CUDA torch (~1), cpp_check.py: a tiny run,
+#   cpp    4.5  cmake build against the machine's CUDA torch (~1), cpp_check.py: a tiny run,
 #               both exports for cuda, sagan_sample --device cuda, parity with Python (~1.5),
-#               bench_sample --device cuda: batch 1/16/64/256, bf16, CUDA graph (~1.5)
+#               bench_sample --device cuda: batch 1/16/64/256, bf16, CUDA graph, a package
+#               bounded at batch 256 beside the default one (~2)
 #   eval   1.5  bench_eval --device cuda, 2000 images per folder, vs python -m pytorch_fid
 #   study  SUITE_STUDY_MINUTES (default 2.5): compare.py study=fashion_mnist_32 with
 #               SUITE_STUDY_ARGS (default steps=500 seeds=1 n=2000, a smoke-scale look: GPU
 #               throughput of every configuration, not a ranking); it resumes on a warm machine.
 #
 # Plan for 15 minutes of device time, the machine's start (1-2 minutes) and idle waits included:
-#   call 1: SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=9.3 benchmarks/gpu_suite.sh bench cpp
+#   call 1: SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=9.3 benchmarks/gpu_suite.sh cpp bench
 #                                                                timeout_s 580   ~1.5 + 9.3 min
+#           (cpp first: the CUDA build and its parity pass or fail whole, and an overrun of
+#           the estimates should cut bench_train's last rows, which keep what they measured,
+#           not skip them; ddp_estimate can be rerun here from the JSON that comes back)
 #   call 2, at once (warm: no restart, setup skipped), SUITE_CALL_MINUTES = what status's
 #           budget_left_s leaves less a minute (about 3): ... benchmarks/gpu_suite.sh eval study
 #           (eval first; the study gets what remains, else it is skipped and says so)
@@ -82,7 +86,7 @@ FASHION_MNIST=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-
                t10k-labels-idx1-ubyte)
 WEIGHTS=$WHL/fid/inception_10bit.xz          # benchmarks/compact_inception.py pack
 STAGES=(wheels setup bench cpp eval study)
-declare -A EXPECTED_MINUTES=([setup]=0.5 [bench]=4.5 [cpp]=4 [eval]=1.5 [study]=$STUDY_MINUTES)
+declare -A EXPECTED_MINUTES=([setup]=0.5 [bench]=4.5 [cpp]=4.5 [eval]=1.5 [study]=$STUDY_MINUTES)
 
 die_usage() { echo "error: $*" >&2; exit 2; }
 
@@ -537,8 +541,8 @@ if ((DRY)); then
        "\"SAGAN_COMMIT=$(git rev-parse HEAD 2>/dev/null) SUITE_CALL_MINUTES=$CALL_MINUTES benchmarks/gpu_suite.sh ${REQUESTED[*]}\"," \
        "carry [\"$WHL\"], timeout_s $(awk -v c="$CALL_MINUTES" 'BEGIN{printf "%d", c * 60 + 20}')"
   awk -v t="$total" -v c="$CALL_MINUTES" 'BEGIN { exit !(t > c) }' &&
-    echo "WARNING: these stages are expected to take longer than one call; the last ones" \
-         "would be skipped (split them, see the plan in $0's header)"
+    echo "WARNING: these stages are expected to take longer than one call; the last steps" \
+         "would be cut short or skipped (split them, see the plan in $0's header)"
   run_stages
   exit $?
 fi
