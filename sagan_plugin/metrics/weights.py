@@ -8,7 +8,9 @@ pytorch-fid's FID_WEIGHTS_URL is never fetched.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import os
 import re
 import warnings
@@ -136,9 +138,12 @@ def convert_fid_helper(source: Path) -> dict[str, torch.Tensor]:
 
 
 def _save_named_by_hash(state_dict: dict, folder: Path, prefix: str) -> Path:
-    """Save as `<prefix>-<sha256[:8]>.pth`, the torch.hub naming the loader checks."""
-    staged = folder / f"{prefix}.staged"
-    write_atomically(staged, lambda f: torch.save(state_dict, f))
-    final = folder / f"{prefix}-{file_digest(staged)[:8]}.pth"
-    os.replace(staged, final)
+    """Save as `<prefix>-<sha256[:8]>.pth`, the torch.hub naming the loader checks. Hashed in
+    memory: processes converting at once (test workers, a study's runs) each write a file of
+    their own beside the name, never one they share."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    data = buffer.getvalue()
+    final = folder / f"{prefix}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    write_atomically(final, lambda f: f.write(data))
     return final
