@@ -176,13 +176,13 @@ def run(cfg: DictConfig) -> SAGANTrainer:
     if train.sync_bn and not (device.type == "cuda" and world.distributed):
         raise UsageError("train.sync_bn needs GPUs under torchrun (torch's SyncBatchNorm "
                          "runs on GPUs only); leave it false")
-    # Before any CUDA work, check_options' probe of a kernel included: cuBLAS takes its
-    # workspace setting, which deterministic matrix products need, when it starts.
+    if train.deterministic:  # before any CUDA work, check_options' probe of a kernel included:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at start
+    check_options(train.precision, train.sdpa_backend, device)
     if train.deterministic:
         _make_deterministic()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions
-    check_options(train.precision, train.sdpa_backend, device)
     init_process_group(world, device)
     try:
         return _train(cfg, world, device, local_batch)
@@ -204,8 +204,7 @@ def check_bn_group(group: int | None, sync_bn: bool, local_batch: int) -> None:
 
 
 def _make_deterministic() -> None:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True)  # with CUBLAS_WORKSPACE_CONFIG, set in run()
     torch.backends.cudnn.benchmark = False
 
 

@@ -382,6 +382,7 @@ def test_train_deterministic_turns_on_torchs_deterministic_algorithms(
     """Deterministic kernels on any device, and the cuBLAS workspace that they need, set
     before the first kernel runs (check_options probes one): cuBLAS reads it as it starts."""
     from sagan_plugin import train
+    from sagan_plugin.errors import UsageError
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # as it was again after the test
@@ -392,6 +393,11 @@ def test_train_deterministic_turns_on_torchs_deterministic_algorithms(
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(False)
     try:
+        # A run refused for a kernel this device lacks leaves the process as it was.
+        with pytest.raises(UsageError, match="train.sdpa_backend=cudnn cannot run"):
+            run(compose(tiny_overrides + ["train.deterministic=true", "train.sdpa_backend=cudnn"]))
+        assert not torch.are_deterministic_algorithms_enabled()
+        probed_with.clear()
         run(compose(tiny_overrides + ["train.steps=1", "train.deterministic=true"]))
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
