@@ -195,12 +195,6 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
         out = resolve_checkpoint(run, step)[0] / "export" / f"generator{FORMATS[fmt]}"
     if Path(out).suffix != FORMATS[fmt]:
         raise UsageError(f"out for format={fmt} must end in {FORMATS[fmt]}, got {out}")
-    if max_batch is not None and fmt != "aoti":
-        raise UsageError(f"max_batch applies to format=aoti only (TorchScript takes any batch), "
-                         f"got format={fmt}")
-    if max_batch is not None and not (isinstance(max_batch, int)
-                                      and MAX_BATCH_RULE.accepts(max_batch)):
-        raise UsageError(f"max_batch must be {MAX_BATCH_RULE.expected}, got {max_batch}")
     for path, key in ((out, "out"), (sidecar_path(out), "out's sidecar")):
         check_output_file(path, key)  # before minutes of compiling
     # Two independent loads: one stays the parametrized reference, the other is folded.
@@ -211,6 +205,18 @@ def export_generator(run: str | Path, fmt: str, out: str | Path | None = None,
                          max_batch)
 
 
+def _check_max_batch(fmt: str, max_batch: int | None) -> None:
+    """Refused in the order and words of the command line's checks."""
+    if max_batch is None:
+        return
+    if not (isinstance(max_batch, int) and not isinstance(max_batch, bool)
+            and MAX_BATCH_RULE.accepts(max_batch)):
+        raise UsageError(f"max_batch must be {MAX_BATCH_RULE.expected}, got {max_batch!r}")
+    if fmt != "aoti":
+        raise UsageError(f"max_batch applies to format=aoti only (TorchScript takes any batch), "
+                         f"got format={fmt}")
+
+
 def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | Path,
                   provenance: dict, max_batch: int | None = None) -> Path:
     """Write the artefact of `folded` (checked against `reference`) and its sidecar.
@@ -219,6 +225,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
     the sidecar's model, step and ema fields; max_batch as export_generator's (aoti only).
     Nothing is left half-written.
     """
+    _check_max_batch(fmt, max_batch)
     out = Path(out)
     check_writable(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +241,7 @@ def export_module(reference: nn.Module, folded: nn.Module, fmt: str, out: str | 
                  "resolution": folded.resolution, "channels": int(channels)}
         example = check_inputs(folded, 2, device)
         if fmt == "aoti":
-            shape["max_batch"] = max_batch or MAX_BATCH
+            shape["max_batch"] = MAX_BATCH if max_batch is None else max_batch
             _write_aoti(module, example, staged, json.dumps(shape), shape["max_batch"])
         else:
             _write_torchscript(module, example, staged, json.dumps(shape))

@@ -154,6 +154,26 @@ def test_bad_export_input_is_a_usage_error(conditional_run, tmp_path, argv, mess
         export.main(argv)
 
 
+@pytest.mark.parametrize("fmt, max_batch, message", [
+    ("aoti", 4, "max_batch must be in [5, 65536], got 4"),
+    ("aoti", "8", "max_batch must be in [5, 65536], got '8'"),
+    ("aoti", True, "max_batch must be in [5, 65536], got True"),
+    ("torchscript", 8, "max_batch applies to format=aoti only"),
+])
+def test_a_bad_max_batch_from_python_is_refused_before_compiling(conditional_run, tmp_path,
+                                                                 fmt, max_batch, message):
+    """As the command line refuses it, in export_module too (bench_sample calls it)."""
+    out = tmp_path / f"G{export.FORMATS[fmt]}"
+    with pytest.raises(UsageError) as refused:
+        export.export_generator(conditional_run, fmt, out, max_batch=max_batch)
+    assert str(refused.value).startswith(message)
+    netG = load_generator(conditional_run).netG
+    for bad in (max_batch, 0):  # 0 once meant the default
+        with pytest.raises(UsageError, match="max_batch"):
+            export.export_module(netG, netG, fmt, out, {}, max_batch=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
 def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, fmt):
     # torchscript: was a SIGABRT in torch's zip writer; aoti: an InductorError's traceback
