@@ -74,7 +74,8 @@ def _kernel_choice(query, key, value) -> str:
 
 
 def run_case(spec: dict) -> dict:
-    """One row, in this process: peak memory of the first call, then the median time."""
+    """One row, in this process: peak memory of a call after the first (which sets up the
+    libraries' workspaces), then the median time."""
     from sagan_plugin.precision import SDPA_BACKENDS, step_context
 
     device = torch.device(spec["device"])

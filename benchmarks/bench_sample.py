@@ -199,12 +199,12 @@ def main() -> int:
         paths: dict[str, Callable[[int], Forward]] = {"Python eager": at_any_batch(eager)}
         exports = [("torchscript", None, "C++ TorchScript"), ("aoti", None, "C++ AOTInductor")]
         if device.type == "cuda":  # only Triton's kernels pick their index width from the bound
-            bound = max(*batches, *CHECK_BATCHES)
-            exports.append(("aoti", bound, f"C++ AOTInductor max_batch={bound}"))
-        for i, (fmt, bound, name) in enumerate(exports):
+            largest = max(*batches, *CHECK_BATCHES)
+            exports.append(("aoti", largest, f"C++ AOTInductor max_batch={largest}"))
+        for i, (fmt, max_batch, name) in enumerate(exports):
             try:
                 artefact = export_module(eager, folded, fmt, f"{tmp}/G{i}{FORMATS[fmt]}",
-                                         provenance, max_batch=bound)
+                                         provenance, max_batch=max_batch)
                 paths[name] = at_any_batch(ext.Generator(str(artefact), device.type).forward)
             except Exception as error:  # a compile error, a failed check: the rest goes on
                 print(f"{name}: export FAILED: {first_line(error)}", file=sys.stderr)

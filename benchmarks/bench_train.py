@@ -16,7 +16,8 @@ batch already on the device (the data loader is not timed). Rows:
     ours bf16 cl compile      + torch.compile (GPU by default; --compile on CPU)
 
 at the same widths (ours ngf=ndf=W is the host's ngf=ndf=16W). FLOPs per step are counted with
-torch.utils.flop_counter; MFU divides the achieved FLOP/s by the bf16 matmul rate measured in
+torch.utils.flop_counter (the compiled and flash rows are given those of their eager, unpadded
+twin: the same model maths); MFU divides the achieved FLOP/s by the bf16 matmul rate measured in
 the same run. Then the same step on 1 and on N processes (DDP, weak scaling: batch per process
 fixed) gives the scaling efficiency. Goals on H100/H200: >= 2x the host's images/s, MFU >= 30%.
 `--scan-batches` (on a GPU by default 64 and 32, the paper's 256 split over 4 and 8 GPUs) times
@@ -205,8 +206,9 @@ def fastest_eager(rows: list[dict], variants: list[Variant]) -> tuple[dict, Vari
 
 def measure(variant: Variant, width: int, batch: int, num_classes: int, device: torch.device,
             repeats: int, warmup: int, flops: int | None) -> tuple[dict, object]:
-    """The variant's row and its step function. `flops`: the FLOPs of its eager twin, which a
-    compiled step does (the counter traces eagerly); counted when None."""
+    """The variant's row and its step function. `flops`: the FLOPs of its eager, unpadded twin,
+    whose maths a compiled or flash step does (the counter traces eagerly, padding included);
+    counted when None."""
     step, _ = make_step(variant.impl, width, batch, num_classes, device, variant.precision,
                         variant.channels_last, variant.compiled, variant.sdpa_backend)
     seconds = median_seconds(step, device, repeats, warmup + 2 * variant.compiled)

@@ -27,8 +27,8 @@
 #               throughput of every configuration, not a ranking); it resumes on a warm machine.
 #
 # Plan for 15 minutes of device time, the machine's start (1-2 minutes) and idle waits included:
-#   call 1: SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=9.3 benchmarks/gpu_suite.sh cpp bench
-#                                                                timeout_s 580   ~1.5 + 9.3 min
+#   call 1: SAGAN_COMMIT=<sha> SUITE_CALL_MINUTES=9.5 benchmarks/gpu_suite.sh cpp bench
+#                                                                timeout_s 590   ~1.5 + 9.5 min
 #           (cpp first: the CUDA build and its parity pass or fail whole, and an overrun of
 #           the estimates should cut bench_train's last rows, which keep what they measured,
 #           not skip them; ddp_estimate can be rerun here from the JSON that comes back)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def program() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ext(program: Path):
+def ext(program: Path) -> ModuleType:
     sys.path.insert(0, str(BUILD))
     import sagan_sample_ext
 

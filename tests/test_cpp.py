@@ -306,17 +306,18 @@ def test_program_counts_available_memory_and_the_grid(program, conditional_run, 
     for out, written in ((f"{tmp_path}/pngs/", 3 * 32 * 32),  # the uint8 copy
                          (tmp_path / "grid.png", 5 * 3 * 34 * 34)):  # + grid and stb's buffers
         before = _available_memory()
-        n = int(before / 2 / (sampling + written) * 1.1)
+        n = int(before / 2 / (sampling + written) * 2)  # refused even if memory grows a lot
         if out == tmp_path / "grid.png" and n > 500_000:
             continue  # a machine this big: the grid's own limit comes first
         result = run_program("--model", model, "--n", n, "--out", out)
         assert_clean_error(result, f"--n {n} images of 3x32x32 need about")
         most = int(result.stderr.split("sample at most ")[1].split()[0])
-        # Other processes move MemAvailable meanwhile: the program's reading lies between ours.
+        # Other processes (test workers) move MemAvailable meanwhile: the program's reading
+        # lies near ours, far from a count of all memory or of twice the images.
         after = _available_memory()
         low, high = (min(before, after) / 2 / (sampling + written),
                      max(before, after) / 2 / (sampling + written))
-        assert 0.98 * low < most < 1.02 * high, (most, before, after)
+        assert 0.9 * low < most < 1.1 * high, (most, before, after)
     # A grid past stb's int-sized buffers is refused whatever the memory.
     result = run_program("--model", model, "--n", 700_000, "--out", tmp_path / "grid.png")
     assert_clean_error(result, "too large for one PNG; use --out DIR/")

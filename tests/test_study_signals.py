@@ -2,16 +2,19 @@
 ones never start, and a resumed run counts every segment of its training."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import REPO, interruptible
 
 from sagan_plugin import study as study_module
 from sagan_plugin import study_runs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_run_stopped_on_a_signal_counts_that_segment_in_its_time_and_commits(
@@ -90,13 +93,6 @@ def test_a_signal_stops_a_parallel_study_after_the_runs_step_and_starts_no_other
     the waiting ones never start, and no worker outlives the study (after a Ctrl-C the waiting
     ones used to train to the end; a SIGTERM to the main process alone left its workers
     training)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from conftest import interruptible
-
     study, runs = tmp_path / "long.yaml", tmp_path / "runs"
     study.write_text("data: procedural\nsteps: 400\nseeds: 2\nn: 8\noverrides: "
                      "[train.batch_size=4, data.size=64, data.num_workers=0]\nconfigurations: "

@@ -49,7 +49,8 @@ std::string sha256_of_file(const std::filesystem::path& path) {
 // into a buffer of the record's own size: a record cut short (an archive damaged, its sidecar's
 // sha256 then made to match) loads as a tensor reaching past the end of that buffer, its weights
 // whatever memory lies there, with no error. So the pickles are read once more, without the
-// records themselves, and each storage's size compared with its record's. An archive that this reading cannot follow is left to torch::jit::load to judge.
+// records themselves, and each storage's size compared with its record's. An archive that
+// this reading cannot follow is left to torch::jit::load to judge.
 void check_tensor_records(const std::filesystem::path& model_path) {
   std::vector<std::tuple<std::string, std::size_t, std::size_t>> records;  // name, size, needed
   try {

@@ -71,7 +71,6 @@ double available_memory() {
   return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
 }
 
-
 template <typename T>
 T field(const nlohmann::json& doc, const char* key, const std::filesystem::path& sidecar) {
   if (!doc.contains(key)) throw UsageError(sidecar.string() + " has no \"" + key + "\" field");
