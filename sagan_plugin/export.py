@@ -209,8 +209,7 @@ def _check_max_batch(fmt: str, max_batch: int | None) -> None:
     """Refused in the order and words of the command line's checks."""
     if max_batch is None:
         return
-    if not (isinstance(max_batch, int) and not isinstance(max_batch, bool)
-            and MAX_BATCH_RULE.accepts(max_batch)):
+    if not (isinstance(max_batch, int) and MAX_BATCH_RULE.accepts(max_batch)):  # not bool
         raise UsageError(f"max_batch must be {MAX_BATCH_RULE.expected}, got {max_batch!r}")
     if fmt != "aoti":
         raise UsageError(f"max_batch applies to format=aoti only (TorchScript takes any batch), "
