@@ -33,8 +33,8 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
-    return (path for path in walk_files(folder) if _is_image(path.name))
+def _image_files(folder: str | os.PathLike) -> Iterator[str]:
+    return (path for path in walk_files(folder) if _is_image(os.path.basename(path)))
 
 
 def folder_classes(root: Path) -> list[str]:
@@ -53,7 +53,7 @@ def folder_classes(root: Path) -> list[str]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            if next(_image_files(Path(entry.path)), None) is not None:
+            if next(_image_files(entry.path), None) is not None:
                 labelled.append(entry.name)
         elif _is_image(entry.name):
             loose.append(entry.name)

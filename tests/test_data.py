@@ -212,6 +212,34 @@ def test_a_host_data_sets_fingerprint_reads_through_a_linked_folder(tmp_path: Pa
     assert build_dataset(cfg).fingerprint() != first
 
 
+def test_a_fingerprint_is_the_hash_that_cached_statistics_are_keyed_by(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sha256 of "name under root, NUL, size" per file, in sorted depth-first order, hidden
+    files left out, -1 for one that cannot be read: the key of every cache written so far, so
+    a faster walk must give the same hash, from a folder named by any path."""
+    import hashlib
+
+    from sagan_plugin.files import files_fingerprint, walk_files
+    from sagan_plugin.image_folder import FolderImages
+
+    root = tmp_path / "images"
+    for name, size in [("b/2.png", 3), ("b/10.png", 7), ("a/x/1.png", 5), ("0.png", 1),
+                       (".hidden.png", 2), ("a/.cache/9.png", 4)]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\0" * size)
+    (root / "b/gone.png").symlink_to(root / "nowhere.png")
+    lines = ["0.png\x001", "a/x/1.png\x005", "b/10.png\x007", "b/2.png\x003", "b/gone.png\x00-1"]
+    expected = hashlib.sha256("".join(f"{line}\n" for line in lines).encode()).hexdigest()
+
+    assert files_fingerprint(root, walk_files(root)) == expected
+    monkeypatch.chdir(tmp_path)  # a relative root, and files named other than under it
+    assert files_fingerprint(Path("images"), walk_files("./images")) == expected
+    assert files_fingerprint(Path("images"), map(Path, walk_files("images"))) == expected
+    images = FolderImages.__new__(FolderImages)
+    images.root, images.files = Path("images"), list(walk_files("images"))
+    assert images.fingerprint() == expected
+
+
 def test_host_data_set_with_a_wrong_resolution_is_refused(tmp_path: Path) -> None:
     (tmp_path / "imagenet").mkdir()
     cfg = OmegaConf.create({"name": "imagenet_32", "root": str(tmp_path), "resolution": 64,

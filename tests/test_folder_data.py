@@ -140,7 +140,7 @@ def test_hidden_files_are_not_images(tmp_path: Path, recwarn) -> None:
         _image(tmp_path / "images" / f"{i}.png", (40 * i, 0, 0))
         (tmp_path / "images" / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     data = build_dataset(_folder_cfg(tmp_path / "images").data)
-    assert [p.name for p in data.files] == ["0.png", "1.png", "2.png"]
+    assert [Path(p).name for p in data.files] == ["0.png", "1.png", "2.png"]
     assert [data[i][1] for i in range(3)] == [0, 0, 0]
     assert not [w for w in recwarn if "skipping" in str(w.message)]
 
