@@ -24,14 +24,18 @@ def cpu_model() -> str:
 
 
 def describe(device: torch.device) -> dict:
-    """CPU model, cores, torch and Python versions, and the GPU when there is one."""
+    """CPU model, cores, torch and Python versions, and the GPU when there is one (with whether
+    its float32 convolutions and matrix products may round to TF32)."""
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "device": device.type}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
+                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda,
+                    # what "fp32" means there: torch lets cuDNN's convolutions use TF32
+                    tf32_convolutions=torch.backends.cudnn.allow_tf32,
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     return info
 
 
