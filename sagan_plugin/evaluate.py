@@ -306,7 +306,8 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"metrics=is: the Inception Score is unavailable with "
                          f"{extractor.weights.path}: {IS_UNAVAILABLE} (inception_weights=FILE)")
     for what, count in counts.items():  # the small-n warning after the errors: they come alone
-        warn_if_biased(count, what)
+        if "fid" in metrics:  # KID is unbiased at any n, and IS has no covariance
+            warn_if_biased(count, what)
     if "is" in metrics and not extractor.has_logits:
         print(f"IS unavailable: {IS_UNAVAILABLE}")
     if cfg.run:

@@ -281,6 +281,29 @@ def test_small_n_warnings_point_at_the_callers_line(run, recwarn):
     assert {w.filename for w in small_n} == {__file__}
 
 
+def test_the_small_n_warning_is_for_fid_alone(run, tmp_path, recwarn):
+    """KID is unbiased at any n: scoring it alone warns of FID's bias nowhere, and Mimicry's
+    call names the argument it was given (num_samples)."""
+    from omegaconf import OmegaConf
+
+    from sagan_plugin import metrics
+    from sagan_plugin.metrics.scoring import fid_callback
+
+    warnings.simplefilter("always")
+    netG = load_generator(run).netG
+    for metric in ("kid", "fid"):
+        kwargs = ({"num_samples": 40} if metric == "kid"
+                  else {"num_real_samples": 40, "num_fake_samples": 40})
+        metrics.evaluate(metric, netG, run, evaluate_step=STEP + 1, dataset="procedural",
+                         write_to_json=False, verbose=False, **kwargs)
+    fid_callback(OmegaConf.load(run / "config.yaml").data, every=1, n=3, metrics=("kid",))
+    out = tmp_path / "kid.json"
+    assert cli.main(["eval", f"run={run}", *FAST, "metrics=kid", f"out={out}"]) == 0
+    small_n = [str(w.message).split(" is")[0] for w in recwarn
+               if "below the 2048" in str(w.message)]
+    assert small_n == ["num_fake_samples=40", "num_real_samples=40"]
+
+
 def test_missing_weights_fail_before_the_small_n_warning(run, recwarn, capsys):
     """Outside pytest a warning is printed to stderr: the error must come alone."""
     code, _, err = _eval(capsys, f"run={run}", *FAST, "inception_weights=/nonexistent/w.pth")

@@ -145,9 +145,10 @@ def evaluate(metric: str, netG: nn.Module, log_dir: str | os.PathLike,
     if write_to_json:
         check_writable(out.parent)
     scores = _read_scores(out) if write_to_json and out.is_file() else {}
-    for count, what in ((n_fake, "num_fake_samples"), (n_real, "num_real_samples")):
-        if count is not None:
-            check_sample_count(count, what)
+    counts = ({"num_fake_samples": n_fake, "num_real_samples": n_real} if metric == "fid"
+              else {"num_samples": n_fake})
+    for what, count in counts.items():
+        check_sample_count(count, what, warn=metric == "fid")  # KID is unbiased at any n
 
     real_features_of = None
     if metric != "inception_score":
