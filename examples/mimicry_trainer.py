@@ -24,6 +24,7 @@ import torch_mimicry as mmc  # importable on current PyTorch through sagan-plugi
 from sagan_plugin import metrics
 from sagan_plugin.config import compose
 from sagan_plugin.data import build_dataset
+from sagan_plugin.nets.layers import set_bn_group
 from sagan_plugin.registry import get_model
 
 MIMICRY_DATA = ("cifar10", "cifar100", "stl10_48", "imagenet_32", "imagenet_128", "celeba_64",
@@ -67,6 +68,7 @@ def main() -> None:
     # The nets through the registry; the paper's two-time-scale Adam.
     netG, netD = get_model("sagan").build(data.resolution, data.num_classes, ngf=args.width,
                                           ndf=args.width)
+    set_bn_group(netG, 64)  # G's batch norms over groups of 64 images, the reference's towers
     optD = torch.optim.Adam(netD.parameters(), lr=4e-4, betas=(0.0, 0.9))
     optG = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9))
     trainer = mmc.training.Trainer(netD=netD, netG=netG, optD=optD, optG=optG,

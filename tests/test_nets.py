@@ -37,6 +37,77 @@ def test_host_contract(resolution: int, num_classes: int) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, netD.parameters(), strict=True))
 
 
+class CountingScaler(torch.amp.GradScaler):
+    """A GradScaler that counts its calls, and the dtype of what D's first block computes."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu", init_scale=2.0**10)
+        self.calls: list[str] = []
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append("update")
+        return super().update(new_scale)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_mimicry_trainer_amp_runs_both_steps_in_float16_through_its_scaler(amp: bool) -> None:
+    """Mimicry's Trainer(amp=True) hands each train_step a GradScaler, as its own nets use it:
+    autocast to float16, the loss scaled, the step and update through the scaler."""
+    torch.manual_seed(0)
+    netG, netD = GENERATORS[32](num_classes=10, ngf=8), DISCRIMINATORS[32](num_classes=10, ndf=8)
+    dtypes = []
+    for net in (netG.blocks[0], netD.blocks[0]):
+        net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(10, (4,))
+    scaler = CountingScaler() if amp else None
+    sgd = [torch.optim.SGD(net.parameters(), 0.1) for net in (netD, netG)]
+    log_data = netD.train_step((x, y), netG, sgd[0], MetricLog(), device="cpu", scaler=scaler)
+    netG.train_step((x, y), netD, sgd[1], log_data, device="cpu", scaler=scaler)
+    half = torch.float16 if amp else torch.float32
+    assert dtypes == [half] * 5  # D: G's fakes, D's real and fake passes; G: its pass, D's
+    assert scaler is None or scaler.calls == ["scale", "step", "update"] * 2
+    assert all(torch.isfinite(p).all() for p in [*netG.parameters(), *netD.parameters()])
+
+
+def test_sagan_nets_train_beside_mimicrys_unconditional_ones() -> None:
+    """A SAGAN D with a Mimicry G (which has no generate_images_with_labels), and a SAGAN G
+    with a Mimicry D (whose forward takes images alone)."""
+    from sagan_plugin.host import torch_mimicry as mmc
+
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.zeros(4, dtype=torch.long)
+    pairs = [(mmc.nets.sngan.SNGANGenerator32(ngf=16), DISCRIMINATORS[32](ndf=8)),
+             (GENERATORS[32](ngf=8), mmc.nets.sngan.SNGANDiscriminator32(ndf=16))]
+    for netG, netD in pairs:
+        log_data = netD.train_step((x, y), netG, torch.optim.SGD(netD.parameters(), 0.1),
+                                   MetricLog(), device="cpu")
+        log_data = netG.train_step((x, y), netD, torch.optim.SGD(netG.parameters(), 0.1),
+                                   log_data, device="cpu")
+        assert {"errD", "errG"} <= set(log_data.keys())
+
+
+def test_mimicry_constructor_habits_are_refused_not_misread() -> None:
+    """Mimicry's SAGAN G takes (num_classes, bottom_width, nz, ngf) positionally: here the
+    arguments after num_classes are keywords, so (10, 4, 128) cannot build nz=4, ngf=128."""
+    with pytest.raises(TypeError, match="positional"):
+        GENERATORS[32](10, 4, 128)
+    assert GENERATORS[32](num_classes=10, ngf=8, bottom_width=4).bottom_width == 4
+    with pytest.raises(ValueError, match="starts from 4x4"):
+        GENERATORS[32](num_classes=10, ngf=8, bottom_width=8)
+    netG = GENERATORS[32](ngf=8)  # unconditional: no class to draw for
+    assert netG.generate_images(2, device="cpu").shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="class c=3 given to an unconditional generator"):
+        netG.generate_images(2, c=3, device="cpu")
+
+
 def _reference_attention(layer: SelfAttention,
                          x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """y = x + gamma * W_o(g beta^T), beta = softmax(theta^T phi), written out with explicit

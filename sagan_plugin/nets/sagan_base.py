@@ -5,6 +5,7 @@ where attention sits by default; the stacking, the forward passes and the traini
 here. With num_classes=0 both nets are unconditional (plain BN in G, no projection in D).
 """
 
+import contextlib
 import math
 from itertools import pairwise
 
@@ -27,6 +28,7 @@ from sagan_plugin.nets.layers import (
     sn_conv3x3,
     spectral_norm_frozen,
 )
+from sagan_plugin.registry import class_count
 
 BOTTOM_WIDTH = 4
 
@@ -67,6 +69,33 @@ def check_labels(y: Tensor | None, batch: int) -> None:
                          f"{tuple(y.shape)}")
 
 
+def mixed_precision(net: nn.Module, scaler: torch.amp.GradScaler | None
+                    ) -> contextlib.AbstractContextManager:
+    """float16 autocast where Mimicry's Trainer(amp=True) hands a step a working GradScaler, as
+    its own nets do (on a machine without CUDA its scaler is disabled: float32)."""
+    if scaler is None or not scaler.is_enabled():
+        return contextlib.nullcontext()
+    return torch.autocast(next(net.parameters()).device.type, dtype=torch.float16)
+
+
+def update(loss: Tensor, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and step, through the scaler when there is one (float16's small gradients)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def discriminate(netD: nn.Module, images: Tensor, labels: Tensor | None) -> Tensor:
+    """netD's logits, with the labels when it is class-conditional: Mimicry's unconditional
+    discriminators take images alone."""
+    return netD(images, labels) if class_count(netD) else netD(images)
+
+
 class SAGANGenerator(cgan.BaseConditionalGenerator):
     """ResNet generator: SN-linear to 4x4, up-sampling blocks with conditional BN, attention."""
 
@@ -74,10 +103,16 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
     widths: tuple[int, ...]  # multiples of ngf: the 4x4 input, then each block's output
     default_attention: int
 
-    def __init__(self, num_classes: int = 0, nz: int = 128, ngf: int = 64,
+    def __init__(self, num_classes: int = 0, *, nz: int = 128, ngf: int = 64,
                  attention: int | None = None, loss_type: str = "hinge",
                  bn_decay: float = BN_DECAY, bn_out_decay: float = BN_OUT_DECAY,
                  **kwargs) -> None:
+        """ngf is a multiple: block i has ngf * widths[i] channels (Mimicry's SAGAN nets take
+        the widest block's channels). After num_classes, arguments are keywords only, as
+        Mimicry's order (num_classes, bottom_width, nz, ngf) differs."""
+        if kwargs.pop("bottom_width", BOTTOM_WIDTH) != BOTTOM_WIDTH:
+            raise ValueError(f"SAGAN's generator starts from {BOTTOM_WIDTH}x{BOTTOM_WIDTH} "
+                             "(bottom_width=4); other sizes come from another resolution's class")
         super().__init__(num_classes=num_classes, nz=nz, ngf=ngf, bottom_width=BOTTOM_WIDTH,
                          loss_type=loss_type, **kwargs)
         channels = [ngf * m for m in self.widths]
@@ -115,6 +150,8 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         """Noise (N, nz) and the labels to draw for (None when unconditional)."""
         device = device or self.device
         labels = None
+        if c is not None and not self.num_classes:
+            raise ValueError(f"class c={c} given to an unconditional generator (no classes)")
         if self.num_classes:
             if c is not None and not 0 <= c < self.num_classes:
                 raise ValueError(f"class {c} is out of range [0, {self.num_classes})")
@@ -136,8 +173,9 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
     def train_step(self, real_batch: tuple[Tensor, Tensor], netD: nn.Module,
                    optG: torch.optim.Optimizer, log_data: MetricLog,
                    device: torch.device | str | None = None, global_step: int | None = None,
-                   **kwargs: object) -> MetricLog:
-        """One generator update on the hinge (or configured) loss; the host's contract.
+                   scaler: torch.amp.GradScaler | None = None, **kwargs: object) -> MetricLog:
+        """One generator update on the hinge (or configured) loss; the host's contract
+        (scaler: Mimicry's Trainer(amp=True), mixed_precision).
 
         G's forward runs through its DDP wrapper when distributed (gradient all-reduce). D is
         frozen meanwhile: its weight gradients would be thrown away by its next step, and it
@@ -145,18 +183,17 @@ class SAGANGenerator(cgan.BaseConditionalGenerator):
         """
         self.zero_grad(set_to_none=True)
         noise, labels = self.sample_inputs(real_batch[0].shape[0], device=device)
-        fake = training_module(self)(noise, labels)
         trainable = [p for p in netD.parameters() if p.requires_grad]
         for p in trainable:
             p.requires_grad_(False)
         try:
-            with spectral_norm_frozen(netD):
-                errG = self.compute_gan_loss(netD(fake, labels).float())
+            with mixed_precision(self, scaler), spectral_norm_frozen(netD):
+                fake = training_module(self)(noise, labels)
+                errG = self.compute_gan_loss(discriminate(netD, fake, labels).float())
         finally:
             for p in trainable:
                 p.requires_grad_(True)
-        errG.backward()
-        optG.step()
+        update(errG, optG, scaler)
         log_data.add_metric("errG", errG.detach(), group="loss")
         if self.attention is not None:
             log_data.add_metric("gamma_G", self.attention.gamma.detach(), group="attention")
@@ -211,8 +248,9 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
     def train_step(self, real_batch: tuple[Tensor, Tensor], netG: nn.Module,
                    optD: torch.optim.Optimizer, log_data: MetricLog,
                    device: torch.device | str | None = None, global_step: int | None = None,
-                   **kwargs: object) -> MetricLog:
-        """One discriminator update on real and (detached) generated images.
+                   scaler: torch.amp.GradScaler | None = None, **kwargs: object) -> MetricLog:
+        """One discriminator update on real and (detached) generated images (scaler: Mimicry's
+        Trainer(amp=True), mixed_precision).
 
         As in the reference, spectral norm runs one power iteration per D step and both passes
         use the sigma it gives. The iteration runs first, on its own: the passes then only
@@ -222,16 +260,16 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         real, real_labels = real_batch
         if not self.num_classes:
             real_labels = None
-        with torch.no_grad():
-            fake, fake_labels = netG.generate_images_with_labels(real.shape[0], device=device)
         net = training_module(self)  # the DDP wrapper when distributed: gradient all-reduce
         refresh_spectral_norm(self)
-        with spectral_norm_frozen(self):
-            output_real = net(real, real_labels).float()  # losses in fp32 under bf16 autocast
-            output_fake = net(fake, fake_labels).float()
-        errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
-        errD.backward()
-        optD.step()
+        with mixed_precision(self, scaler):
+            with torch.no_grad():
+                fake, fake_labels = self._fakes(netG, real.shape[0], device)
+            with spectral_norm_frozen(self):
+                output_real = net(real, real_labels).float()  # losses in fp32 under autocast
+                output_fake = net(fake, fake_labels).float()
+            errD = self.compute_gan_loss(output_real=output_real, output_fake=output_fake)
+        update(errD, optD, scaler)
         D_x, D_Gz = self.compute_probs(output_real=output_real, output_fake=output_fake)
         log_data.add_metric("errD", errD.detach(), group="loss")
         log_data.add_metric("D(x)", D_x, group="prob")
@@ -239,3 +277,12 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
         if self.attention is not None:
             log_data.add_metric("gamma_D", self.attention.gamma.detach(), group="attention")
         return log_data
+
+    @staticmethod
+    def _fakes(netG: nn.Module, n: int, device: torch.device | str | None
+               ) -> tuple[Tensor, Tensor | None]:
+        """n generated images and their labels; Mimicry's unconditional generators have no
+        generate_images_with_labels."""
+        if hasattr(netG, "generate_images_with_labels"):
+            return netG.generate_images_with_labels(n, device=device)
+        return netG.generate_images(n, device=device), None
