@@ -102,10 +102,15 @@ def keep_spectral_norm_fp32(net: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def step_context(device: torch.device, precision: str = "fp32",
                  sdpa_backend: str = "auto") -> Iterator[None]:
-    """The autocast and attention-kernel choice that training steps run under."""
+    """The autocast and attention-kernel choice that training steps run under.
+
+    Autocast's cache is off: the trainer enters this once around all its steps, and a cached
+    bf16 copy of a weight (a bias; spectral-norm weights are computed, never cached) would
+    outlive the optimizer steps that change the weight until the context is left."""
     with contextlib.ExitStack() as stack:
         if precision == "bf16":
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16,
+                                               cache_enabled=False))
         if sdpa_backend != "auto":
             stack.enter_context(sdpa_kernel([SDPA_BACKENDS[sdpa_backend]]))
         yield

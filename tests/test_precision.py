@@ -227,6 +227,22 @@ def test_bf16_channels_last_training_on_cpu_has_finite_losses(tiny_overrides: li
     assert conv.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_bf16_steps_see_each_optimizer_step_inside_one_context() -> None:
+    """The trainer enters step_context once around every step: a weight changed by one step
+    must reach the next step's forward, not a bf16 copy autocast cached at the first."""
+    from sagan_plugin.precision import step_context
+
+    linear, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
+    with step_context(torch.device("cpu"), "bf16"):
+        before = linear(x)
+        with torch.no_grad():
+            linear.bias.add_(1.0)  # what an optimizer step does, in place
+            linear.weight.mul_(0.0)
+        after = linear(x)
+    assert before.dtype == after.dtype == torch.bfloat16
+    assert torch.allclose(after.float(), linear.bias.expand(3, 2), atol=1e-2)
+
+
 def test_bf16_steps_compute_in_bfloat16_and_fp32_ones_in_float32() -> None:
     """train.precision=bf16 is bfloat16 (fp16 would need loss scaling), fp32 is no autocast."""
     from sagan_plugin.precision import step_context
