@@ -34,9 +34,10 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 def walk_files(folder: str | os.PathLike) -> Iterator[str]:
     """The files under folder, in a fixed (sorted, depth-first) order; hidden entries are
     skipped, and linked folders followed once (a link loop would walk forever). Paths are
-    strings: ImageNet has 1.28 million files, and a Path each took longer than its stat."""
+    strings: ImageNet has 1.28 million files, and a Path each took longer than its stat. They
+    start with folder as a Path spells it ("images//" and "./images" as "images")."""
     seen = set()
-    for parent, dirs, files in os.walk(folder, followlinks=True):
+    for parent, dirs, files in os.walk(str(Path(folder)), followlinks=True):
         seen.add(os.path.realpath(parent))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(parent, d)) not in seen)

@@ -233,7 +233,9 @@ def test_a_fingerprint_is_the_hash_that_cached_statistics_are_keyed_by(
 
     assert files_fingerprint(root, walk_files(root)) == expected
     monkeypatch.chdir(tmp_path)  # a relative root, and files named other than under it
-    assert files_fingerprint(Path("images"), walk_files("./images")) == expected
+    for spelling in ("./images", "images//", "images/.", "images/"):
+        assert files_fingerprint(Path(spelling), walk_files(spelling)) == expected, spelling
+        assert files_fingerprint(Path("images"), walk_files(spelling)) == expected, spelling
     assert files_fingerprint(Path("images"), map(Path, walk_files("images"))) == expected
     images = FolderImages.__new__(FolderImages)
     images.root, images.files = Path("images"), list(walk_files("images"))
