@@ -50,6 +50,9 @@ def main() -> None:
                      "give 20 or more")
     if args.steps < 1 or args.batch_size < 1 or args.width < 1:
         parser.error("--steps, --batch-size and --width must be at least 1")
+    if args.batch_size > 64 and args.batch_size % 64:
+        parser.error(f"--batch-size {args.batch_size}: above 64, a multiple of 64 (G's batch "
+                     "norms normalise groups of 64 images, the reference's towers)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # The data: Mimicry's loader for its data sets, sagan-plugin's for a folder of images. The

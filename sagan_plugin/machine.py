@@ -34,9 +34,18 @@ def describe(device: torch.device) -> dict:
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda,
                     # what "fp32" means there: torch lets cuDNN's convolutions use TF32
-                    tf32_convolutions=torch.backends.cudnn.allow_tf32,
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+                    tf32_convolutions=_tf32(torch.backends.cudnn, torch.backends.cudnn.conv),
+                    tf32_matmul=_tf32(torch.backends.cuda.matmul, torch.backends.cuda.matmul))
     return info
+
+
+def _tf32(legacy: object, backend: object) -> bool | str:
+    """A backend's allow_tf32; its fp32_precision ("tf32", "ieee") where that was set, as
+    torch then refuses to read allow_tf32."""
+    try:
+        return legacy.allow_tf32
+    except RuntimeError:
+        return backend.fp32_precision
 
 
 def git_commit(folder: str | Path = ".") -> str | None:

@@ -43,6 +43,7 @@ def mimicry_run(tmp_path_factory) -> tuple[Path, list[str]]:
 @pytest.mark.parametrize("argv, message", [
     (["--fid-n", "16"], "--fid-n 16: KID averages 10 subsets"),
     (["--steps", "0"], "--steps, --batch-size and --width must be at least 1"),
+    (["--batch-size", "100"], "--batch-size 100: above 64, a multiple of 64"),
 ])
 def test_the_example_refuses_bad_arguments_before_training(tmp_path: Path, argv: list[str],
                                                            message: str) -> None:

@@ -99,6 +99,8 @@ def test_mimicry_constructor_habits_are_refused_not_misread() -> None:
     arguments after num_classes are keywords, so (10, 4, 128) cannot build nz=4, ngf=128."""
     with pytest.raises(TypeError, match="positional"):
         GENERATORS[32](10, 4, 128)
+    with pytest.raises(TypeError, match="positional"):  # Mimicry's (num_classes, ndf, loss)
+        DISCRIMINATORS[32](10, 8, "hinge")
     assert GENERATORS[32](num_classes=10, ngf=8, bottom_width=4).bottom_width == 4
     with pytest.raises(ValueError, match="starts from 4x4"):
         GENERATORS[32](num_classes=10, ngf=8, bottom_width=8)

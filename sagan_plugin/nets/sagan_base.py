@@ -208,8 +208,10 @@ class SAGANDiscriminator(cgan.BaseConditionalDiscriminator):
     default_attention: int
     final_size: int = BOTTOM_WIDTH  # blocks pool down to this feature-map size, then keep it
 
-    def __init__(self, num_classes: int = 0, ndf: int = 64, attention: int | None = None,
+    def __init__(self, num_classes: int = 0, ndf: int = 64, *, attention: int | None = None,
                  loss_type: str = "hinge", **kwargs) -> None:
+        """ndf is a multiple, as G's ngf. After ndf, arguments are keywords only: Mimicry's
+        third is loss_type."""
         super().__init__(num_classes=num_classes, ndf=ndf, loss_type=loss_type, **kwargs)
         channels = [ndf * m for m in self.widths]
         size = self.resolution // 2
