@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.nn.attention import sdpa_kernel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -44,6 +45,7 @@ from sagan_plugin.ema import EMA
 from sagan_plugin.errors import UsageError, first_line
 from sagan_plugin.files import write_json
 from sagan_plugin.host import Logger, LRScheduler, MetricLog, Trainer
+from sagan_plugin.precision import SDPA_BACKENDS
 from sagan_plugin.registry import eval_mode
 from sagan_plugin.stopping import Interrupted, StopRequests
 
@@ -52,6 +54,33 @@ StepContext = Callable[[], contextlib.AbstractContextManager]  # what a step run
 # train.compile each would compile G again (seconds on a tiny CPU model, more for a large one,
 # and a step towards dynamo's recompile limit) for a few forwards. They run eagerly instead.
 SAMPLE_EAGERLY = functools.partial(torch.compiler.set_stance, "force_eager")
+ANY_ATTENTION_KERNEL = list(SDPA_BACKENDS.values())
+
+
+@contextlib.contextmanager
+def aside_from_training(device: torch.device) -> Iterator[None]:
+    """What samples inside the loop (grids, FID) runs under, so that the run trains the same
+    with it or without it: its own random stream (the Inception net's first build draws from
+    it too), float32, eager, and any attention kernel (a train.sdpa_backend chosen for bf16,
+    flash, takes no float32 on CUDA)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.autocast(device.type, enabled=False), \
+            SAMPLE_EAGERLY(), sdpa_kernel(ANY_ATTENTION_KERNEL):
+        yield
+
+
+def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each of optimizer's state tensors its parameter's memory layout: a checkpoint
+    keeps the layout it was saved in, and fused Adam pairs parameters and moments element by
+    element in memory, so a resume that switches train.channels_last would give a weight
+    another weight's moments."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (torch.is_tensor(value) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 class NonFiniteLoss(UsageError):
@@ -93,10 +122,8 @@ class ProgressLogger(Logger):
         if not self.enabled:
             return
         net = self.sample_net or netG
-        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), eval_mode(net), \
-                    torch.autocast(self.device.type, enabled=False), SAMPLE_EAGERLY():
+            with aside_from_training(self.device), eval_mode(net):
                 super().vis_images(net, global_step, num_images)
         except OSError as error:  # a full disk: one line, and no half-written grid
             folder = Path(self.log_dir) / "images"
@@ -228,7 +255,7 @@ class SAGANTrainer(Trainer):
         if self.ema is not None:
             self.ema.update(self.netG, global_step)
         if self.fid is not None:
-            with SAMPLE_EAGERLY():
+            with aside_from_training(self.device):
                 scores = self.fid(self.ema.model if self.ema is not None else self.netG,
                                   global_step)
             for name, value in (scores or {}).items():
@@ -337,8 +364,12 @@ class SAGANTrainer(Trainer):
                     raise UsageError(f"the checkpoint of step {step} in {run_dir} holds no "
                                      f"usable optimizer state for {which}: "
                                      f"{type(error).__name__} {first_line(error)}") from None
+                _lay_out_like_parameters(opt)
         self._restore_ema(ckpts["netG"], step)
         self._restore_training_state(ckpts["netG"].get("training_state"))
+        # The learning rates of the schedule this run follows (a longer train.steps moves a
+        # linear decay), not those the checkpoint's optimizers had: as after a step of it.
+        self.scheduler.scheduler.step(MetricLog(), step)
         return step
 
     def _restore_ema(self, ckpt: dict, step: int) -> None:

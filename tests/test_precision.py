@@ -252,3 +252,65 @@ def test_bf16_steps_compute_in_bfloat16_and_fp32_ones_in_float32() -> None:
         assert conv(x).dtype == torch.bfloat16
     with step_context(torch.device("cpu"), "fp32"):
         assert conv(x).dtype == torch.float32
+
+
+def test_sampling_inside_the_loop_may_use_any_attention_kernel_in_float32() -> None:
+    """train.sdpa_backend=flash holds flash alone around the loop (for bf16); grids and FID
+    sample in float32, which CUDA's flash kernel does not take: any kernel is allowed there."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sagan_plugin.trainer import aside_from_training
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        with aside_from_training(torch.device("cpu")):
+            assert torch.backends.cuda.math_sdp_enabled()
+            assert torch.backends.cuda.mem_efficient_sdp_enabled()
+            assert not torch.is_autocast_enabled("cpu")
+        assert not torch.backends.cuda.math_sdp_enabled()  # the loop's choice, back
+
+
+def _final_weights(cfg, net: str) -> dict:
+    from sagan_plugin.checkpoint import checkpoint_path
+
+    path = checkpoint_path(cfg.run_dir, cfg.train.steps, net)
+    return torch.load(path, weights_only=False)["model_state_dict"]
+
+
+def test_resuming_in_the_other_memory_layout_keeps_each_weights_adam_moments(
+        tiny_overrides: list[str], tmp_path: Path) -> None:
+    """train.channels_last may change on resuming. A checkpoint's Adam moments keep the layout
+    they were saved in, and fused Adam pairs them with the weights element by element in
+    memory: D must continue as an uninterrupted run does (G's batch norms amplify rounding)."""
+    from sagan_plugin.train import run
+
+    whole = compose(tiny_overrides + ["train.steps=6", f"run_dir={tmp_path / 'whole'}"])
+    run(whole)
+    split = tiny_overrides + [f"run_dir={tmp_path / 'split'}"]
+    run(compose(split + ["train.steps=3"]))
+    resumed = compose(split + ["train.steps=6", "train.channels_last=true"])
+    run(resumed)
+    expected, got = _final_weights(whole, "netD"), _final_weights(resumed, "netD")
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-5), key
+
+
+def test_a_longer_run_resumes_on_its_own_learning_rate_schedule(
+        tiny_overrides: list[str], monkeypatch) -> None:
+    """train.lr_decay=linear over 4 steps, extended from a run of 2: its third step trains at
+    the 4-step schedule's rate (half), not at the 2-step one's (0), which the checkpoint has."""
+    from sagan_plugin import trainer
+    from sagan_plugin.train import run
+
+    decay = tiny_overrides + ["train.lr_decay=linear"]
+    run(compose(decay + ["train.steps=2"]))
+    restore, rates = trainer.SAGANTrainer._restore_latest, []
+
+    def restore_and_note(self):
+        step = restore(self)
+        rates.append((self.optD.param_groups[0]["lr"], self.optG.param_groups[0]["lr"]))
+        return step
+
+    monkeypatch.setattr(trainer.SAGANTrainer, "_restore_latest", restore_and_note)
+    cfg = compose(decay + ["train.steps=4"])
+    run(cfg)
+    assert rates == [(pytest.approx(cfg.train.lr_d / 2), pytest.approx(cfg.train.lr_g / 2))]

@@ -1,6 +1,7 @@
 """FID during training: every k steps, of the generator, into TensorBoard."""
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,29 @@ def test_fid_every_k_steps_is_logged(tiny_overrides: list[str], tmp_path: Path,
     scalars = events.Scalars("eval/fid")
     assert [e.step for e in scalars] == [2, 4]
     assert all(math.isfinite(e.value) and e.value > 0 for e in scalars)
+
+
+def test_fid_during_training_leaves_the_run_as_it_would_be_without(
+        tiny_overrides: list[str], tmp_path: Path, monkeypatch) -> None:
+    """train.fid_every changes only how the run runs (it may change on resuming): scoring
+    draws from its own random stream, so the weights are those of a run without it."""
+    from sagan_plugin.checkpoint import checkpoint_path
+
+    monkeypatch.setenv("SAGAN_CACHE_DIR", str(tmp_path / "cache"))  # real features computed
+    monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(converted_weights()))
+    states = []
+    for fid in ([], ["train.fid_every=2", "train.fid_n=4"]):
+        cfg = compose(tiny_overrides + ["train.steps=4", f"run_dir={tmp_path / str(len(fid))}",
+                                        *fid])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PluginWarning)  # fid_n=4: the small-n warning
+            run(cfg)
+        states.append([torch.load(checkpoint_path(cfg.run_dir, 4, net), weights_only=False)
+                       ["model_state_dict"] for net in ("netG", "netD")])
+    for without, with_fid in zip(*states, strict=True):
+        assert without.keys() == with_fid.keys()
+        for key in without:
+            assert torch.equal(without[key], with_fid[key]), key
 
 
 def test_the_small_n_warning_is_for_fewer_images_than_features(recwarn) -> None:
