@@ -179,15 +179,24 @@ def run(cfg: DictConfig) -> SAGANTrainer:
     if train.deterministic:  # before any CUDA work, check_options' probe of a kernel included:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at start
     check_options(train.precision, train.sdpa_backend, device)
-    if train.deterministic:
-        _make_deterministic()
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions
-    init_process_group(world, device)
+    # The run's kernel choices last as long as it does: a process may train another run next
+    # (a study's worker, a Python caller), which must not inherit them.
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark)
     try:
-        return _train(cfg, world, device, local_batch)
+        if train.deterministic:
+            _make_deterministic()
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest convolutions
+        init_process_group(world, device)
+        try:
+            return _train(cfg, world, device, local_batch)
+        finally:
+            destroy_process_group()
     finally:
-        destroy_process_group()
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous[2]
 
 
 def check_bn_group(group: int | None, sync_bn: bool, local_batch: int) -> None:

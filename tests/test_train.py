@@ -398,12 +398,20 @@ def test_train_deterministic_turns_on_torchs_deterministic_algorithms(
             run(compose(tiny_overrides + ["train.deterministic=true", "train.sdpa_backend=cudnn"]))
         assert not torch.are_deterministic_algorithms_enabled()
         probed_with.clear()
+        during = []
+        train_ = train._train
+        monkeypatch.setattr(train, "_train", lambda *args: (during.append(
+            (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)),
+            train_(*args))[1])
+        torch.backends.cudnn.benchmark = True
         run(compose(tiny_overrides + ["train.steps=1", "train.deterministic=true"]))
-        assert torch.are_deterministic_algorithms_enabled()
+        assert during == [(True, False)]
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         assert probed_with == [":4096:8"]
-        assert not torch.backends.cudnn.benchmark
+        # ... for the run only: a next run in this process (a study's worker) starts as before
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
     finally:
+        torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(before)
 
 
