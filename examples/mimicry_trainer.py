@@ -29,6 +29,7 @@ from sagan_plugin.registry import get_model
 
 MIMICRY_DATA = ("cifar10", "cifar100", "stl10_48", "imagenet_32", "imagenet_128", "celeba_64",
                 "celeba_128", "lsun_bedroom_128")
+BN_GROUP = 64  # G's batch norms normalise groups of this many images: the reference's towers
 
 
 def main() -> None:
@@ -50,9 +51,10 @@ def main() -> None:
                      "give 20 or more")
     if args.steps < 1 or args.batch_size < 1 or args.width < 1:
         parser.error("--steps, --batch-size and --width must be at least 1")
-    if args.batch_size > 64 and args.batch_size % 64:
-        parser.error(f"--batch-size {args.batch_size}: above 64, a multiple of 64 (G's batch "
-                     "norms normalise groups of 64 images, the reference's towers)")
+    if args.batch_size > BN_GROUP and args.batch_size % BN_GROUP:
+        parser.error(f"--batch-size {args.batch_size}: above {BN_GROUP}, a multiple of "
+                     f"{BN_GROUP} (G's batch norms normalise groups of {BN_GROUP} images, the "
+                     "reference's towers)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # The data: Mimicry's loader for its data sets, sagan-plugin's for a folder of images. The
@@ -71,7 +73,7 @@ def main() -> None:
     # The nets through the registry; the paper's two-time-scale Adam.
     netG, netD = get_model("sagan").build(data.resolution, data.num_classes, ngf=args.width,
                                           ndf=args.width)
-    set_bn_group(netG, 64)  # G's batch norms over groups of 64 images, the reference's towers
+    set_bn_group(netG, BN_GROUP)
     optD = torch.optim.Adam(netD.parameters(), lr=4e-4, betas=(0.0, 0.9))
     optG = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9))
     trainer = mmc.training.Trainer(netD=netD, netG=netG, optD=optD, optG=optG,
